@@ -1,0 +1,1 @@
+"""Per-family name tables (one declarative table per model family)."""

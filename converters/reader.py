@@ -1,0 +1,203 @@
+"""Streaming readers for torch checkpoints: one tensor at a time, never the whole model in memory.
+
+Supported: a `.safetensors` file, a folder or `*.safetensors.index.json` of shards, and `.pt/.pth` pickles
+(through `torch.load(..., weights_only=True, mmap=True)`, so untrusted pickles cannot run code and tensors
+are paged in lazily). Tensors come back as NumPy arrays; bf16 as `ml_dtypes.bfloat16`, fp8 as
+`ml_dtypes.float8_e4m3fn`.
+"""
+
+import glob
+import json
+import os
+
+import ml_dtypes
+import numpy as np
+
+from wanjax.errors import CheckpointError
+
+
+class TensorSource:
+  """Read-only mapping key -> tensor, read lazily. `prefix` (e.g. 'model.diffusion_model.') is stripped."""
+
+  def keys(self):
+    raise NotImplementedError
+
+  def shape(self, key) -> tuple:
+    raise NotImplementedError
+
+  def dtype(self, key) -> str:
+    raise NotImplementedError
+
+  def get(self, key) -> np.ndarray:
+    raise NotImplementedError
+
+  def __contains__(self, key):
+    return key in self._keyset()
+
+  def _keyset(self):
+    if not hasattr(self, "_ks"):
+      self._ks = frozenset(self.keys())
+    return self._ks
+
+  def close(self):
+    pass
+
+
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
+              "I8": np.int8, "U8": np.uint8, "I32": np.int32, "I64": np.int64, "F8_E4M3": ml_dtypes.float8_e4m3fn,
+              "F8_E5M2": ml_dtypes.float8_e5m2, "BOOL": np.bool_, "I16": np.int16}
+
+
+def _read_st_header(path):
+  with open(path, "rb") as f:
+    n = int.from_bytes(f.read(8), "little")
+    if n <= 0 or n > 100_000_000:
+      raise CheckpointError(f"{path}: not a safetensors file (header length {n})")
+    try:
+      header = json.loads(f.read(n))
+    except json.JSONDecodeError as e:
+      raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+  return header, 8 + n
+
+
+class SafetensorsSource(TensorSource):
+  """One or more safetensors files, read through the header + numpy memmap (any dtype, incl. bf16/fp8)."""
+
+  def __init__(self, paths, prefix=""):
+    self.paths = list(paths)
+    self.prefix = prefix
+    self._index = {}  # key -> (path, dtype str, shape, start, end, data offset)
+    self.metadata = {}
+    for p in self.paths:
+      header, off = _read_st_header(p)
+      self.metadata.update(header.pop("__metadata__", None) or {})
+      for k, info in header.items():
+        if k in self._index:
+          raise CheckpointError(f"{p}: key {k!r} also in {self._index[k][0]}")
+        start, end = info["data_offsets"]
+        self._index[k] = (p, info["dtype"], tuple(info["shape"]), start, end, off)
+    self._mm = {}
+
+  def keys(self):
+    return [k for k in self._index]
+
+  def shape(self, key):
+    return self._index[key][2]
+
+  def dtype(self, key):
+    return self._index[key][1]
+
+  def get(self, key):
+    path, dt, shape, start, end, off = self._index[key]
+    if dt not in _ST_DTYPES:
+      raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {dt}")
+    if path not in self._mm:
+      self._mm[path] = np.memmap(path, dtype=np.uint8, mode="r")
+    np_dt = np.dtype(_ST_DTYPES[dt])
+    raw = self._mm[path][off + start:off + end]
+    if raw.size != np_dt.itemsize * int(np.prod(shape, dtype=np.int64)):
+      raise CheckpointError(f"{path}: tensor {key!r} is truncated ({raw.size} bytes for shape {shape} {dt})")
+    return np.array(raw.view(np_dt).reshape(shape))  # copy: detach from the memmap
+
+  def close(self):
+    self._mm.clear()
+
+
+class TorchSource(TensorSource):
+  """A `.pt/.pth` state dict loaded with weights_only=True and mmap (lazy). `subkey` selects a nested dict,
+  e.g. 'generator' or 'generator_ema' in Self-Forcing checkpoints."""
+
+  def __init__(self, path, subkey=None):
+    try:
+      import torch  # converters only: torch is an optional extra
+    except ImportError:
+      raise CheckpointError(f"{path}: reading .pt/.pth files needs torch; pip install 'wanjax[convert]'") from None
+    self.path = path
+    try:
+      sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+      # Old (non-zipfile) pickles cannot be mmapped.
+      sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+      raise CheckpointError(f"{path}: cannot be read as a weights-only torch state dict ({e})") from None
+    if subkey is not None:
+      if not isinstance(sd, dict) or subkey not in sd:
+        keys = sorted(sd)[:10] if isinstance(sd, dict) else type(sd).__name__
+        raise CheckpointError(f"{path}: no entry {subkey!r} (top-level keys: {keys})")
+      sd = sd[subkey]
+    if not isinstance(sd, dict):
+      raise CheckpointError(f"{path}: expected a state dict, found {type(sd).__name__}")
+    self._sd = {k: v for k, v in sd.items() if hasattr(v, "shape")}
+    self.nested = sorted(k for k, v in sd.items() if isinstance(v, dict))
+
+  def keys(self):
+    return list(self._sd)
+
+  def shape(self, key):
+    return tuple(self._sd[key].shape)
+
+  def dtype(self, key):
+    return str(self._sd[key].dtype).replace("torch.", "")
+
+  def get(self, key):
+    import torch
+    t = self._sd[key].detach().cpu()
+    if t.dtype == torch.bfloat16:
+      return t.contiguous().view(torch.uint16).numpy().view(ml_dtypes.bfloat16).copy()
+    if t.dtype == torch.float8_e4m3fn:
+      return t.contiguous().view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn).copy()
+    if t.dtype == torch.float8_e5m2:
+      return t.contiguous().view(torch.uint8).numpy().view(ml_dtypes.float8_e5m2).copy()
+    return t.numpy().copy()
+
+
+class PrefixedSource(TensorSource):
+  """A view of another source with `prefix` stripped from its keys (keys without the prefix are dropped)."""
+
+  def __init__(self, base, prefix):
+    self.base, self.prefix = base, prefix
+    self._map = {k[len(prefix):]: k for k in base.keys() if k.startswith(prefix)}
+
+  def keys(self):
+    return list(self._map)
+
+  def shape(self, key):
+    return self.base.shape(self._map[key])
+
+  def dtype(self, key):
+    return self.base.dtype(self._map[key])
+
+  def get(self, key):
+    return self.base.get(self._map[key])
+
+
+def open_source(path, subkey=None) -> TensorSource:
+  """Opens a checkpoint file or folder for streaming reads."""
+  if not os.path.exists(path):
+    raise CheckpointError(f"checkpoint {path!r} does not exist")
+  if os.path.isdir(path):
+    idx = sorted(glob.glob(os.path.join(path, "*.safetensors.index.json")))
+    if idx:
+      return open_source(idx[0])
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+      raise CheckpointError(f"{path}: folder has no *.safetensors files or *.safetensors.index.json")
+    return SafetensorsSource(files)
+  if path.endswith(".index.json"):
+    with open(path) as f:
+      try:
+        weight_map = json.load(f)["weight_map"]
+      except (json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(f"{path}: not a safetensors index ({e})") from None
+    folder = os.path.dirname(path)
+    files = sorted({os.path.join(folder, os.path.basename(v)) for v in weight_map.values()})
+    missing = [f for f in files if not os.path.exists(f)]
+    if missing:
+      raise CheckpointError(f"{path}: shard files missing: {missing}")
+    return SafetensorsSource(files)
+  if path.endswith(".safetensors"):
+    return SafetensorsSource([path])
+  if path.endswith((".pt", ".pth", ".bin", ".ckpt")):
+    return TorchSource(path, subkey=subkey)
+  raise CheckpointError(f"{path}: unknown checkpoint file type; expected .safetensors, a shard index/folder, "
+                        f"or .pt/.pth")

@@ -1,0 +1,66 @@
+"""Small shared layers: Dense with logical axes, fp32 LayerNorm/RMSNorm helpers.
+
+Every model family (DiT, umT5, VAE, CLIP) builds on these so that parameter names (`kernel`, `bias`, `scale`),
+logical axes and precision handling are the same everywhere. Kernels are `[in, out]` (torch `Linear.weight.T`).
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wanjax import sharding as shd
+
+
+class Dense(nnx.Module):
+  """y = x @ kernel + bias, with the matmul in `compute_dtype` (inputs and kernel cast) and the result in
+  `out_dtype` (default: compute_dtype). Parameters stay in `param_dtype`."""
+
+  def __init__(self, din, dout, *, axes=("embed", "mlp"), use_bias=True, compute_dtype=jnp.float32,
+               param_dtype=jnp.float32, out_dtype=None, kernel_init=None, bias_init=None, rngs: nnx.Rngs):
+    kernel_init = kernel_init or nnx.initializers.xavier_uniform()
+    self.kernel = shd.param(kernel_init(rngs.params(), (din, dout), param_dtype), axes)
+    if use_bias:
+      bias_init = bias_init or nnx.initializers.zeros
+      self.bias = shd.param(bias_init(rngs.params(), (dout,), param_dtype), (axes[1],))
+    else:
+      self.bias = None
+    self.compute_dtype = compute_dtype
+    self.out_dtype = out_dtype
+
+  def __call__(self, x):
+    cd = self.compute_dtype
+    y = jnp.einsum("...i,io->...o", x.astype(cd), self.kernel[...].astype(cd),
+                   preferred_element_type=jnp.float32)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(self.out_dtype or cd)
+
+
+def layer_norm(x, scale=None, bias=None, eps=1e-6):
+  """LayerNorm with fp32 statistics (biased variance, eps inside the sqrt); output float32."""
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+  y = (x - mean) * jax.lax.rsqrt(var + eps)
+  if scale is not None:
+    y = y * scale.astype(jnp.float32)
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)
+  return y
+
+
+class LayerNorm(nnx.Module):
+  """Affine (or not) LayerNorm over the last axis, fp32 statistics; returns float32."""
+
+  def __init__(self, dim, *, eps=1e-6, affine=True, param_dtype=jnp.float32, axes=("norm",),
+               rngs: nnx.Rngs = None):
+    self.eps = eps
+    if affine:
+      self.scale = shd.param(jnp.ones((dim,), param_dtype), axes)
+      self.bias = shd.param(jnp.zeros((dim,), param_dtype), axes)
+    else:
+      self.scale = self.bias = None
+
+  def __call__(self, x):
+    return layer_norm(x, None if self.scale is None else self.scale[...],
+                      None if self.bias is None else self.bias[...], self.eps)

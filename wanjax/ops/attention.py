@@ -1,0 +1,80 @@
+"""Attention behind one small dispatch: `attention(q, k, v, ...)`.
+
+Implementations:
+- "xla": explicit einsum softmax; logits, softmax and accumulation in float32, probabilities rounded to the
+  value dtype before the PV product (what a flash kernel does). Works everywhere; supports bias and masks.
+- "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention on CUDA GPUs). Needs
+  bf16/fp16 inputs; supports key-length masking, no additive bias.
+- "auto": "cudnn" on a CUDA GPU when the inputs are half precision and no bias is given, else "xla".
+
+Layout: q `[B, L, N, K]`, k/v `[B, S, N, K]` (batch, length, heads, head dim); output `[B, L, N, K]` in q's
+dtype.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from wanjax.errors import UsageError
+
+IMPLS = ("auto", "xla", "cudnn")
+
+
+def _on_gpu() -> bool:
+  try:
+    return jax.default_backend() == "gpu"
+  except RuntimeError:
+    return False
+
+
+def resolve_impl(impl: str, dtype, has_bias: bool) -> str:
+  if impl not in IMPLS:
+    raise UsageError(f"unknown attention implementation {impl!r}; valid: {', '.join(IMPLS)}")
+  if impl != "auto":
+    return impl
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  return "cudnn" if (_on_gpu() and half and not has_bias) else "xla"
+
+
+def _xla(q, k, v, *, bias, mask, scale):
+  logits = jnp.einsum("BLNK,BSNK->BNLS", q, k, preferred_element_type=jnp.float32)
+  if scale != 1.0:
+    logits = logits * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("BNLS,BSNK->BLNK", probs, v, preferred_element_type=jnp.float32)
+  return out.astype(q.dtype)
+
+
+def attention(q, k, v, *, bias=None, mask=None, key_lengths=None, scale=None, impl="auto"):
+  """Multi-head attention.
+
+  Args:
+    q: `[B, L, N, K]`; k, v: `[B, S, N, K]`.
+    bias: optional additive logits bias broadcastable to `[B, N, L, S]` (T5 relative positions).
+    mask: optional boolean, broadcastable to `[B, N, L, S]`; False = not attended.
+    key_lengths: optional int `[B]`; keys at positions >= length are not attended (padded video tokens).
+    scale: logits scale; default `1/sqrt(K)`. T5 passes 1.0.
+    impl: "auto" | "xla" | "cudnn".
+  """
+  if scale is None:
+    scale = q.shape[-1] ** -0.5
+  which = resolve_impl(impl, q.dtype, bias is not None)
+  if which == "cudnn":
+    if bias is not None:
+      raise UsageError("attention impl 'cudnn' does not support an additive bias; use impl='xla'")
+    if key_lengths is not None:
+      key_lengths = jnp.asarray(key_lengths, jnp.int32)
+      q_lengths = jnp.full_like(key_lengths, q.shape[1])
+    else:
+      q_lengths = None
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask, scale=scale, implementation="cudnn",
+        query_seq_lengths=q_lengths, key_value_seq_lengths=key_lengths)
+  if key_lengths is not None:
+    keep = jnp.arange(k.shape[1])[None, :] < jnp.asarray(key_lengths)[:, None]  # [B, S]
+    keep = keep[:, None, None, :]
+    mask = keep if mask is None else jnp.logical_and(mask, keep)
+  return _xla(q, k, v, bias=bias, mask=mask, scale=scale)
