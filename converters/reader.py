@@ -201,3 +201,31 @@ def open_source(path, subkey=None) -> TensorSource:
     return TorchSource(path, subkey=subkey)
   raise CheckpointError(f"{path}: unknown checkpoint file type; expected .safetensors, a shard index/folder, "
                         f"or .pt/.pth")
+
+
+class DictSource(TensorSource):
+  """An in-memory state dict ({key: numpy array or torch tensor}) — used by tests and the LoRA exporter."""
+
+  def __init__(self, sd):
+    self._sd = dict(sd)
+
+  def keys(self):
+    return list(self._sd)
+
+  def shape(self, key):
+    return tuple(self._sd[key].shape)
+
+  def dtype(self, key):
+    return str(self._sd[key].dtype)
+
+  def get(self, key):
+    v = self._sd[key]
+    if hasattr(v, "detach"):  # a torch tensor (tests): go through the same dtype handling as TorchSource
+      import torch
+      t = v.detach().cpu()
+      if t.dtype == torch.bfloat16:
+        return t.contiguous().view(torch.uint16).numpy().view(ml_dtypes.bfloat16).copy()
+      if t.dtype == torch.float8_e4m3fn:
+        return t.contiguous().view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn).copy()
+      return t.numpy().copy()
+    return np.asarray(v)
