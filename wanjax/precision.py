@@ -34,16 +34,18 @@ FLOAT32 = Policy("float32", jnp.float32, jnp.float32)
 BF16 = Policy("bf16", jnp.float32, jnp.bfloat16)
 # Weights stored in bf16 as well (halves memory; fp32-path layers then see bf16-rounded weights).
 BF16_WEIGHTS = Policy("bf16_weights", jnp.bfloat16, jnp.bfloat16)
+# fp16 compute with fp32 master weights: what the reference CLIP image encoder runs (spec §5.1).
+FP16 = Policy("fp16", jnp.float32, jnp.float16)
 
 _POLICIES = {"float32": FLOAT32, "fp32": FLOAT32, "bf16": BF16, "bfloat16": BF16,
-             "bf16_weights": BF16_WEIGHTS}
+             "bf16_weights": BF16_WEIGHTS, "fp16": FP16, "float16": FP16}
 
 
 def get_policy(name) -> Policy:
-  """Returns the policy called `name` ('float32' | 'bf16' | 'bf16_weights'); a Policy passes through."""
+  """Returns the policy called `name` ('float32' | 'bf16' | 'bf16_weights' | 'fp16'); a Policy passes through."""
   if isinstance(name, Policy):
     return name
   try:
     return _POLICIES[str(name)]
   except KeyError:
-    raise UsageError(f"unknown precision {name!r}; valid: float32, bf16, bf16_weights") from None
+    raise UsageError(f"unknown precision {name!r}; valid: float32, bf16, bf16_weights, fp16") from None

@@ -33,6 +33,7 @@ RULES = (
     ("norm", None),
     ("conv_in", None),
     ("conv_out", "tensor"),
+    ("rel_buckets", None),     # T5 relative-position buckets (pos_embedding rows)
     # activations
     ("batch", ("data", "fsdp")),
     ("length", "context"),
