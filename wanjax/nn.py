@@ -13,7 +13,8 @@ from wanjax import sharding as shd
 
 class Dense(nnx.Module):
   """y = x @ kernel + bias, with the matmul in `compute_dtype` (inputs and kernel cast) and the result in
-  `out_dtype` (default: compute_dtype). Parameters stay in `param_dtype`."""
+  `out_dtype` (default: compute_dtype). Parameters stay in `param_dtype`. An optional `kernel_scale` param,
+  added by `wanjax.quant.quantize_model`, marks an int8/fp8 kernel that is dequantised inside the matmul."""
 
   def __init__(self, din, dout, *, axes=("embed", "mlp"), use_bias=True, compute_dtype=jnp.float32,
                param_dtype=jnp.float32, out_dtype=None, kernel_init=None, bias_init=None, rngs: nnx.Rngs):
@@ -31,6 +32,12 @@ class Dense(nnx.Module):
     cd = self.compute_dtype
     y = jnp.einsum("...i,io->...o", x.astype(cd), self.kernel[...].astype(cd),
                    preferred_element_type=jnp.float32)
+    # Weight-only quantisation (`wanjax.quant`): an int8/fp8 kernel carries a per-output-channel
+    # `kernel_scale [1, out]`; int8/fp8 values are exact in bf16/fp32, so dequantising after the matmul is
+    # the same as multiplying by the dequantised kernel.
+    kernel_scale = getattr(self, "kernel_scale", None)
+    if kernel_scale is not None:
+      y = y * kernel_scale[...].astype(jnp.float32)
     if self.bias is not None:
       y = y + self.bias[...].astype(jnp.float32)
     return y.astype(self.out_dtype or cd)

@@ -26,13 +26,18 @@ def _on_gpu() -> bool:
     return False
 
 
-def resolve_impl(impl: str, dtype, has_bias: bool) -> str:
+def cudnn_supports(head_dim: int, dtype, has_bias: bool) -> bool:
+  """cuDNN flash attention needs half-precision inputs and a head dim that is a multiple of 8, at most 256."""
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  return half and not has_bias and head_dim % 8 == 0 and head_dim <= 256
+
+
+def resolve_impl(impl: str, dtype, has_bias: bool, head_dim: int = 128) -> str:
   if impl not in IMPLS:
     raise UsageError(f"unknown attention implementation {impl!r}; valid: {', '.join(IMPLS)}")
   if impl != "auto":
     return impl
-  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-  return "cudnn" if (_on_gpu() and half and not has_bias) else "xla"
+  return "cudnn" if (_on_gpu() and cudnn_supports(head_dim, dtype, has_bias)) else "xla"
 
 
 def _xla(q, k, v, *, bias, mask, scale):
@@ -61,7 +66,7 @@ def attention(q, k, v, *, bias=None, mask=None, key_lengths=None, scale=None, im
   """
   if scale is None:
     scale = q.shape[-1] ** -0.5
-  which = resolve_impl(impl, q.dtype, bias is not None)
+  which = resolve_impl(impl, q.dtype, bias is not None, q.shape[-1])
   if which == "cudnn":
     if bias is not None:
       raise UsageError("attention impl 'cudnn' does not support an additive bias; use impl='xla'")
