@@ -91,13 +91,16 @@ class SafetensorsSource(TensorSource):
     path, dt, shape, start, end, off = self._index[key]
     if dt not in _ST_DTYPES:
       raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {dt}")
-    if path not in self._mm:
-      self._mm[path] = np.memmap(path, dtype=np.uint8, mode="r")
     np_dt = np.dtype(_ST_DTYPES[dt])
-    raw = self._mm[path][off + start:off + end]
-    if raw.size != np_dt.itemsize * int(np.prod(shape, dtype=np.int64)):
-      raise CheckpointError(f"{path}: tensor {key!r} is truncated ({raw.size} bytes for shape {shape} {dt})")
-    return np.array(raw.view(np_dt).reshape(shape))  # copy: detach from the memmap
+    # Plain reads into a fresh buffer, not a memmap: pages of a long-lived memmap stay resident and count
+    # towards RSS, so converting a 5.7 GB file would peak at 5.7 GB instead of about one tensor.
+    raw = np.empty(end - start, np.uint8)
+    with open(path, "rb") as f:
+      f.seek(off + start)
+      got = f.readinto(raw)
+    if got != raw.size or raw.size != np_dt.itemsize * int(np.prod(shape, dtype=np.int64)):
+      raise CheckpointError(f"{path}: tensor {key!r} is truncated ({got} bytes for shape {shape} {dt})")
+    return raw.view(np_dt).reshape(shape)
 
   def close(self):
     self._mm.clear()

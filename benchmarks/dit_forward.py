@@ -1,0 +1,180 @@
+"""DiT forward benchmark: wanjax vs diffusers `WanTransformer3DModel` (torch SDPA), same shapes, same run.
+
+  python benchmarks/dit_forward.py --model t2v_1_3b            # 81x480x832 -> 32,760 tokens, 512 text tokens
+  python benchmarks/dit_forward.py --model t2v_14b --layers 40
+  python benchmarks/dit_forward.py --small                     # CPU smoke test (tiny model)
+
+Each framework runs in its own subprocess (so neither sees the other's GPU memory). Random weights, bf16.
+Prints per framework: seconds per forward (median of N after warm-up), compile/first-call time, peak device
+memory, achieved TFLOP/s; then the ratio, and one JSON line to paste into reports.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SHAPES = {  # latent F, H, W for 81 frames at 480x832
+    "480p": (21, 60, 104),
+    "720p": (21, 90, 160),
+    "small": (3, 4, 6),
+}
+
+
+def flops_per_forward(cfg, L, S):
+  """Matmul FLOPs of one DiT forward (2 per MAC), attention included."""
+  D, M = cfg["dim"], cfg["ffn_dim"]
+  per_layer = (2 * L * D * D * 4            # self q,k,v,o
+               + 2 * 2 * L * L * D          # self QK^T and PV
+               + 2 * L * D * D * 2          # cross q,o
+               + 2 * S * D * D * 2          # cross k,v
+               + 2 * 2 * L * S * D          # cross attention
+               + 2 * L * D * M * 2)         # ffn
+  return per_layer * cfg["num_layers"]
+
+
+def run_jax(args):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from wanjax.dit.config import get_config
+  from wanjax.dit.model import WanDiT
+  import dataclasses
+
+  cfg = get_config(args.model)
+  if args.layers:
+    cfg = dataclasses.replace(cfg, num_layers=args.layers)
+  F, H, W = SHAPES[args.shape]
+  policy = "bf16_weights" if args.bf16_weights else "bf16"
+  t0 = time.perf_counter()
+  model = nnx.eval_shape(lambda: WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn))
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def init():
+    return nnx.state(WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn))
+  state = init()
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t0
+
+  @jax.jit
+  def fwd(state, x, t, ctx):
+    m = nnx.merge(graphdef, state)
+    return m(x, t, ctx)
+
+  key = jax.random.key(0)
+  x = jax.random.normal(key, (1, F, H * 2, W * 2, cfg.in_dim), jnp.float32)
+  t = jnp.array([999.0], jnp.float32)
+  ctx = jax.random.normal(key, (1, cfg.text_len, cfg.text_dim), jnp.float32)
+  t0 = time.perf_counter()
+  compiled = fwd.lower(state, x, t, ctx).compile()
+  compile_s = time.perf_counter() - t0
+  out = compiled(state, x, t, ctx)
+  out.block_until_ready()
+  times = []
+  for _ in range(args.iters):
+    t0 = time.perf_counter()
+    compiled(state, x, t, ctx).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() or {}
+  L = F * H * W
+  return dict(framework="jax", device=dev.device_kind, sec=float(np.median(times)), compile_s=compile_s,
+              init_s=init_s, peak_gb=stats.get("peak_bytes_in_use", 0) / 2**30,
+              flops=flops_per_forward(dataclasses.asdict(cfg), L, cfg.text_len), tokens=L,
+              finite=bool(np.isfinite(np.asarray(out, np.float32)).all()))
+
+
+def run_torch(args):
+  import numpy as np
+  import torch
+  from diffusers import WanTransformer3DModel
+  from wanjax.dit.config import get_config
+  import dataclasses
+
+  cfg = get_config(args.model)
+  layers = args.layers or cfg.num_layers
+  F, H, W = SHAPES[args.shape]
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  with torch.device("meta"):
+    model = WanTransformer3DModel(num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
+                                  in_channels=cfg.in_dim, out_channels=cfg.out_dim, text_dim=cfg.text_dim,
+                                  freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=layers)
+  model = model.to_empty(device=dev).to(torch.bfloat16)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.normal_(0, 0.02)
+  model.eval()
+  x = torch.randn(1, cfg.in_dim, F, H * 2, W * 2, device=dev, dtype=torch.bfloat16)
+  t = torch.tensor([999], device=dev)
+  ctx = torch.randn(1, cfg.text_len, cfg.text_dim, device=dev, dtype=torch.bfloat16)
+
+  def sync():
+    if dev == "cuda":
+      torch.cuda.synchronize()
+  with torch.no_grad():
+    t0 = time.perf_counter()
+    out = model(x, t, ctx, return_dict=False)[0]
+    sync()
+    first_s = time.perf_counter() - t0
+    times = []
+    for _ in range(args.iters):
+      t0 = time.perf_counter()
+      model(x, t, ctx, return_dict=False)
+      sync()
+      times.append(time.perf_counter() - t0)
+  L = F * H * W
+  peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else 0.0
+  name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+  return dict(framework="diffusers", device=name, sec=float(np.median(times)), compile_s=first_s,
+              peak_gb=peak, flops=flops_per_forward(dataclasses.asdict(cfg) | {"num_layers": layers}, L,
+                                                    cfg.text_len),
+              tokens=L, finite=bool(torch.isfinite(out.float()).all()))
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default="t2v_1_3b")
+  p.add_argument("--layers", type=int, default=0, help="override num_layers (0 = preset)")
+  p.add_argument("--shape", default="480p", choices=sorted(SHAPES))
+  p.add_argument("--iters", type=int, default=5)
+  p.add_argument("--attn", default="auto")
+  p.add_argument("--bf16-weights", action="store_true", help="store JAX weights in bf16 (14B on one card)")
+  p.add_argument("--small", action="store_true", help="tiny model on CPU (smoke test)")
+  p.add_argument("--only", choices=["jax", "torch"], help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.small:
+    args.model, args.shape, args.iters = "tiny", "small", 2
+  if args.only:
+    res = run_jax(args) if args.only == "jax" else run_torch(args)
+    print("RESULT " + json.dumps(res))
+    return
+  results = {}
+  for fw in ("torch", "jax"):
+    cmd = [sys.executable, __file__, "--only", fw] + [a for a in sys.argv[1:]]
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode or not line:
+      print(f"{fw} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+      results[fw] = None
+      continue
+    results[fw] = json.loads(line[-1][7:])
+    r = results[fw]
+    print(f"{r['framework']:>9} on {r['device']}: {r['sec']:.4f} s/forward, first/compile {r['compile_s']:.1f} s,"
+          f" peak {r['peak_gb']:.2f} GiB, {r['flops'] / r['sec'] / 1e12:.1f} TFLOP/s, tokens {r['tokens']}")
+  summary = dict(model=args.model, layers=args.layers or None, shape=args.shape, results=results)
+  if results.get("jax") and results.get("torch"):
+    summary["speedup_vs_diffusers"] = results["torch"]["sec"] / results["jax"]["sec"]
+    print(f"speed-up of wanjax over diffusers: {summary['speedup_vs_diffusers']:.3f}x")
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  main()

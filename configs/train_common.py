@@ -1,0 +1,97 @@
+"""Shared pieces of the training configs (`configs/train/*.py`): arg parsing, defaults, trainees, smoke mode.
+
+Configs are built as big_vision does (`configs/common.py`, `parse_arg`): a variant is an argument string such as
+`configs/train/dmd_bidirectional.py:model=t2v_14b,smoke=True` parsed against typed defaults; unknown keys raise.
+Sections of every training config, in order: models, objective, optimisers, cadence, data, mesh.
+"""
+
+import ml_collections
+
+from wanjax.errors import UsageError
+
+
+def parse_arg(arg, **defaults):
+  """Parses 'k=v,k2=v2' against typed `defaults`; unknown keys and unparsable values raise UsageError."""
+  out = ml_collections.ConfigDict(dict(defaults))
+  for part in filter(None, (p.strip() for p in (arg or "").split(","))):
+    key, sep, val = part.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise UsageError(f"unknown config arg {key!r}; valid: {', '.join(sorted(defaults))}")
+    if not sep:  # a bare flag name means True
+      val = "True"
+    typ = type(defaults[key])
+    if typ is bool:
+      if val.lower() not in ("true", "false", "1", "0"):
+        raise UsageError(f"config arg {key}={val!r} must be True or False")
+      out[key] = val.lower() in ("true", "1")
+    else:
+      try:
+        out[key] = typ(val)
+      except ValueError:
+        raise UsageError(f"config arg {key}={val!r} must be a {typ.__name__}") from None
+  return out
+
+
+def model(preset, *, weights="", precision="bf16", remat="full", scan=True, attn_impl="auto"):
+  """A DiT to build: preset name, converted weights dir ('' = random init from the seed), and the constructor
+  keywords (precision policy, remat policy, scan, attention impl)."""
+  return ml_collections.ConfigDict(dict(preset=preset, weights=weights, precision=precision, remat=remat,
+                                        scan=scan, attn_impl=attn_impl))
+
+
+def trainee(*, lr, b1=0.0, b2=0.999, eps=1e-8, weight_decay=0.01, clip=10.0, ema_decay=0.0, ema_start=0):
+  """Optimiser settings of one trained network (AdamW after global-norm clipping, constant LR).
+  ema_decay=0 disables the EMA."""
+  return ml_collections.ConfigDict(dict(lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, clip=clip,
+                                        ema_decay=ema_decay, ema_start=ema_start))
+
+
+def train_defaults(arg):
+  """Seed, cadence, data, mesh and debug defaults shared by every trainer."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Cadence.
+  c.total_steps = 600
+  c.checkpoint_every = 50
+  c.keep_checkpoints = 3
+  c.log_every = 10
+  c.max_consecutive_nonfinite = 5
+  c.async_checkpoints = True
+  # Data.
+  c.data = ml_collections.ConfigDict(dict(
+      prompts="",               # a .txt file (one prompt per line) or a folder of .txt files (one prompt each)
+      negative_prompt="",       # '' = Wan's default negative prompt
+      text_encoder="",          # converted umT5 dir; '' with smoke = random fixed contexts from the seed
+      tokenizer="",
+      prompt_cache="",          # '' = <workdir>/prompt_cache
+      batch_size=1,             # global batch
+      latent_shape=(21, 60, 104),   # F, H, W of the latent video (81 frames at 480x832)
+      random_contexts=0,        # > 0: use this many random fixed contexts (smoke/tests) instead of prompts
+  ))
+  c.mesh = "fsdp=-1"
+  c.sharding_overrides = ""
+  # Debug: steps whose loss is poisoned with NaN (tests the non-finite policy); a host sleep per step.
+  c.debug = ml_collections.ConfigDict(dict(nonfinite_steps=(-1,), sleep_per_step=0.0))
+  del arg
+  return c
+
+
+def maybe_smoke(c, smoke):
+  """Shrinks a config to tiny random models, a few steps on CPU (< 2 minutes); tests run exactly this."""
+  if not smoke:
+    return c
+  for name in ("generator", "critic", "teacher"):
+    if name in c.models:
+      m = c.models[name]
+      m.preset, m.weights, m.precision, m.remat = "tiny", "", "float32", "none"
+  c.total_steps = 12
+  c.checkpoint_every = 4
+  c.keep_checkpoints = 2
+  c.log_every = 2
+  c.async_checkpoints = False
+  c.data.batch_size = 2
+  c.data.latent_shape = (3, 4, 6)
+  c.data.random_contexts = 4
+  c.mesh = "fsdp=2"
+  return c

@@ -1,0 +1,167 @@
+"""Converts a torch checkpoint (DiT, and every family registered in `converters/families.py`) to a wanjax
+model directory: `config.json` (architecture + "family" + "source_layout") and JAX-layout
+`model.safetensors`, streamed tensor by tensor (peak memory about one tensor).
+
+  python -m converters.convert --src Wan2.1-T2V-1.3B/ --out ckpt/t2v_1_3b [--dtype bfloat16]
+  python -m converters.convert --src self_forcing_dmd.pt --out ckpt/sf --subkey generator_ema
+  python -m converters.convert --src wan2.1_t2v_14b_int8.safetensors --out ckpt/int8 --keep-quantized
+
+Layouts are detected (original Wan, diffusers, ComfyUI, LightX2V int8/fp8, Self-Forcing/CausVid `.pt`); the
+layout found is logged and printed in the final summary line.
+"""
+
+import glob
+import inspect
+import os
+import sys
+
+import ml_dtypes
+import numpy as np
+from absl import logging
+
+from converters import engine, families
+from converters.reader import TensorSource, TorchSource, open_source
+from wanjax.errors import UsageError
+
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+# Self-Forcing / CausVid training checkpoints nest the weights; EMA first, as SF's inference (--use_ema).
+NESTED_PREFERENCE = ("generator_ema", "generator", "model", "state_dict")
+
+
+class CastSource(TensorSource):
+  """Casts floating tensors to `dtype` on read, except the keys in `keep` (quantised weights, scales)."""
+
+  def __init__(self, base, dtype, keep=()):
+    self.base, self.target, self.keep = base, dtype, set(keep)
+
+  def keys(self):
+    return self.base.keys()
+
+  def shape(self, key):
+    return self.base.shape(key)
+
+  def _casts(self, key):
+    if self.target is None or key in self.keep:
+      return False
+    dt = engine._np_dtype(self.base.dtype(key))
+    return np.issubdtype(dt, np.floating) or dt.kind == "V"
+
+  def dtype(self, key):
+    return np.dtype(self.target).name if self._casts(key) else self.base.dtype(key)
+
+  def get(self, key):
+    w = self.base.get(key)
+    return w.astype(self.target) if self._casts(key) else w
+
+
+def open_checkpoint(src, subkey=None):
+  """(source, subkey used): a torch pickle holding nested state dicts (Self-Forcing, CausVid) opens the
+  `subkey` entry, by default the first of NESTED_PREFERENCE present."""
+  is_torch = str(src).endswith((".pt", ".pth", ".bin", ".ckpt"))
+  if subkey and not is_torch:
+    raise UsageError(f"--subkey={subkey!r} only applies to .pt/.pth files; {src!r} is not one")
+  source = open_source(src, subkey=subkey)
+  if subkey is None and isinstance(source, TorchSource) and not source.keys() and source.nested:
+    pick = next((k for k in NESTED_PREFERENCE if k in source.nested), None)
+    if pick is None:
+      raise UsageError(f"{src}: the weights are nested under {source.nested}; choose one with --subkey")
+    logging.info("%s: nested state dicts %s; using %r (choose with --subkey)", src, source.nested, pick)
+    source, subkey = open_source(src, subkey=pick), pick
+  return source, subkey
+
+
+def convert_checkpoint(src, out_dir, *, dtype=None, keep_quantized=False, subkey=None, family=None,
+                       num_heads=None, progress=True) -> dict:
+  """Converts `src` into `out_dir`; returns a summary dict (family, layout, config, tensors, out_dir, ...).
+
+  dtype: None (keep each tensor's dtype), "float32" or "bfloat16" for floating tensors.
+  keep_quantized: write LightX2V int8/fp8 kernels as stored plus `kernel_scale` (see converters/names/dit.py).
+  num_heads: overrides the head count the DiT converter infers (no config.json and head dim != 128).
+  """
+  if dtype is not None and dtype not in DTYPES:
+    raise UsageError(f"dtype={dtype!r}; valid: {', '.join(DTYPES)}")
+  foreign = [f for f in glob.glob(os.path.join(out_dir, "*.safetensors")) if os.path.basename(f) !=
+             "model.safetensors"]
+  if foreign:
+    raise UsageError(f"output folder {out_dir!r} already holds other safetensors files {sorted(foreign)}; "
+                     f"choose an empty folder")
+  source, subkey = open_checkpoint(src, subkey)
+  try:
+    mod, layout = families.detect(source, family)
+    logging.info("%s: found a %s checkpoint in layout %r", src, mod.FAMILY, layout)
+    view = families.prepare(mod, source, layout, keep_quantized=keep_quantized)
+    kwargs = {}
+    if num_heads is not None:
+      if "num_heads" not in inspect.signature(mod.config_from_keys).parameters:
+        raise UsageError(f"--num-heads does not apply to {mod.FAMILY} checkpoints")
+      kwargs["num_heads"] = num_heads
+    config = dict(mod.config_from_keys(view, layout, **kwargs))
+    steps = mod.plan(layout, config)
+    config.update(family=mod.FAMILY, source_layout=layout)
+    expected = mod.file_shapes(config) if hasattr(mod, "file_shapes") else None
+    keep = ()
+    if keep_quantized and hasattr(view, "quantized_weights"):
+      quantized = set(view.quantized_weights())
+      keep = {s.source for s in steps if s.source in quantized or s.source.endswith(".weight_scale")}
+    cast = CastSource(view, DTYPES.get(dtype), keep)
+    from tqdm import tqdm
+    with tqdm(total=len(steps), desc=f"convert {mod.FAMILY}", unit="tensor", disable=not progress) as bar:
+      engine.write_model(cast, steps, out_dir, config=config, ignore=tuple(mod.IGNORE.get(layout, ())),
+                         expected=expected, progress=bar)
+  finally:
+    source.close()
+  summary = {"family": mod.FAMILY, "layout": layout, "subkey": subkey, "tensors": len(steps),
+             "dtype": dtype or "as stored", "out_dir": os.path.abspath(out_dir), "config": config,
+             "description": mod.describe(config) if hasattr(mod, "describe") else ""}
+  logging.info("wrote %d tensors to %s", len(steps), out_dir)
+  return summary
+
+
+def summary_line(s) -> str:
+  sub = f", subkey {s['subkey']!r}" if s["subkey"] else ""
+  desc = f": {s['description']}" if s["description"] else ""
+  return (f"converted {s['family']} checkpoint (layout {s['layout']!r}{sub}{desc}) -> {s['out_dir']} "
+          f"[{s['tensors']} tensors, dtype {s['dtype']}]")
+
+
+def main(argv):
+  from absl import flags
+  f = flags.FLAGS
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments {argv[1:]}")
+  if not f.src or not f.out:
+    raise UsageError("--src and --out are required")
+  s = convert_checkpoint(f.src, f.out, dtype=f.dtype, keep_quantized=f["keep-quantized"].value,
+                         subkey=f.subkey, family=f.family, num_heads=f["num-heads"].value)
+  print(summary_line(s))
+
+
+def _define_flags():
+  from absl import flags
+  flags.DEFINE_string("src", None, "torch checkpoint: .safetensors, shard folder/index, or .pt/.pth")
+  flags.DEFINE_string("out", None, "output folder (config.json + model.safetensors)")
+  flags.DEFINE_enum("dtype", None, list(DTYPES), "cast floating tensors (default: keep the stored dtype)")
+  flags.DEFINE_bool("keep-quantized", False, "keep LightX2V int8/fp8 kernels quantised (+ kernel_scale)")
+  flags.DEFINE_string("subkey", None, "nested state dict of a .pt file, e.g. generator or generator_ema")
+  flags.DEFINE_string("family", None, "restrict detection to one family (dit, umt5, vae, clip)")
+  flags.DEFINE_integer("num-heads", None, "DiT head count when it cannot be inferred (tiny test models)")
+
+
+def run():
+  from absl import app
+  from absl import logging as absl_logging
+  _define_flags()
+
+  def wrapped(argv):
+    absl_logging.set_verbosity(absl_logging.INFO)
+    try:
+      main(argv)
+    except UsageError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+
+  app.run(wrapped)
+
+
+if __name__ == "__main__":
+  run()

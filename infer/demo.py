@@ -1,0 +1,52 @@
+"""Random stand-ins for the tiny CPU demo and tests: host-drawn random model parameters, hashed text contexts.
+
+Only `configs/sample/tiny.py` (`random_init=True`) and tests use these; real presets load converted weights.
+"""
+
+import zlib
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from wanjax import sharding as shd
+
+
+def random_model(build, seed):
+  """The model `build()` makes, with host-drawn torch-default-like random parameters (every one random, unlike
+  the reference init that zeroes the head).
+
+  Kernels and their biases ~ U(±1/√fan_in), norm scales 1 and shifts 0, modulation tables N(0, 1/dim). Drawn
+  with NumPy on an abstract model: eager construction compiles one small program per parameter shape (minutes
+  on a busy CPU).
+  """
+  graphdef, state = nnx.split(nnx.eval_shape(build))
+  rng = np.random.default_rng(seed)
+  flat = list(nnx.to_flat_state(state))
+  fan_in = {}
+  for path, var in flat:
+    if path[-1] == "kernel":
+      shape, n_layers = var.get_value().shape, shd.param_axes(var).count("layers")
+      fan_in[path[:-1]] = int(np.prod(shape[n_layers:-1]))
+  new = []
+  for path, var in flat:
+    shape, dtype = var.get_value().shape, var.get_value().dtype
+    if path[-1] in ("kernel", "bias") and path[:-1] in fan_in:
+      bound = 1.0 / np.sqrt(fan_in[path[:-1]])
+      value = rng.uniform(-bound, bound, shape)
+    elif path[-1] == "modulation":
+      value = rng.standard_normal(shape) / np.sqrt(shape[-1])
+    elif path[-1] in ("scale", "weight", "gamma"):
+      value = np.ones(shape)
+    elif path[-1] == "bias":   # affine norm shift
+      value = np.zeros(shape)
+    else:
+      raise ValueError(f"random_model: no rule for parameter {'.'.join(map(str, path))} {shape}")
+    new.append((path, var.replace(jnp.asarray(value, dtype))))
+  return nnx.merge(graphdef, nnx.from_flat_state(new))
+
+
+def hashed_context(prompt, text_len, text_dim):
+  """Tiny demo only: a fixed pseudo-random context per prompt (no umT5 of matching width exists at that size)."""
+  rng = np.random.default_rng(zlib.crc32(prompt.encode("utf-8")))
+  return rng.standard_normal((1, text_len, text_dim), dtype=np.float32)

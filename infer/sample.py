@@ -1,0 +1,375 @@
+"""Text/image-to-video sampling CLI: config → checks → encoders → one compiled denoise loop → VAE → mp4 + JSON.
+
+Mirrors the reference `generate.py` + `wan/text2video.py` / `wan/image2video.py` (spec `wan_model.md` §6.5–6.6)
+and LightX2V's 4-step runner (`distillation.md` §5):
+
+  python -m infer.sample --config configs/sample/t2v_14b.py --config.weights=/ckpt/Wan2.1-T2V-14B \
+    --config.text_encoder=/ckpt/umt5 --config.tokenizer=/ckpt/tokenizer --config.vae=/ckpt/vae \
+    --config.prompt="A cat surfing a wave at sunset" --config.mesh="data=2"
+  python -m infer.sample --config configs/sample/tiny.py --config.output_dir=/tmp/out    # CPU demo
+
+Every user error is found before anything is compiled or written and printed as one line (exit code 2).
+Outputs, all atomic: `<output_dir>/<name>.mp4`, `<name>.json` (every setting, the seed, shapes and timings),
+optionally `<name>_frames/` (PNG) and the final latent (`--config.save_latents`).
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from infer import demo
+from wanjax.errors import UsageError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/sample/tiny.py", "Sampling preset (configs/sample/<preset>.py[:arg]).", lock_config=True)
+
+T2V_SIZE_MULTIPLE = 16   # VAE stride 8 × patch 2
+
+
+# ============================================================================================ checks (the edge)
+
+@dataclasses.dataclass
+class Plan:
+  """Everything decided from the config before any model is built."""
+  dit_cfg: object
+  model_type: str
+  width: int
+  height: int
+  frames: int
+  sigmas: object
+  timesteps: object
+  weights: str
+  image: object = None        # I2V: [H0, W0, 3] float32 in [-1, 1]
+  text_embeddings: dict = None
+  init_noise: object = None   # [1, F, H, W, 16]
+
+
+def _exists(kind, path, hint):
+  if not path:
+    raise UsageError(f"{kind} is required; pass {hint}")
+  if not os.path.exists(os.path.expanduser(path)):
+    raise UsageError(f"{kind} {path!r} does not exist; pass {hint}")
+  return os.path.expanduser(path)
+
+
+def _parse_size(size):
+  try:
+    w, h = (int(v) for v in str(size).lower().replace("x", "*").split("*"))
+  except ValueError:
+    raise UsageError(f"size={size!r} must be W*H, e.g. 832*480") from None
+  if w < 1 or h < 1:
+    raise UsageError(f"size={size!r} must be positive, e.g. 832*480")
+  return w, h
+
+
+def _load_image(path):
+  import imageio.v3 as iio
+  import numpy as np
+  try:
+    img = np.asarray(iio.imread(path))
+  except Exception as e:  # noqa: BLE001 - any decoder failure is the user's file
+    raise UsageError(f"cannot read image {path!r} ({e})") from None
+  if img.ndim == 2:
+    img = np.repeat(img[..., None], 3, axis=-1)
+  img = img[..., :3].astype(np.float32) / 255.0
+  return (img - 0.5) / 0.5   # [0, 1] → [−1, 1] as the reference's TF.to_tensor().sub_(0.5).div_(0.5)
+
+
+def _load_text_embeddings(path, text_len, text_dim):
+  import numpy as np
+  try:
+    data = np.load(path)
+  except Exception as e:  # noqa: BLE001
+    raise UsageError(f"text_embeddings {path!r} is not a readable .npz ({e})") from None
+  out = {}
+  for key in ("context", "negative_context"):
+    if key not in data:
+      raise UsageError(f"text_embeddings {path!r} lacks key {key!r}; expected keys context, negative_context")
+    a = np.asarray(data[key], np.float32)
+    a = a[0] if a.ndim == 3 and a.shape[0] == 1 else a
+    if a.ndim != 2 or a.shape[1] != text_dim or a.shape[0] > text_len:
+      raise UsageError(f"text_embeddings[{key!r}] has shape {data[key].shape}; expected [S, {text_dim}] or "
+                       f"[1, S, {text_dim}] with S <= {text_len}")
+    # The reference zero-pads the trimmed T5 states to text_len before text_embedding (§8.7).
+    out[key] = np.pad(a, ((0, text_len - a.shape[0]), (0, 0)))[None]
+  return out
+
+
+def _load_init_noise(path, shape):
+  """`[16, F, H, W]` / `[1, 16, F, H, W]` (torch layout) → `[1, F, H, W, 16]`."""
+  import numpy as np
+  try:
+    a = np.load(path)
+  except Exception as e:  # noqa: BLE001
+    raise UsageError(f"init_noise {path!r} is not a readable .npy ({e})") from None
+  a = a[None] if a.ndim == 4 else a
+  want = (1, shape[4], shape[1], shape[2], shape[3])
+  if a.shape != want:
+    raise UsageError(f"init_noise {path!r} has shape {a.shape}; expected torch layout {want[1:]} or {want}")
+  return np.ascontiguousarray(a.astype(np.float32).transpose(0, 2, 3, 4, 1))
+
+
+def latent_shape(plan):
+  cfg = plan.dit_cfg
+  return (1, (plan.frames - 1) // 4 + 1, plan.height // 8, plan.width // 8, cfg.out_dim)
+
+
+def check(c) -> Plan:
+  """All edge checks; raises UsageError with one sentence. Reads only small files (image, npz, npy)."""
+  from wanjax import schedules, solvers
+  from wanjax.dit.config import get_config
+  from wanjax.sharding import parse_mesh
+  dit_cfg = get_config(c.model)
+  if c.frames < 1 or (c.frames - 1) % 4:
+    raise UsageError(f"frames={c.frames} must be 4k+1 (e.g. 77 or 81)")
+  w, h = _parse_size(c.size)
+  solver = solvers.get_solver(c.solver)
+  if solver.schedule == "step_list" or c.timesteps:
+    if not c.timesteps:
+      raise UsageError(f"solver {c.solver!r} needs a step list; set --config.timesteps='(1000, 750, 500, 250)'")
+    sigmas, timesteps = schedules.step_list_sigmas(c.timesteps, c.shift)
+  else:
+    sigmas, timesteps = schedules.make_schedule(solver.schedule, num_steps=c.num_steps, shift=c.shift)
+  if c.cfg_scale < 1:
+    raise UsageError(f"cfg_scale={c.cfg_scale} must be >= 1 (1 disables CFG)")
+  if c.distilled and c.cfg_scale > 1:
+    logging.warning("cfg_scale=%s on the step-distilled preset %r: distilled models are sampled without CFG "
+                    "(cfg_scale=1); CFG > 1 tends to blur the video", c.cfg_scale, c.model)
+  parse_mesh(c.mesh)
+  image = None
+  if dit_cfg.has_image_input:
+    if dit_cfg.model_type != "i2v":
+      raise UsageError(f"model={c.model!r} ({dit_cfg.model_type}) is not supported by this CLI; use t2v or i2v")
+    image = _load_image(_exists("image", c.image, "--config.image=IMAGE.png for an I2V preset"))
+    from wanjax.image.i2v import latent_size_for
+    ls = latent_size_for(image.shape[0], image.shape[1], w * h)
+    w, h = ls.width, ls.height
+  elif c.image:
+    raise UsageError(f"image={c.image!r} was given but model={c.model!r} is text-to-video; use an i2v preset")
+  if w % T2V_SIZE_MULTIPLE or h % T2V_SIZE_MULTIPLE:
+    raise UsageError(f"size {w}*{h}: width and height must be multiples of {T2V_SIZE_MULTIPLE} (e.g. 832*480)")
+  weights = ""
+  if not c.random_init:
+    weights = _exists("weights", c.weights, "--config.weights=DIT_DIR_OR_FILE")
+    _check_model_type(weights, dit_cfg.model_type, c.model)
+    if not c.text_embeddings:
+      _exists("text_encoder", c.text_encoder, "--config.text_encoder=UMT5_DIR (or --config.text_embeddings)")
+      _exists("tokenizer", c.tokenizer, "--config.tokenizer=TOKENIZER_DIR")
+    _exists("vae", c.vae, "--config.vae=VAE_DIR_OR_FILE")
+    if dit_cfg.has_image_input:
+      _exists("clip", c.clip, "--config.clip=CLIP_DIR_OR_FILE")
+  plan = Plan(dit_cfg, dit_cfg.model_type, w, h, c.frames, sigmas, timesteps, weights, image=image)
+  if c.text_embeddings:
+    plan.text_embeddings = _load_text_embeddings(_exists("text_embeddings", c.text_embeddings, "an .npz"),
+                                                 dit_cfg.text_len, dit_cfg.text_dim)
+  if c.init_noise:
+    plan.init_noise = _load_init_noise(_exists("init_noise", c.init_noise, "an .npy"), latent_shape(plan))
+  for p in (c.save_latents,):
+    if p and not p.endswith(".npy"):
+      raise UsageError(f"save_latents={p!r} must end in .npy")
+  return plan
+
+
+def _check_model_type(weights, model_type, preset):
+  """A converted directory states its model type: an I2V checkpoint under a T2V preset fails here."""
+  from infer.models import is_converted
+  if not is_converted(weights):
+    return   # raw torch checkpoint: checked by load_dit(expect_model_type=...) after conversion, before compiling
+  from wanjax.dit.load import read_config
+  cfg, _ = read_config(weights)
+  if cfg.model_type != model_type:
+    raise UsageError(f"weights {weights!r} hold a {cfg.model_type!r} DiT but model={preset!r} expects "
+                     f"{model_type!r}; pick a {cfg.model_type} preset or {model_type} weights")
+
+
+# ============================================================================================ building blocks
+
+def encode_text(c, plan, mesh):
+  """(context, negative_context), each float32 `[1, text_len, text_dim]`."""
+  from configs.common import negative_prompt
+  import numpy as np
+  neg = negative_prompt(plan.model_type, c.negative_prompt)
+  if plan.text_embeddings is not None:
+    return plan.text_embeddings["context"], plan.text_embeddings["negative_context"]
+  cfg = plan.dit_cfg
+  if c.random_init:
+    return (demo.hashed_context(c.prompt, cfg.text_len, cfg.text_dim),
+            demo.hashed_context(neg, cfg.text_len, cfg.text_dim))
+  from infer.models import resolve_model
+  from wanjax.text.encode import load_text_encoder
+  enc = load_text_encoder(resolve_model(os.path.expanduser(c.text_encoder), family="umt5"),
+                          os.path.expanduser(c.tokenizer), mesh=mesh, max_length=cfg.text_len)
+  ctx, _ = enc.encode([c.prompt, neg])
+  ctx = np.asarray(ctx, np.float32)
+  return ctx[:1], ctx[1:]
+
+
+def build_dit(c, plan, mesh):
+  from flax import nnx
+  if c.random_init:
+    from wanjax.dit.model import WanDiT
+    return demo.random_model(lambda: WanDiT(plan.dit_cfg, policy=c.dtype, rngs=nnx.Rngs(0), attn_impl=c.attn_impl),
+                        c.seed)
+  from infer.models import resolve_dit
+  from wanjax.dit.load import load_dit
+  return load_dit(resolve_dit(plan.weights), policy=c.dtype, mesh=mesh, expect_model_type=plan.model_type,
+                  attn_impl=c.attn_impl)
+
+
+def build_vae(c, mesh):
+  from flax import nnx
+  if c.random_init:
+    from wanjax.vae.config import get_config
+    from wanjax.vae.model import WanVAE
+    return demo.random_model(lambda: WanVAE(get_config("tiny"), rngs=nnx.Rngs(0)), c.seed + 1)
+  from infer.models import resolve_model
+  from wanjax.vae.load import load_vae
+  return load_vae(resolve_model(os.path.expanduser(c.vae), family="vae"), mesh=mesh)
+
+
+def i2v_condition(c, plan, vae, mesh):
+  """(clip_fea `[1, 257, 1280]`, y `[1, F, h, w, 20]`) for the I2V DiT (§1.14)."""
+  import jax.numpy as jnp
+  from infer.models import resolve_model
+  from wanjax.image import i2v
+  from wanjax.image.clip import clip_features
+  from wanjax.image.load import load_clip
+  tower = load_clip(resolve_model(os.path.expanduser(c.clip), family="clip"), policy="bf16", mesh=mesh)
+  clip_fea = jnp.asarray(clip_features(tower, plan.image), jnp.float32)
+  _, f, lat_h, lat_w, _ = latent_shape(plan)
+  video = i2v.condition_video(plan.image, plan.height, plan.width, plan.frames)
+  cond_latent = vae.encode(video[None])
+  y = i2v.build_y(jnp.asarray(i2v.i2v_mask(f, lat_h, lat_w, plan.frames))[None], cond_latent)
+  return clip_fea, y
+
+
+# ============================================================================================ outputs
+
+def _atomic_write(path, write_fn, suffix):
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=d)
+  os.close(fd)
+  try:
+    write_fn(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def save_npy(path, array):
+  import numpy as np
+  _atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), array), ".npy")
+
+
+def save_json(path, obj):
+  def write(tmp):
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=True)
+  _atomic_write(path, write, ".json")
+
+
+# ============================================================================================ main
+
+def run(c):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from tqdm import tqdm
+  from wanjax import sampling, sharding, video
+
+  plan = check(c)
+  if c.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(c.compilation_cache))
+  seed = c.seed if c.seed >= 0 else int(np.random.SeedSequence().entropy % (2**31))
+  name = c.output_name or f"{c.model}_{seed}_{time.strftime('%Y%m%d_%H%M%S')}"
+  out_dir = os.path.expanduser(c.output_dir)
+  mesh = sharding.make_mesh(c.mesh)
+  timings = {}
+
+  # ---- text ----
+  t0 = time.perf_counter()
+  context, neg_context = encode_text(c, plan, mesh)
+  timings["text_encode_s"] = time.perf_counter() - t0
+
+  # ---- models and conditioning ----
+  t0 = time.perf_counter()
+  dit = build_dit(c, plan, mesh)
+  vae = build_vae(c, mesh)
+  cond = {"context": jnp.asarray(context)}
+  if plan.model_type == "i2v":
+    cond["clip_fea"], cond["y"] = i2v_condition(c, plan, vae, mesh)
+  timings["load_s"] = time.perf_counter() - t0
+  use_cfg = c.cfg_scale != 1.0
+  uncond = {"context": jnp.asarray(neg_context)} if use_cfg else None
+
+  # ---- noise ----
+  key = jax.random.key(seed)
+  noise_key, loop_key = jax.random.split(key)
+  shape = latent_shape(plan)
+  noise = (jnp.asarray(plan.init_noise) if plan.init_noise is not None
+           else jax.random.normal(noise_key, shape, jnp.float32))
+
+  # ---- denoise: one program, compiled apart from running ----
+  denoise_fn, params = sampling.model_denoiser(dit)
+  n = len(plan.timesteps)
+  with sharding.activate(mesh):
+    t0 = time.perf_counter()
+    run_loop, args = sampling.compile_sample(
+        denoise_fn, noise, sigmas=plan.sigmas, timesteps=plan.timesteps, solver=c.solver,
+        cfg_scale=c.cfg_scale, cond=cond, uncond=uncond, rng=loop_key, params=params)
+    timings["compile_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with tqdm(total=n, desc="denoise", unit="step") as bar, sampling.progress_hook(lambda i: bar.update(1)):
+      latent = jax.block_until_ready(run_loop(*args))
+    timings["denoise_s"] = time.perf_counter() - t0
+
+  # ---- decode ----
+  t0 = time.perf_counter()
+  frames = np.asarray(jax.device_get(vae.decode(latent)))[0]   # [T, H, W, 3] in [-1, 1]
+  timings["decode_s"] = time.perf_counter() - t0
+
+  # ---- write (each file atomic; the sidecar last) ----
+  t0 = time.perf_counter()
+  outputs = {}
+  if c.save_latents:
+    save_npy(os.path.expanduser(c.save_latents), np.asarray(latent).transpose(0, 4, 1, 2, 3))
+    outputs["latents"] = c.save_latents
+  mp4 = os.path.join(out_dir, name + ".mp4")
+  video.write_video(mp4, frames, fps=c.fps)
+  outputs["video"] = mp4
+  if c.save_frames:
+    outputs["frames"] = video.write_png_frames(os.path.join(out_dir, name + "_frames"), frames)
+  timings["write_s"] = time.perf_counter() - t0
+  sidecar = {
+      "config": c.to_dict(), "seed": seed, "model_type": plan.model_type, "width": plan.width,
+      "height": plan.height, "frames": int(frames.shape[0]), "latent_shape": list(shape),
+      "sigmas": [float(s) for s in plan.sigmas], "timesteps": [float(t) for t in plan.timesteps],
+      "cfg": use_cfg, "timings": {k: round(v, 4) for k, v in timings.items()}, "outputs": outputs,
+      "devices": [str(d) for d in jax.devices()][:8], "mesh": dict(mesh.shape),
+  }
+  save_json(os.path.join(out_dir, name + ".json"), sidecar)
+  logging.info("wrote %s (%d frames %dx%d); timings %s", mp4, frames.shape[0], plan.width, plan.height,
+               sidecar["timings"])
+  return sidecar
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.<field>=...")
+  try:
+    run(_CONFIG.value)
+  except UsageError as e:
+    print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,309 @@
+"""Distillation CLI: DMD2 (bidirectional, Self-Forcing-Plus style) and ODE-init regression.
+
+Mirrors Self-Forcing `trainer/distillation.py` (DMD, spec `distillation.md` §1.3: the counter counts critic
+updates; a generator update runs first when s % ratio == 0, each with its own rollout, prompts and noise) and
+`trainer/ode.py` (§2.2). The loop (checkpoints, resume, non-finite policy, logging) is `train/loop.py`.
+
+  python -m train.distill --config configs/train/dmd_bidirectional.py:model=t2v_14b --workdir runs/dmd \
+      --config.models.generator.weights=ckpt/t2v_14b --config.data.prompts=prompts/
+  python -m train.distill --config configs/train/dmd_smoke.py --workdir /tmp/dmd_smoke
+"""
+
+import functools
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from jax.sharding import NamedSharding
+from ml_collections import config_flags
+
+from train import data, dmd, loop
+from train import state as st
+from train.models import build_dit
+from wanjax import sharding as shd
+from wanjax.errors import UsageError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
+
+ROLES = ("generator", "teacher", "critic")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def dmd_settings(d) -> dmd.DMDSettings:
+  """Typed DMD settings from `config.dmd` (warping the step list when asked)."""
+  steps = tuple(float(s) for s in d.timesteps if s != 0)   # a trailing 0 is dropped, as the reference does
+  if d.warp:
+    steps = dmd.warp_timesteps(steps, d.shift)
+  return dmd.DMDSettings(
+      timesteps=steps, gen_grid=dmd.SigmaGrid(d.shift, d.grid_lookup),
+      score_grid=dmd.SigmaGrid(d.teacher_grid_shift, d.grid_lookup), score_shift=d.score_shift,
+      min_t=d.min_t, max_t=d.max_t, guidance_scale=d.guidance_scale, cfg_form=d.cfg_form,
+      last_step_only=d.last_step_only)
+
+
+def optimizer(t):
+  return st.make_optimizer(lr=t.lr, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay, clip=t.clip)
+
+
+def prompt_contexts(c, workdir, cfg):
+  """([n, S, D], [S, D]) float32 host arrays: cached prompt embeddings, or random fixed ones for smoke."""
+  if c.data.random_contexts > 0:
+    return data.random_contexts(c.seed, c.data.random_contexts, cfg.text_len, cfg.text_dim)
+  prompts = data.read_prompts(c.data.prompts)
+  return data.encode_prompts(prompts, c.data.negative_prompt, text_encoder=c.data.text_encoder,
+                             tokenizer=c.data.tokenizer, text_len=cfg.text_len,
+                             cache_dir=c.data.prompt_cache or os.path.join(workdir, "prompt_cache"))
+
+
+def batch_sharding(mesh, rules, shape, axes):
+  return NamedSharding(mesh, shd.spec_for(axes, shape, mesh, rules))
+
+
+def step_keys(state, role):
+  """Independent keys of one update, from fold_in(rng, step) (bitwise resume): noise, exit, rollout, loss."""
+  key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), role)
+  return jax.random.split(key, 4)
+
+
+# ------------------------------------------------------------------------------------------------ DMD
+
+def dmd_step(state, batch, *, fns, settings, tx_g, tx_c, gcfg, ratio, latent_shape, poison_steps, rollout,
+             with_generator):
+  """One counter step: optional generator update (DMD), then a critic update (flow matching on a fresh
+  stop-gradient rollout). Non-finite updates are skipped (state unchanged except step)."""
+  gen_fn, teacher_fn, critic_fn = fns["generator"], fns["teacher"], fns["critic"]
+  metrics, finite = {}, jnp.bool_(True)
+  neg = batch["negative"]
+  n = len(settings.timesteps)
+
+  if with_generator:
+    ctx = batch["context"]
+    b = ctx.shape[0]
+    k_noise, k_exit, k_roll, k_loss = step_keys(state, 0)
+    noise = jax.random.normal(k_noise, (b,) + latent_shape, jnp.float32)
+    j = dmd.sample_exit_index(k_exit, n, last_step_only=settings.last_step_only)
+    negs = jnp.broadcast_to(neg, ctx.shape)
+
+    def teacher(x_t, t):  # cond and uncond as one batch of two
+      v = teacher_fn.apply(state.teacher, jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
+                           jnp.concatenate([ctx, negs]))
+      return v[:b], v[b:]
+
+    def critic(x_t, t):
+      return critic_fn.apply(jax.lax.stop_gradient(state.critic.params), x_t, t, ctx)
+
+    def loss_fn(params):
+      x = rollout(lambda p, x, t: gen_fn.apply(p, x, t, ctx), params, noise, k_roll, j)
+      loss, m = dmd.generator_dmd_loss(x, k_loss, teacher=teacher, critic=critic, settings=settings)
+      return loop.poison(loss, state.step, poison_steps), m
+
+    old = state.generator
+    (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(old.params)
+    new, gnorm = st.apply_updates(old, grads, tx_g)
+    if gcfg.ema_decay > 0:
+      new = st.ema_step(new, old.params, state.step, decay=gcfg.ema_decay, start=gcfg.ema_start, every=ratio)
+    ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    state = state.replace(generator=st.select_tree(ok, new, old))
+    finite = finite & ok
+    metrics.update(m)
+    metrics.update({"loss/generator": loss, "grad_norm/generator": gnorm, "rollout/exit_generator": j})
+
+  # Critic update on a fresh prompt batch, its own noise and exit index.
+  ctx = batch["context_critic"]
+  b = ctx.shape[0]
+  k_noise, k_exit, k_roll, k_loss = step_keys(state, 1)
+  noise = jax.random.normal(k_noise, (b,) + latent_shape, jnp.float32)
+  j = dmd.sample_exit_index(k_exit, n, last_step_only=settings.last_step_only)
+  gen_params = jax.lax.stop_gradient(state.generator.params)
+  x_gen = jax.lax.stop_gradient(rollout(lambda p, x, t: gen_fn.apply(p, x, t, ctx), gen_params, noise, k_roll, j))
+
+  def critic_loss(params):
+    loss, m = dmd.critic_flow_loss(lambda x_t, t: critic_fn.apply(params, x_t, t, ctx), x_gen, k_loss, settings)
+    return loop.poison(loss, state.step, poison_steps), m
+
+  old = state.critic
+  (loss, m), grads = jax.value_and_grad(critic_loss, has_aux=True)(old.params)
+  new, gnorm = st.apply_updates(old, grads, tx_c)
+  ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+  state = state.replace(critic=st.select_tree(ok, new, old), step=state.step + 1)
+  metrics.update(m)
+  metrics.update({"loss/critic": loss, "grad_norm/critic": gnorm, "rollout/exit_critic": j,
+                  "finite": finite & ok})
+  return state, metrics
+
+
+def train_dmd(c, workdir, mesh, rules):
+  built = {r: build_dit(c.models[r], seed=c.seed, mesh=mesh, rules=rules) for r in ROLES}
+  settings = dmd_settings(c.dmd)
+  tx_g, tx_c = optimizer(c.generator), optimizer(c.critic)
+  ema = c.generator.ema_decay > 0
+  ratio = int(c.dmd.critic_steps_per_generator_step)
+  if ratio < 1:
+    raise UsageError(f"dmd.critic_steps_per_generator_step={ratio} must be >= 1 (reference: 5)")
+  gcfg = built["generator"].cfg
+  if c.data.batch_size < 1:
+    raise UsageError(f"data.batch_size={c.data.batch_size} must be >= 1")
+
+  def make_state(loaded):
+    p = {r: loaded[r] if loaded[r] is not None else built[r].random_init() for r in ROLES}
+    return st.TrainState(
+        step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(c.seed),
+        generator=st.init_trainee(p["generator"], tx_g, ema=ema),
+        critic=st.init_trainee(p["critic"], tx_c), teacher=jax.tree.map(jnp.copy, p["teacher"]))
+
+  abstract_loaded = {r: built[r].abstract if built[r].weights else None for r in ROLES}
+  abstract_state = jax.eval_shape(make_state, abstract_loaded)
+  shardings = st.state_shardings(abstract_state, mesh, generator=built["generator"].shardings,
+                                 critic=built["critic"].shardings, teacher=built["teacher"].shardings,
+                                 tx_generator=tx_g, tx_critic=tx_c)
+
+  def create():
+    cache = {}
+    loaded = {}
+    for r in ROLES:
+      w = built[r].weights
+      if w and w not in cache:
+        cache[w] = built[r].load(mesh, rules)
+      loaded[r] = cache.get(w) if w else None
+    return jax.jit(make_state, out_shardings=shardings)(loaded)
+
+  contexts, negative = prompt_contexts(c, workdir, gcfg)
+  bsz = c.data.batch_size
+  ctx_sharding = batch_sharding(mesh, rules, (bsz,) + contexts.shape[1:], ("batch", "text_length", "act_embed"))
+  neg_device = jax.device_put(negative, NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+  def batch_for(step):
+    # SF draws fresh prompts for the generator and for the critic update of every step (§9 item 7).
+    ig = data.batch_indices(c.seed, step, bsz, len(contexts), stream=0)
+    ic = data.batch_indices(c.seed, step, bsz, len(contexts), stream=1)
+    return {"context": jax.device_put(contexts[ig], ctx_sharding),
+            "context_critic": jax.device_put(contexts[ic], ctx_sharding), "negative": neg_device}
+
+  fns = {r: built[r].fn for r in ROLES}
+  rollout = functools.partial(dmd.bidirectional_rollout, timesteps=settings.timesteps, gen_grid=settings.gen_grid)
+  common = dict(fns=fns, settings=settings, tx_g=tx_g, tx_c=tx_c, gcfg=c.generator, ratio=ratio,
+                latent_shape=tuple(c.data.latent_shape) + (gcfg.out_dim,),
+                poison_steps=tuple(c.debug.nonfinite_steps), rollout=rollout)
+  jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=(shardings, None))
+  gen_step = jit(functools.partial(dmd_step, with_generator=True, **common))
+  critic_step = jit(functools.partial(dmd_step, with_generator=False, **common))
+
+  def step_fn_for(step):
+    return gen_step if dmd.is_generator_step(step, ratio) else critic_step
+
+  return _run(c, workdir, abstract_state, shardings, create, step_fn_for, batch_for,
+              lrs=(("generator", c.generator.lr), ("critic", c.critic.lr)), mesh=mesh, rules=rules)
+
+
+# ------------------------------------------------------------------------------------------------ ODE init
+
+def ode_step(state, batch, *, fn, tx, settings, frames_per_block, poison_steps):
+  k = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 2)
+  ctx, traj = batch["context"], batch["trajectory"]
+
+  def loss_fn(params):
+    denoise = lambda p, x, t: fn.apply(p, x, t, ctx, frames_per_block=frames_per_block)  # noqa: E731
+    loss, m = dmd.ode_regression_loss(denoise, params, traj, k, timesteps=settings.timesteps + (0.0,),
+                                      gen_grid=settings.gen_grid, frames_per_block=frames_per_block)
+    return loop.poison(loss, state.step, poison_steps), m
+
+  old = state.generator
+  (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(old.params)
+  new, gnorm = st.apply_updates(old, grads, tx)
+  ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+  state = state.replace(generator=st.select_tree(ok, new, old), step=state.step + 1)
+  return state, dict(m, **{"loss/ode": loss, "grad_norm/generator": gnorm, "finite": ok})
+
+
+def train_ode(c, workdir, mesh, rules):
+  built = build_dit(c.models.generator, seed=c.seed, mesh=mesh, rules=rules)
+  settings = dmd_settings(c.dmd)
+  tx = optimizer(c.generator)
+  fpb = int(c.ode.frames_per_block) or None
+
+  def make_state(loaded):
+    p = loaded if loaded is not None else built.random_init()
+    return st.TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(c.seed),
+                         generator=st.init_trainee(p, tx))
+
+  abstract_state = jax.eval_shape(make_state, built.abstract if built.weights else None)
+  shardings = st.state_shardings(abstract_state, mesh, generator=built.shardings, tx_generator=tx)
+
+  def create():
+    return jax.jit(make_state, out_shardings=shardings)(built.load(mesh, rules))
+
+  bsz = c.data.batch_size
+  k = len(settings.timesteps) + 1
+  if c.data.trajectories:
+    trajs = data.LatentShards(c.data.trajectories, rank=jax.process_index(), num_ranks=jax.process_count())
+    ctxs = data.LatentShards(c.data.trajectories, key="context", rank=jax.process_index(),
+                             num_ranks=jax.process_count())
+    if trajs.sample_shape[0] != k:
+      raise UsageError(f"{c.data.trajectories}: trajectories hold {trajs.sample_shape[0]} latents per sample; "
+                       f"the step list {settings.timesteps} + 0 needs {k}")
+    get = lambda idx: (trajs.get(idx), ctxs.get(idx))  # noqa: E731
+    n = len(trajs)
+  else:  # smoke: random fixed trajectories and contexts from the seed
+    contexts, _ = prompt_contexts(c, workdir, built.cfg)
+    n = len(contexts)
+    rng = np.random.default_rng([c.seed, 0x0DE])
+    fake = rng.standard_normal((n, k) + tuple(c.data.latent_shape) + (built.cfg.out_dim,)).astype(np.float32)
+    get = lambda idx: (fake[idx], contexts[idx])  # noqa: E731
+
+  def batch_for(step):
+    traj, ctx = get(data.batch_indices(c.seed, step, bsz, n))
+    t_sh = batch_sharding(mesh, rules, traj.shape, ("batch", None, "frames", "height", "width", "channels"))
+    c_sh = batch_sharding(mesh, rules, ctx.shape, ("batch", "text_length", "act_embed"))
+    return {"trajectory": jax.device_put(traj, t_sh), "context": jax.device_put(ctx, c_sh)}
+
+  step = jax.jit(functools.partial(ode_step, fn=built.fn, tx=tx, settings=settings, frames_per_block=fpb,
+                                   poison_steps=tuple(c.debug.nonfinite_steps)),
+                 donate_argnums=0, out_shardings=(shardings, None))
+  return _run(c, workdir, abstract_state, shardings, create, lambda s: step, batch_for,
+              lrs=(("generator", c.generator.lr),), mesh=mesh, rules=rules)
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+def _run(c, workdir, abstract_state, shardings, create, step_fn_for, batch_for, *, lrs, mesh, rules):
+  settings = loop.settings_from_config(c, workdir, samples_per_step=c.data.batch_size, learning_rates=lrs)
+  manager = loop.checkpoint_manager(workdir, keep=c.keep_checkpoints, async_save=c.async_checkpoints)
+  with shd.activate(mesh, rules):
+    state, resumed = loop.restore_or_create(manager, abstract_state=abstract_state, shardings=shardings,
+                                            create=create)
+    logging.info("generator params: %d; starting at step %d of %d", st.param_count(state.generator.params),
+                 resumed or 0, c.total_steps)
+    state = loop.run(settings, state=state, start_step=resumed or 0, step_fn_for=step_fn_for,
+                     batch_for=batch_for, manager=manager)
+  manager.close()
+  return state
+
+
+def train(c, workdir):
+  """Runs the trainer named by `c.objective` ('dmd' | 'ode_init'); returns the final TrainState."""
+  mesh = shd.make_mesh(c.mesh)
+  rules = shd.override_rules(c.sharding_overrides)
+  if c.objective == "dmd":
+    return train_dmd(c, workdir, mesh, rules)
+  if c.objective == "ode_init":
+    return train_ode(c, workdir, mesh, rules)
+  raise UsageError(f"objective={c.objective!r}; valid: dmd, ode_init")
+
+
+def main(argv):
+  del argv
+  try:
+    if _CONFIG.value is None:
+      raise UsageError("--config is required, e.g. --config configs/train/dmd_smoke.py")
+    train(_CONFIG.value, _WORKDIR.value or "")
+  except (UsageError, loop.NonFiniteError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,102 @@
+"""Plain flow-matching training / fine-tuning of the DiT on latents (e.g. the toy-world teacher).
+
+Mirrors the reference flow-matching objective (spec `wan_model.md` sampling convention, `distillation.md` §0.2):
+x_t = (1 - sigma) x0 + sigma eps with sigma = shift(u), u ~ U(0, 1), loss = mean((v - (eps - x0))^2). The
+loop (checkpoints, resume, non-finite policy, logging) is `train/loop.py`; the data is a latent shard folder.
+
+  python -m train.flow_matching --config configs/train/flow_matching.py --workdir runs/fm \
+      --config.data.latents=latents/ --config.data.prompts=prompts.txt
+  python -m train.flow_matching --config configs/train/flow_matching.py:smoke=True --workdir /tmp/fm
+"""
+
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from train import data, dmd, loop
+from train import state as st
+from train.distill import _run, batch_sharding, optimizer, prompt_contexts
+from train.models import build_dit
+from wanjax import sharding as shd
+from wanjax.errors import UsageError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
+
+
+def fm_step(state, batch, *, fn, tx, shift, poison_steps):
+  key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 3)
+
+  def loss_fn(params):
+    denoise = lambda p, x, t: fn.apply(p, x, t, batch["context"])  # noqa: E731
+    loss, m = dmd.flow_matching_loss(denoise, params, batch["latents"], key, shift=shift)
+    return loop.poison(loss, state.step, poison_steps), m
+
+  old = state.generator
+  (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(old.params)
+  new, gnorm = st.apply_updates(old, grads, tx)
+  ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+  state = state.replace(generator=st.select_tree(ok, new, old), step=state.step + 1)
+  return state, dict(m, **{"loss/flow": loss, "grad_norm/generator": gnorm, "finite": ok})
+
+
+def train(c, workdir):
+  mesh = shd.make_mesh(c.mesh)
+  rules = shd.override_rules(c.sharding_overrides)
+  built = build_dit(c.models.generator, seed=c.seed, mesh=mesh, rules=rules)
+  tx = optimizer(c.generator)
+
+  def make_state(loaded):
+    p = loaded if loaded is not None else built.random_init()
+    return st.TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(c.seed),
+                         generator=st.init_trainee(p, tx))
+
+  abstract_state = jax.eval_shape(make_state, built.abstract if built.weights else None)
+  shardings = st.state_shardings(abstract_state, mesh, generator=built.shardings, tx_generator=tx)
+
+  def create():
+    return jax.jit(make_state, out_shardings=shardings)(built.load(mesh, rules))
+
+  contexts, _ = prompt_contexts(c, workdir, built.cfg)
+  if c.data.latents:
+    lat = data.LatentShards(c.data.latents, rank=jax.process_index(), num_ranks=jax.process_count())
+    if len(lat) != len(contexts):
+      raise UsageError(f"{c.data.latents}: {len(lat)} latents but {len(contexts)} prompts; they pair by index")
+    get = lat.get
+  else:  # smoke: random fixed latents from the seed
+    fake = np.random.default_rng([c.seed, 0xF10]).standard_normal(
+        (len(contexts),) + tuple(c.data.latent_shape) + (built.cfg.in_dim,)).astype(np.float32)
+    get = lambda idx: fake[idx]  # noqa: E731
+
+  def batch_for(step):
+    idx = data.batch_indices(c.seed, step, c.data.batch_size, len(contexts))
+    x, ctx = get(idx), contexts[idx]
+    return {"latents": jax.device_put(x, batch_sharding(mesh, rules, x.shape, ("batch", "frames", "height",
+                                                                                 "width", "channels"))),
+            "context": jax.device_put(ctx, batch_sharding(mesh, rules, ctx.shape,
+                                                          ("batch", "text_length", "act_embed")))}
+
+  step = jax.jit(functools.partial(fm_step, fn=built.fn, tx=tx, shift=c.flow.shift,
+                                   poison_steps=tuple(c.debug.nonfinite_steps)),
+                 donate_argnums=0, out_shardings=(shardings, None))
+  return _run(c, workdir, abstract_state, shardings, create, lambda s: step, batch_for,
+              lrs=(("generator", c.generator.lr),), mesh=mesh, rules=rules)
+
+
+def main(argv):
+  del argv
+  try:
+    if _CONFIG.value is None:
+      raise UsageError("--config is required, e.g. --config configs/train/flow_matching.py:smoke=True")
+    train(_CONFIG.value, _WORKDIR.value or "")
+  except (UsageError, loop.NonFiniteError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

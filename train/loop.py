@@ -1,0 +1,178 @@
+"""THE training loop every trainer uses: checkpoint/resume, non-finite policy, logging, progress.
+
+Mirrors the scaffolding of Self-Forcing's `trainer/distillation.py` (step counter, periodic checkpoints) in the
+big_vision `train.py` shape: the state is born sharded (`jit(create, out_shardings=…)`) or restored straight into
+the abstract sharded state, steps are jitted pure functions with donated state, step RNG is
+`fold_in(rng, step)` inside the step (bitwise resume), and the step loop runs under
+`jax.transfer_guard("disallow")` so data moves only by explicit `device_put`/`device_get`.
+
+Trainers supply: the abstract state and its shardings, a `create()` thunk for a fresh state, `step_fn_for(step)`
+(a jitted `(state, batch) -> (state, metrics)`; metrics hold scalars and a boolean `finite`), and
+`batch_for(step)` (a device batch, deterministic in the step).
+"""
+
+import dataclasses
+import os
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+from absl import logging
+
+from wanjax.errors import UsageError
+
+
+class NonFiniteError(RuntimeError):
+  """Raised after too many consecutive non-finite steps."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+  workdir: str
+  total_steps: int
+  checkpoint_every: int = 50
+  keep_checkpoints: int = 3
+  log_every: int = 10
+  max_consecutive_nonfinite: int = 5
+  samples_per_step: int = 1          # for the throughput scalar
+  learning_rates: tuple = ()         # ((name, lr), ...) logged as constants
+  sleep_per_step: float = 0.0        # debug only: widens the window of the kill/resume test
+  async_checkpoints: bool = True
+
+  def __post_init__(self):
+    if not self.workdir:
+      raise UsageError("--workdir is required (checkpoints and TensorBoard logs are written there)")
+    for name in ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every",
+                 "max_consecutive_nonfinite"):
+      if getattr(self, name) < 1:
+        raise UsageError(f"{name}={getattr(self, name)} must be >= 1")
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+def checkpoint_dir(workdir):
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def checkpoint_manager(workdir, *, keep=3, async_save=True) -> ocp.CheckpointManager:
+  """Keep-last-K manager; orbax writes each step to a temp dir and renames it when complete (atomic), and
+  cleans up the temp dirs of interrupted saves on start."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                         enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def abstract_sharded(abstract, shardings):
+  """ShapeDtypeStructs carrying the target shardings: restore places every array straight into its shard."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def restore_or_create(manager, *, abstract_state, shardings, create):
+  """Restores the latest checkpoint into the abstract sharded state, or builds a fresh one with `create()`.
+  Returns (state, step restored or None)."""
+  latest = manager.latest_step()
+  if latest is None:
+    return create(), None
+  target = abstract_sharded(abstract_state, shardings)
+  try:
+    state = manager.restore(latest, args=ocp.args.StandardRestore(target))
+  except (ValueError, KeyError) as e:
+    raise UsageError(f"checkpoint step {latest} in {manager.directory} does not match this config's train "
+                     f"state ({e}); use a fresh --workdir or the config that wrote it") from None
+  logging.info("resumed from step %d (%s)", latest, manager.directory)
+  return state, latest
+
+
+def save(manager, step, state):
+  # Orbax copies device arrays to the host before the async write begins, so the state may be donated next.
+  with jax.transfer_guard("allow"):
+    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+def _writer(workdir):
+  if jax.process_index() != 0:
+    return None
+  import tensorboardX  # deferred: only the chief process writes event files
+  return tensorboardX.SummaryWriter(os.path.join(os.path.abspath(workdir), "tb"))
+
+
+def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, manager):
+  """Runs steps [start_step, total_steps). Returns the final state (also saved as the last checkpoint).
+
+  Non-finite policy: a step whose loss or gradient is not finite is skipped inside the step function (the
+  params and optimiser state stay; step and RNG advance) and counted here; after
+  `max_consecutive_nonfinite` in a row this raises `NonFiniteError` without saving, so the last good
+  checkpoint stays the latest. No checkpoint is written while a non-finite streak is running.
+  """
+  writer = _writer(settings.workdir)
+  streak, skipped_total, last_good_step = 0, 0, start_step
+  pbar = tqdm.tqdm(total=settings.total_steps, initial=start_step, desc="train", unit="step",
+                   disable=jax.process_index() != 0)
+  t_last = time.perf_counter()
+  try:
+    for step in range(start_step, settings.total_steps):
+      batch = batch_for(step)
+      with jax.transfer_guard("disallow"):
+        state, metrics = step_fn_for(step)(state, batch)
+      metrics = jax.device_get(metrics)
+      jax.block_until_ready(state)
+      now = time.perf_counter()
+      dt, t_last = now - t_last, now
+      done = step + 1
+      if bool(metrics.pop("finite")):
+        streak, last_good_step = 0, done
+      else:
+        streak += 1
+        skipped_total += 1
+        logging.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d total)",
+                        step, streak, skipped_total)
+        if streak >= settings.max_consecutive_nonfinite:
+          latest = manager.latest_step()
+          manager.wait_until_finished()
+          raise NonFiniteError(
+              f"{streak} consecutive non-finite steps ({step - streak + 1}..{step}); stopped without saving. "
+              f"Last good checkpoint: step {latest} in {manager.directory}. Lower the learning rate or "
+              f"check the data, then resume from that checkpoint.")
+      if writer is not None and (done % settings.log_every == 0 or done == settings.total_steps):
+        for k, v in metrics.items():
+          writer.add_scalar(k, float(np.asarray(v)), done)
+        for name, lr in settings.learning_rates:
+          writer.add_scalar(f"lr/{name}", lr, done)
+        writer.add_scalar("perf/step_time_s", dt, done)
+        writer.add_scalar("perf/samples_per_s", settings.samples_per_step / max(dt, 1e-9), done)
+        writer.add_scalar("nonfinite/skipped_total", skipped_total, done)
+        writer.flush()
+      pbar.update(1)
+      pbar.set_postfix({k: f"{float(np.asarray(v)):.4g}" for k, v in metrics.items() if k.startswith("loss")})
+      if streak == 0 and (done % settings.checkpoint_every == 0 or done == settings.total_steps):
+        save(manager, done, state)
+      if settings.sleep_per_step:
+        time.sleep(settings.sleep_per_step)
+  finally:
+    pbar.close()
+    manager.wait_until_finished()
+    if writer is not None:
+      writer.close()
+  if skipped_total:
+    logging.warning("%d steps were skipped as non-finite", skipped_total)
+  return state
+
+
+def settings_from_config(c, workdir, *, samples_per_step, learning_rates=()) -> LoopSettings:
+  """LoopSettings from the cadence section of a training config (CLIs only)."""
+  return LoopSettings(workdir=workdir, total_steps=c.total_steps, checkpoint_every=c.checkpoint_every,
+                      keep_checkpoints=c.keep_checkpoints, log_every=c.log_every,
+                      max_consecutive_nonfinite=c.max_consecutive_nonfinite, samples_per_step=samples_per_step,
+                      learning_rates=tuple(learning_rates), sleep_per_step=c.debug.sleep_per_step,
+                      async_checkpoints=c.async_checkpoints)
+
+
+def poison(loss, step, steps):
+  """Debug hook: NaN loss at the given steps (exercises the non-finite policy end to end)."""
+  import jax.numpy as jnp
+  bad = jnp.isin(step, jnp.asarray(steps, jnp.int32))
+  return jnp.where(bad, jnp.nan, loss)

@@ -1,0 +1,69 @@
+"""Builds the DiTs a trainer needs: abstract shapes, shardings, random init or sharded weight loading.
+
+Follows the big_vision/flax GSPMD recipe (style.md §1.1, §1.2): the model is created abstractly
+(`nnx.eval_shape`), each param gets its NamedSharding from the logical-axis rules, random init runs inside
+`jit(out_shardings=…)` and converted weights are read shard by shard (`wanjax.checkpoint.load_state`).
+"""
+
+import dataclasses
+import os
+
+import jax
+from flax import nnx
+
+from wanjax import checkpoint
+from wanjax import sharding as shd
+from wanjax.dit.config import DiTConfig, get_config
+from wanjax.dit.model import WanDiT
+from wanjax.errors import CheckpointError
+
+from train.state import ModelFn
+
+
+@dataclasses.dataclass
+class BuiltModel:
+  cfg: DiTConfig
+  fn: ModelFn            # apply(params, x, t, context, **kw) -> v
+  abstract: dict         # pure dict of ShapeDtypeStruct
+  shardings: dict        # pure dict of NamedSharding
+  random_init: object    # () -> pure dict of params (call inside jit)
+  weights: str           # converted model dir, or '' for random init
+
+  def load(self, mesh, rules):
+    """Concrete sharded params from `weights`, or None for random init."""
+    if not self.weights:
+      return None
+    abstract_state = self.fn.to_state(self.abstract)
+    state = checkpoint.load_state(abstract_state, checkpoint.model_files(self.weights), mesh=mesh, rules=rules)
+    return nnx.to_pure_dict(state)
+
+
+def build_dit(mcfg, *, seed, mesh, rules=shd.RULES) -> BuiltModel:
+  """mcfg: a `configs.train_common.model` ConfigDict (preset, weights, precision, remat, scan, attn_impl)."""
+  cfg = get_config(mcfg.preset)
+  if mcfg.weights:
+    path = os.path.join(mcfg.weights, "config.json")
+    if not os.path.exists(path):
+      raise CheckpointError(f"{mcfg.weights}: no config.json (convert first: python -m converters.convert)")
+    file_cfg = DiTConfig.load(path)
+    if file_cfg != cfg:
+      raise CheckpointError(f"{mcfg.weights}: checkpoint config does not match preset {mcfg.preset!r}; "
+                            f"checkpoint {file_cfg} vs preset {cfg}")
+  kwargs = dict(policy=mcfg.precision, scan=mcfg.scan, remat=mcfg.remat, attn_impl=mcfg.attn_impl)
+
+  def make():
+    return WanDiT(cfg, rngs=nnx.Rngs(seed), **kwargs)
+
+  abstract_module = nnx.eval_shape(make)
+  fn, abstract = ModelFn.from_module(abstract_module)
+  param_shardings = nnx.to_pure_dict(shd.state_shardings(fn.to_state(abstract), mesh, rules))
+  if jax.tree.leaves(fn.rest):
+    # Non-param state (buffers) must be concrete to be merged inside jit; jit drops the unused params.
+    fn.rest = jax.jit(lambda: nnx.split(make(), nnx.Param, ...)[2])()
+
+  def random_init():
+    return nnx.to_pure_dict(nnx.split(make(), nnx.Param, ...)[1])
+
+  return BuiltModel(cfg=cfg, fn=fn, abstract=abstract, shardings=param_shardings, random_init=random_init,
+                    weights=mcfg.weights)
+

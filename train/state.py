@@ -1,0 +1,151 @@
+"""The train state: ONE explicit pytree, its optimisers, EMA, and the params <-> model adapter.
+
+Mirrors the state the Self-Forcing trainer keeps (spec `distillation.md` §1.6, `trainer/distillation.py`):
+generator params + AdamW state (+ an fp32 EMA shadow), critic params + AdamW state, frozen teacher params (no
+optimiser state), the step counter (critic updates) and the RNG key. Orbax saves exactly this pytree.
+
+Params are nested dicts of arrays (`nnx.to_pure_dict`), so optax, orbax and tree maths see plain arrays; the
+`ModelFn` adapter merges them back into the NNX module inside jitted functions.
+"""
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from wanjax.errors import UsageError
+
+
+@flax.struct.dataclass
+class Trainee:
+  """One trained network: fp32 master params, optimiser state, optional fp32 EMA shadow."""
+  params: Any
+  opt_state: Any
+  ema: Any = None
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array            # int32 scalar: completed steps (SF counts critic updates)
+  rng: jax.Array             # uint32[2] raw key; step keys are fold_in(rng, step)
+  generator: Trainee
+  critic: Trainee | None = None
+  teacher: Any = None        # frozen params, no optimiser state
+
+
+def make_optimizer(*, lr, b1=0.0, b2=0.999, eps=1e-8, weight_decay=0.01, clip=10.0):
+  """`clip_by_global_norm(clip)` then AdamW with decoupled decay on every param, constant LR (§1.6)."""
+  if lr <= 0:
+    raise UsageError(f"learning rate {lr} must be > 0")
+  parts = [optax.clip_by_global_norm(clip)] if clip and clip > 0 else []
+  parts.append(optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+  return optax.chain(*parts)
+
+
+def init_trainee(params, tx, *, ema=False) -> Trainee:
+  """Fresh optimiser state; the EMA slot (when enabled) exists from the start so the pytree shape is static."""
+  params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+  shadow = jax.tree.map(jnp.copy, params) if ema else None
+  return Trainee(params=params, opt_state=tx.init(params), ema=shadow)
+
+
+def ema_update(ema, params, decay):
+  """ema <- decay * ema + (1 - decay) * params, in fp32."""
+  return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p.astype(jnp.float32), ema, params)
+
+
+def ema_step(trainee: Trainee, old_params, step, *, decay, start, every):
+  """EMA bookkeeping after a generator update at counter `step` (§1.3, §1.6).
+
+  The reference creates the EMA when the counter reaches `start` from the weights present then (those after
+  the last generator update) and afterwards updates it after every generator step. Generator steps happen every
+  `every` counts, so the first one at or after `start` (start <= step < start + every) first re-initialises the
+  shadow from `old_params`. Before `start` the shadow is left untouched.
+  """
+  if trainee.ema is None:
+    return trainee
+  first = (step >= start) & (step < start + every)
+  base = jax.tree.map(lambda e, p: jnp.where(first, p, e), trainee.ema, old_params)
+  new = ema_update(base, trainee.params, decay)
+  ema = jax.tree.map(lambda n, e: jnp.where(step >= start, n, e), new, trainee.ema)
+  return trainee.replace(ema=ema)
+
+
+def apply_updates(trainee: Trainee, grads, tx):
+  """One optimiser step. Returns (trainee, global grad norm before clipping)."""
+  updates, opt_state = tx.update(grads, trainee.opt_state, trainee.params)
+  params = optax.apply_updates(trainee.params, updates)
+  return trainee.replace(params=params, opt_state=opt_state), optax.tree.norm(grads)
+
+
+def select_tree(ok, new, old):
+  """`new` where the scalar `ok` holds, else `old` (skips a non-finite update inside jit)."""
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+def all_finite(*trees):
+  leaves = [x for t in trees for x in jax.tree.leaves(t)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+class ModelFn:
+  """Adapter between pure-dict params and an NNX module: split once, merge inside jitted functions.
+
+  `apply(params, *args, **kw)` rebuilds the module from the static graphdef, the params dict and the non-param
+  state captured at construction (buffers such as RoPE tables), then calls it.
+  """
+
+  def __init__(self, graphdef, abstract_params: nnx.State, rest: nnx.State):
+    self.graphdef = graphdef
+    self.rest = rest
+    self._treedef = jax.tree.structure(abstract_params)
+    # The pure dict flattens in the same (sorted-key) order as the State; check once so a silent mix-up of
+    # leaves can never happen.
+    pure = nnx.to_pure_dict(abstract_params)
+    paths_state = [_key_names(p)[:-1] for p, _ in jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
+    paths_pure = [_key_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(pure)[0]]
+    assert paths_state == paths_pure, "param State and pure dict flatten in different orders"
+
+  @classmethod
+  def from_module(cls, module):
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    return cls(graphdef, params, rest), nnx.to_pure_dict(params)
+
+  def to_state(self, params) -> nnx.State:
+    return jax.tree.unflatten(self._treedef, jax.tree.leaves(params))
+
+  def module(self, params):
+    return nnx.merge(self.graphdef, self.to_state(params), self.rest)
+
+  def apply(self, params, *args, **kwargs):
+    return self.module(params)(*args, **kwargs)
+
+
+def _key_names(path):
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def param_count(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def trainee_shardings(abstract: Trainee, param_shardings, tx, replicated) -> Trainee:
+  """Shardings of a Trainee: optimiser moments and EMA follow the params; counters are replicated."""
+  opt = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_shardings,
+                              transform_non_params=lambda _: replicated)
+  return Trainee(params=param_shardings, opt_state=opt,
+                 ema=None if abstract.ema is None else param_shardings)
+
+
+def state_shardings(abstract: TrainState, mesh, *, generator, critic=None, teacher=None, tx_generator,
+                    tx_critic=None) -> TrainState:
+  """NamedShardings for a whole TrainState from each role's param shardings (pure dicts of NamedSharding)."""
+  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return TrainState(
+      step=repl, rng=repl,
+      generator=trainee_shardings(abstract.generator, generator, tx_generator, repl),
+      critic=None if abstract.critic is None else trainee_shardings(abstract.critic, critic, tx_critic, repl),
+      teacher=None if abstract.teacher is None else teacher)
