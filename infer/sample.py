@@ -26,9 +26,6 @@ from ml_collections import config_flags
 from infer import demo
 from wanjax.errors import UsageError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/sample/tiny.py", "Sampling preset (configs/sample/<preset>.py[:arg]).", lock_config=True)
-
 T2V_SIZE_MULTIPLE = 16   # VAE stride 8 × patch 2
 
 
@@ -365,11 +362,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.<field>=...")
   try:
-    run(_CONFIG.value)
+    run(flags.FLAGS.config)
   except UsageError as e:
     print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so tests and tools can import this module without claiming the flag name.
+  config_flags.DEFINE_config_file(
+      "config", "configs/sample/tiny.py", "Sampling preset (configs/sample/<preset>.py[:arg]).", lock_config=True)
   app.run(main)

@@ -5,6 +5,7 @@ Weights go through the real converter path: diffusers state dict -> `converters/
 JAX-layout safetensors -> `wanjax.checkpoint.load_state`.
 """
 
+import copy
 import functools
 import math
 
@@ -113,17 +114,20 @@ def _inputs(cfg: DiTConfig, seed: int, text_rows: int):
   return x, ctx, extra
 
 
-def _torch_forward(torch_model, x, t, ctx, extra, autocast=False):
-  """Diffusers forward on channels-last inputs; returns channels-last float64 numpy."""
+def _torch_forward(torch_model, x, t, ctx, extra, autocast=False, dtype=None):
+  """Diffusers forward on channels-last inputs (cast to `dtype` if given); returns channels-last float64."""
   torch = _torch()
   hs = np.concatenate([x, extra["y"]], axis=-1) if "y" in extra else x
   hs = torch.from_numpy(np.ascontiguousarray(hs.transpose(0, 4, 1, 2, 3)))
+  ctx = torch.from_numpy(ctx)
   kw = {}
   if "clip_fea" in extra:
     kw["encoder_hidden_states_image"] = torch.from_numpy(extra["clip_fea"])
+  if dtype is not None:
+    hs, ctx, kw = hs.to(dtype), ctx.to(dtype), {k: v.to(dtype) for k, v in kw.items()}
   t = torch.as_tensor(np.asarray(t))
   with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-    out = torch_model(hs, t, torch.from_numpy(ctx), return_dict=False, **kw)[0]
+    out = torch_model(hs, t, ctx, return_dict=False, **kw)[0]
   return out.float().numpy().astype(np.float64).transpose(0, 2, 3, 4, 1)
 
 
@@ -199,20 +203,26 @@ def test_per_frame_timesteps_match_diffusers_per_token(t2v):
 
 @pytest.mark.torch
 def test_bf16_error_no_worse_than_diffusers_bf16(t2v):
-  """bf16 policy vs the fp32 reference: error no worse than diffusers under CPU bf16 autocast vs fp32."""
+  """bf16 policy vs the fp32 reference: error no worse than the better of diffusers under CPU bf16 autocast and
+  diffusers cast to bf16, each vs diffusers fp32. Measured (CPU): jax bf16 4.4e-3; diffusers autocast 1.2e-2,
+  diffusers .to(bf16) 8.2e-3."""
+  torch = _torch()
   tm, graphdef, state = t2v
   x, ctx, extra = _inputs(T2V, seed=13, text_rows=8)
   t = np.array([999, 500], np.int64)
   ref = _torch_forward(tm, x, t, ctx, extra)
-  ref_bf16 = _torch_forward(tm, x, t, ctx, extra, autocast=True)
+  err_autocast = max_rel_err(_torch_forward(tm, x, t, ctx, extra, autocast=True), ref)
+  err_cast = max_rel_err(_torch_forward(copy.deepcopy(tm).to(torch.bfloat16), x, t, ctx, extra,
+                                        dtype=torch.bfloat16), ref)
   # Through make_forward, the helper samplers and trainers use.
   fwd, params, rest = make_forward(nnx.merge(nnx.graphdef(abstract_model(T2V, policy="bf16")), state))
   out = jax.jit(fwd)(params, rest, jnp.asarray(x), jnp.asarray(t), jnp.asarray(ctx))
   assert out.dtype == jnp.float32
-  err_jax, err_torch = max_rel_err(np.asarray(out, np.float64), ref), max_rel_err(ref_bf16, ref)
-  assert err_jax <= err_torch, (f"bf16 policy rel err {err_jax:.3g} vs fp32 reference is worse than diffusers "
-                                f"bf16-autocast's {err_torch:.3g}")
-  assert err_jax > 0, "bf16 policy gave bit-identical fp32 results: the compute dtype is not applied"
+  err_jax = max_rel_err(np.asarray(out, np.float64), ref)
+  msg = (f"bf16 policy rel err {err_jax:.3g}; diffusers bf16-autocast {err_autocast:.3g}, diffusers .to(bf16) "
+         f"{err_cast:.3g} (all vs diffusers fp32)")
+  assert err_jax <= min(err_autocast, err_cast), msg
+  assert err_jax > 1e-5, "bf16 policy matches fp32 to fp32 accuracy: the compute dtype is not applied; " + msg
 
 
 # ------------------------------------------------------------------------------------------ JAX-only paths

@@ -76,7 +76,7 @@ class CLIPVisionConfig:
   @classmethod
   def from_json_dict(cls, d: dict) -> "CLIPVisionConfig":
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known - {"family"})
+    unknown = sorted(set(d) - known - {"family", "source_layout"})  # the converter's bookkeeping fields
     if unknown:
       raise UsageError(f"unknown CLIP config fields {unknown}; valid: {sorted(known)}")
     if d.get("family", "clip") != "clip":

@@ -11,9 +11,11 @@ No reference counterpart (docs/toyworld.md §Score). Works on any `[T, H, W, 3]`
    edge width (≈ 1 pixel for the anti-aliased renders, several for blurred videos);
 3. per object colour and frame, 8-connected components (scipy.ndimage, which jax already depends on); blobs
    smaller than `MIN_AREA` × a small object's area are dropped as specks;
-4. per blob: area, centroid, bounding box and two shape features — `fill` = area / bounding-box area (square
-   1, circle π/4, diamond and triangle 1/2) and `asym` = (centroid y − box centre y) / box height (1/6 for an
-   upward triangle, 0 for the others) — classified by the nearest prototype, and a size class by the area;
+4. per blob, from the soft coverage α in a window around it: area (Σα), centroid, and the shape whose
+   anti-aliased template — the renderer's own signed distance at the blob's area and centroid — is closest in
+   L1 (relative to the area); the size class by the area. Bounding-box `fill` (area / box area: square 1,
+   circle π/4, diamond and triangle ½) and `asym` ((centroid y − box centre y) / box height: ⅙ for the upward
+   triangle, 0 for the others) are kept as diagnostics;
 5. a track per colour: the largest blob of that colour in each frame (colours are unique within a scene).
 """
 
@@ -30,10 +32,7 @@ _PALETTE = np.asarray([world.COLOURS[c] for c in OBJECT_COLOURS], np.float32)  #
 TAU = 0.5          # largest distance of a pixel from its colour's segment b→c (the closest colour pair is 1.25)
 EDGE_ALPHA = 0.1   # coverage band (0.1, 0.9) counted as edge pixels
 MIN_AREA = 0.3     # blobs below this fraction of a small object's area are specks
-# Shape prototypes in (fill, asym) and the feature scales of the nearest-prototype distance.
-SHAPE_PROTOTYPES = {"square": (1.0, 0.0, 1.0), "circle": (math.pi / 4, 0.0, 0.0), "diamond": (0.5, 0.0, 0.0),
-                    "triangle": (0.5, 1.0 / 6.0, 0.0)}
-FEATURE_SCALE = (0.12, 0.05, 0.5)
+WINDOW_PAD = 2     # pixels around a blob's bounding box used for its soft coverage
 # Size classes split at the geometric mean of the two class areas (fraction of the frame area).
 SIZE_SPLIT = math.pi * world.SIZE_RADIUS["small"] * world.SIZE_RADIUS["large"]
 
@@ -47,7 +46,7 @@ class Blob:
   y: float
   fill: float
   asym: float
-  corners: float      # fraction of the four bounding-box corner pixels inside the blob
+  template_error: float  # L1 distance of the coverage from the best template, relative to the area
   edge_width: float   # edge pixels per outline pixel of this colour in this frame
   shape: str
   size: str
@@ -83,6 +82,7 @@ class Segmentation:
   labels: np.ndarray       # [T, S, S] int8: index into OBJECT_COLOURS, −1 for background / unclassified
   background: np.ndarray   # [T, 3] per-frame median colour
   edge_pixels: np.ndarray  # [T, C] pixels per frame and colour with a partial coverage
+  alpha: np.ndarray        # [T, S, S, C] coverage α in [0, 1] where the pixel is on the segment b→c, else 0
 
 
 def segment(video: np.ndarray) -> Segmentation:
@@ -102,15 +102,26 @@ def segment(video: np.ndarray) -> Segmentation:
   best = np.argmin(np.where(valid, res2, np.inf), axis=-1)
   labels = np.where(np.any(valid, axis=-1), best, -1).astype(np.int8)
   edge = on_segment & (alpha > EDGE_ALPHA) & (alpha < 1.0 - EDGE_ALPHA)
+  alpha = np.where(on_segment, a, 0.0).astype(np.float32).reshape(video.shape[:3] + (len(_PALETTE),))
   return Segmentation(labels=labels.reshape(video.shape[:3]), background=bg,
-                      edge_pixels=np.sum(edge, axis=1))
+                      edge_pixels=np.sum(edge, axis=1), alpha=alpha)
 
 
-def classify_shape(fill: float, asym: float, corners: float) -> str:
-  """Nearest shape prototype in the scaled (fill, asym, corners) space."""
-  def dist(p):
-    return sum(((v - q) / s) ** 2 for v, q, s in zip((fill, asym, corners), p, FEATURE_SCALE))
-  return min(SHAPE_PROTOTYPES, key=lambda s: dist(SHAPE_PROTOTYPES[s]))
+def match_shape(alpha: np.ndarray, x0: int, y0: int) -> tuple:
+  """(shape, relative L1 error, area px, cx, cy) of a soft coverage window whose top-left pixel is (x0, y0)."""
+  area = float(alpha.sum())
+  gy, gx = np.mgrid[0:alpha.shape[0], 0:alpha.shape[1]] + 0.5
+  cx, cy = float((alpha * gx).sum() / area), float((alpha * gy).sum() / area)
+  r = math.sqrt(area / math.pi)
+  errors = {}
+  for shape, (ex, ey) in world.HALF_EXTENT.items():
+    hx, hy = ex * r, ey * r
+    # The template is placed by its centroid; a triangle's box centre sits a third of hy above it.
+    by = cy - hy / 3.0 if shape == "triangle" else cy
+    template = np.clip(0.5 - world.signed_distance(shape, gx - cx, gy - by, hx, hy), 0.0, 1.0)
+    errors[shape] = float(np.abs(alpha - template).sum() / area)
+  shape = min(errors, key=errors.get)
+  return shape, errors[shape], area, cx + x0, cy + y0
 
 
 def size_class(area: float) -> str:
@@ -128,8 +139,6 @@ def find_blobs(seg: Segmentation) -> list:
   structure[1] = True
   cross = np.zeros((3, 3, 3), bool)
   cross[1, 1, :] = cross[1, :, 1] = True
-  ys = np.broadcast_to((np.arange(side, dtype=np.float64) + 0.5)[None, :, None], labels.shape)
-  xs = np.broadcast_to((np.arange(side, dtype=np.float64) + 0.5)[None, None, :], labels.shape)
   blobs = []
   for ci, colour in enumerate(OBJECT_COLOURS):
     mask = labels == ci
@@ -143,23 +152,24 @@ def find_blobs(seg: Segmentation) -> list:
     keep = np.flatnonzero(area >= min_px)
     if keep.size == 0:
       continue
-    sy = np.bincount(flat, weights=ys.ravel(), minlength=n + 1)[1:]
-    sx = np.bincount(flat, weights=xs.ravel(), minlength=n + 1)[1:]
     slices = ndimage.find_objects(comp)
     for k in keep:
       sl = slices[k]
       f = int(sl[0].start)
       y0, y1, x0, x1 = sl[1].start, sl[1].stop, sl[2].start, sl[2].stop
       box = comp[f, y0:y1, x0:x1] == k + 1
-      corners = float(np.mean([box[0, 0], box[0, -1], box[-1, 0], box[-1, -1]]))
-      bh, bw = y1 - y0, x1 - x0
-      cy, cx = sy[k] / area[k], sx[k] / area[k]
-      fill = area[k] / (bh * bw)
-      asym = (cy - 0.5 * (y0 + y1)) / bh
-      a = area[k] / side ** 2
-      blobs.append(Blob(frame=f, colour=colour, area=float(a), x=float(cx / side), y=float(cy / side),
-                        fill=float(fill), asym=float(asym), corners=corners, edge_width=float(edge_width[f]),
-                        shape=classify_shape(fill, asym, corners), size=size_class(a)))
+      rows = np.nonzero(box)[0] + 0.5
+      fill = area[k] / box.size
+      asym = (rows.mean() - 0.5 * box.shape[0]) / box.shape[0]
+      ya, yb = max(y0 - WINDOW_PAD, 0), min(y1 + WINDOW_PAD, side)
+      xa, xb = max(x0 - WINDOW_PAD, 0), min(x1 + WINDOW_PAD, side)
+      # Soft coverage of this blob only: other blobs of the colour in the window are masked out.
+      own = np.isin(comp[f, ya:yb, xa:xb], (0, k + 1))
+      shape, err, soft_area, cx, cy = match_shape(seg.alpha[f, ya:yb, xa:xb, ci] * own, xa, ya)
+      a = soft_area / side ** 2
+      blobs.append(Blob(frame=f, colour=colour, area=a, x=cx / side, y=cy / side, fill=float(fill),
+                        asym=float(asym), template_error=err, edge_width=float(edge_width[f]), shape=shape,
+                        size=size_class(a)))
   blobs.sort(key=lambda b: (b.frame, -b.area))
   return blobs
 

@@ -11,14 +11,16 @@ with every term per video, exits 0; 1 on a usage error; 2 when `--min-score` is 
 
 The score of one video is a weighted sum (`WEIGHTS`, total 1) of terms in [0, 1]:
 - scene terms: `count` (fraction of frames with exactly the prompted number of objects), `background`
-  (median colour of the video near the prompted background);
+  (median frame colour near the prompted background);
 - object terms, averaged over the prompted objects. Each prompted object is matched to the track of its colour,
   or, when that colour is absent, to the longest unmatched track of another colour (its `colour` term is then
-  0, the others are still measured): `colour`, `presence` (fraction of frames where it is seen), `shape` and
-  `size` (fraction of those frames classified as prompted), `direction` (angle between the fitted displacement
-  and the prompted direction: 1 up to 22.5°, 0 from 67.5°), `speed` (membership of the fitted displacement in
-  the prompted speed band) and `smoothness` (mean of three ramps: residual of a straight-line fit, frame-to-
-  frame jitter, area flicker). Motion terms need the object in at least 3 frames.
+  0, the others are still measured): `colour`; `shape` and `size` (fraction of all T frames in which the object
+  is seen and classified as prompted, so vanishing objects lose them too); `direction` (angle between the
+  fitted displacement and the prompted direction: 1 up to 22.5°, 0 from 67.5°); `speed` (membership of the
+  fitted displacement over the clip in the prompted speed band); `smoothness` (mean of three ramps: residual
+  of a straight-line fit of the centroids, frame-to-frame jitter, area flicker); `sharpness` (edge width:
+  renders have a one-pixel anti-aliased ramp, blurred videos a wide one). Motion terms need the object in at
+  least 3 frames. `presence` (fraction of frames in which it is seen) is reported, not weighted.
 `correct` is the all-or-nothing version (every attribute's class right), as GenEval reports it.
 """
 
@@ -26,6 +28,7 @@ import glob
 import json
 import math
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -37,6 +40,7 @@ WEIGHTS = {"count": 0.10, "background": 0.05, "colour": 0.15, "shape": 0.15, "si
            "direction": 0.15, "speed": 0.10, "smoothness": 0.05, "sharpness": 0.15}
 assert abs(sum(WEIGHTS.values()) - 1.0) < 1e-9
 OBJECT_TERMS = ("colour", "presence", "shape", "size", "direction", "speed", "smoothness", "sharpness")
+assert set(WEIGHTS) == {"count", "background"} | set(OBJECT_TERMS) - {"presence"}
 # Distances below are fractions of the frame side; ramps are (value where the term is 1, value where it is 0).
 STATIC = 0.06                          # fitted displacements shorter than this have no direction
 DIRECTION_RAMP_DEG = (22.5, 67.5)
@@ -306,16 +310,15 @@ def main(argv) -> int:
   videos = list_videos(f.videos)
   report = evaluate_files(videos, read_prompts(f.prompts, videos))
   save_json(f.out, report)
-  print(format_table(report))  # the CLI's output; library code above logs nothing
-  print(f"wrote {f.out}")
+  # The CLI's output (stdout); the library functions above write nothing.
+  sys.stdout.write(f"{format_table(report)}\nwrote {f.out}\n")
   if min_score is not None and report["mean_score"] < min_score:
-    print(f"mean score {report['mean_score']:.4f} is below --min-score {min_score}")
+    sys.stdout.write(f"mean score {report['mean_score']:.4f} is below --min-score {min_score}\n")
     return 2
   return 0
 
 
 def run():
-  import sys
   from absl import app, flags
   flags.DEFINE_string("videos", None, "folder of .mp4/.npy clips, or comma-separated files")
   flags.DEFINE_string("prompts", None, ".txt (one per line) or .json prompts in sorted video order; default: "
@@ -327,7 +330,7 @@ def run():
     try:
       sys.exit(main(argv))
     except UsageError as e:
-      print(f"error: {e}", file=sys.stderr)
+      sys.stderr.write(f"error: {e}\n")
       sys.exit(1)
 
   app.run(wrapped)

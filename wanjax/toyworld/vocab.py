@@ -5,7 +5,7 @@ geometry and colour tables by these words and `parse_prompt` accepts nothing els
 HF `tokenizers` WordLevel model with a lower-casing normaliser and the `Whitespace` pre-tokeniser
 (`\\w+|[^\\w\\s]+`), ids `<pad>`=0, `</s>`=1, `<unk>`=2, then the words in the order below. It carries no
 post-processor: `wanjax.text.tokenize.Tokenizer` installs the umT5 template that appends `</s>`, so the toy
-world goes through exactly the same front end as the real umT5 tokenizer. The vocabulary (35 ids) fits the
+world goes through exactly the same front end as the real umT5 tokenizer. The vocabulary (32 ids) fits the
 `tiny` umT5 preset (vocab 101).
 
   python -m wanjax.toyworld.vocab --out DIR      # writes DIR/tokenizer.json

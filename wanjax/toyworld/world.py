@@ -279,8 +279,12 @@ def sample_scene(rng, *, exclude=()) -> Scene:
   exclude = frozenset(exclude)
   for _ in range(10_000):
     spec = sample_spec(rng)
-    if prompt_for(spec) not in exclude:
+    if prompt_for(spec) in exclude:
+      continue
+    try:
       return place(spec, rng)
+    except UsageError:  # a rare combination (two large fast objects) with no room: draw another scene
+      continue
   raise UsageError(f"could not draw a scene outside the {len(exclude)} excluded prompts")
 
 
@@ -301,7 +305,7 @@ def frame_square(height: int, width: int):
   return (width - side) / 2.0, (height - side) / 2.0, float(side)
 
 
-def _signed_distance(shape, dx, dy, hx, hy):
+def signed_distance(shape, dx, dy, hx, hy):
   """Signed distance (pixels, < 0 inside) to the shape's outline; dx, dy are offsets from the box centre."""
   if shape == "circle":
     return np.sqrt(dx * dx + dy * dy) - hx
@@ -325,7 +329,7 @@ def coverage(o: SceneObject, frames: int, height: int, width: int):
   xs = np.arange(width, dtype=np.float64) + 0.5
   dx = xs[None, None, :] - cx[:, None, None]
   dy = ys[None, :, None] - cy[:, None, None]
-  return np.clip(0.5 - _signed_distance(o.shape, dx, dy, hx, hy), 0.0, 1.0)
+  return np.clip(0.5 - signed_distance(o.shape, dx, dy, hx, hy), 0.0, 1.0)
 
 
 def render(scene: Scene, frames: int = 17, height: int = 64, width: int = 64):

@@ -73,7 +73,7 @@ class VAEConfig:
   @classmethod
   def from_json_dict(cls, d: dict) -> "VAEConfig":
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known - {"family", "name"})
+    unknown = sorted(set(d) - known - {"family", "name", "source_layout"})  # converter bookkeeping
     if unknown:
       raise UsageError(f"unknown VAE config fields {unknown}; valid: {sorted(known)}")
     return cls(**{k: v for k, v in d.items() if k in known})

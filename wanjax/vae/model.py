@@ -153,6 +153,14 @@ class WanVAE(nnx.Module):
     return decode_latent(self, latent, chunked=chunked, tile=tile, overlap=overlap)
 
 
+def create_vae(cfg: VAEConfig, *, policy=FLOAT32, seed=0) -> WanVAE:
+  """A random-weight WanVAE initialised inside one jit (eager init would compile one program per parameter
+  shape): tests and benchmarks."""
+  make = lambda: WanVAE(cfg, policy=policy, rngs=nnx.Rngs(seed))  # noqa: E731
+  graphdef, _ = nnx.split(nnx.eval_shape(make))
+  return nnx.merge(graphdef, jax.jit(lambda: nnx.split(make())[1])())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Shape checks (at the edge, before compiling)
 
