@@ -19,9 +19,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-SHAPES = {  # latent F, H, W for 81 frames at 480x832
-    "480p": (21, 60, 104),
-    "720p": (21, 90, 160),
+SHAPES = {  # latent F, H, W (before 2x2 patchify) for 81 frames at 480x832 / 720x1280
+    "480p": (21, 60, 104),   # 21 * 30 * 52 = 32,760 tokens
+    "720p": (21, 90, 160),   # 75,600 tokens
     "small": (3, 4, 6),
 }
 
@@ -69,7 +69,7 @@ def run_jax(args):
     return m(x, t, ctx)
 
   key = jax.random.key(0)
-  x = jax.random.normal(key, (1, F, H * 2, W * 2, cfg.in_dim), jnp.float32)
+  x = jax.random.normal(key, (1, F, H, W, cfg.in_dim), jnp.float32)
   t = jnp.array([999.0], jnp.float32)
   ctx = jax.random.normal(key, (1, cfg.text_len, cfg.text_dim), jnp.float32)
   t0 = time.perf_counter()
@@ -84,7 +84,7 @@ def run_jax(args):
     times.append(time.perf_counter() - t0)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
-  L = F * H * W
+  L = F * (H // 2) * (W // 2)
   return dict(framework="jax", device=dev.device_kind, sec=float(np.median(times)), compile_s=compile_s,
               init_s=init_s, peak_gb=stats.get("peak_bytes_in_use", 0) / 2**30,
               flops=flops_per_forward(dataclasses.asdict(cfg), L, cfg.text_len), tokens=L,
@@ -111,7 +111,7 @@ def run_torch(args):
     for p in model.parameters():
       p.normal_(0, 0.02)
   model.eval()
-  x = torch.randn(1, cfg.in_dim, F, H * 2, W * 2, device=dev, dtype=torch.bfloat16)
+  x = torch.randn(1, cfg.in_dim, F, H, W, device=dev, dtype=torch.bfloat16)
   t = torch.tensor([999], device=dev)
   ctx = torch.randn(1, cfg.text_len, cfg.text_dim, device=dev, dtype=torch.bfloat16)
 
@@ -129,7 +129,7 @@ def run_torch(args):
       model(x, t, ctx, return_dict=False)
       sync()
       times.append(time.perf_counter() - t0)
-  L = F * H * W
+  L = F * (H // 2) * (W // 2)
   peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else 0.0
   name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
   return dict(framework="diffusers", device=name, sec=float(np.median(times)), compile_s=first_s,

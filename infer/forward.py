@@ -21,10 +21,10 @@ The encoder components (`--component t5|vae_encode|vae_decode|clip`, same contra
   clip        image [B, 3, H, W] in [-1, 1] (any size; squash-resized to 224)  ->  out [B, 257, 1280] float32
               (penultimate ViT-H/14 tokens, `CLIPModel.visual`, spec §5; tiny models: [B, tokens, width])
   python -m infer.forward --component t5 --model models_t5_umt5-xxl-enc-bf16.pth --inputs ids.npz --out t5.npz
-  python -m infer.forward --component clip --model image_encoder/ --num-heads 16 --inputs img.npz --out c.npz
+  python -m infer.forward --component clip --model image_encoder/ --inputs img.npz --out clip.npz
 `--dtype bfloat16` runs the component's bf16 policy (umT5: bf16 weights and activations as the reference;
-VAE/CLIP: bf16 matmuls). `--num-heads` gives the head count when converting a raw DiT or CLIP checkpoint whose
-head count is neither in the weights nor in a config.json beside it.
+VAE/CLIP: bf16 matmuls). `--num-heads` gives the head count when converting a raw checkpoint that does not
+record it (DiT: no config.json beside it and head dim != 128; CLIP: width not 768/1024/1280 nor a multiple of 64).
 
 Components are runners in `COMPONENTS` (name -> function(model_path, inputs, **options) -> outputs).
 """

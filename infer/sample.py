@@ -282,6 +282,9 @@ def run(c):
   from tqdm import tqdm
   from wanjax import sampling, sharding, video
 
+  if c.get("sampler", "loop") == "ar":   # block-wise autoregressive presets (configs/sample/self_forcing.py, ...)
+    from infer.sample_ar import run_ar
+    return run_ar(c)
   plan = check(c)
   if c.compilation_cache:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(c.compilation_cache))
@@ -371,5 +374,6 @@ def main(argv):
 if __name__ == "__main__":
   # Defined here, not at import, so tests and tools can import this module without claiming the flag name.
   config_flags.DEFINE_config_file(
-      "config", "configs/sample/tiny.py", "Sampling preset (configs/sample/<preset>.py[:arg]).", lock_config=True)
+      "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "sample",
+                             "tiny.py"), "Sampling preset (configs/sample/<preset>.py[:arg]).", lock_config=True)
   app.run(main)

@@ -139,6 +139,21 @@ def test_wan_layout_matches_diffusers_layout(torch_vae, converted, tmp_path):
   _check(np.asarray(vae_w.encode(jnp.asarray(video))), _torch_encode(torch_vae, video), "encode (wan layout)")
 
 
+def test_convert_cli_from_wan_pth(torch_vae, converted, tmp_path):
+  """The original `.pth` layout through the converter registry (detection, torch reader, config.json)."""
+  import torch
+  from converters.convert import convert_checkpoint
+  sd = torch_vae.state_dict()
+  pth = tmp_path / "Wan2.1_VAE.pth"
+  torch.save({row.sources["wan"]: sd[row.sources["diffusers"]] for row in names.rows(CFG)}, pth)
+  summary = convert_checkpoint(str(pth), str(tmp_path / "out"), progress=False)
+  assert (summary["family"], summary["layout"], summary["tensors"]) == ("vae", "wan", len(sd))
+  vae = load_vae(str(tmp_path / "out"))
+  assert vae.cfg == CFG
+  ref = converted[1].decoder.upsamples[11].conv.kernel[...]
+  np.testing.assert_array_equal(np.asarray(vae.decoder.upsamples[11].conv.kernel[...]), np.asarray(ref))
+
+
 def test_wan21_table_matches_spec():
   """The real architecture: 194 tensors, 126.9 M parameters (spec §4.1), and the §4.7 key spot checks."""
   steps = {s.source: s.target for s in names.plan("wan", vae_config.get_config("wan21"))}

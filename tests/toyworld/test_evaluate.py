@@ -151,17 +151,14 @@ def test_cli_files_table_and_exit_codes(tmp_path):
              "--out", str(out))
   assert res.returncode == 1 and res.stderr.strip().startswith("error:") and "32 prompts for 2 videos" in res.stderr
 
-  # Below --min-score: exit 2 (a static clip scores 1 - direction - speed).
-  np.save(videos / "001.npy", np.repeat(world.render(dataset.heldout_scene(21), 17, 64, 64)[:1], 17, axis=0))
-  res = _cli("--videos", f"{videos / '000.npy'},{videos / '001.npy'}", "--prompts",
-             str(tmp_path / "prompts.txt"), "--out", str(out), "--min-score", "0.95")
+  # mp4 clips with caption sidecars plus a static .npy clip, below --min-score: exit 2.
+  data = tmp_path / "data"
+  mp4s = dataset.write_dataset(data, 2, seed=9, frames=17, size=64)
+  static = world.render(dataset.heldout_scene(21), 17, 64, 64)[:1].repeat(17, axis=0)
+  np.save(data / "static.npy", static)
+  (data / "static.txt").write_text(dataset.HELDOUT_PROMPTS[21])
+  res = _cli("--videos", ",".join(mp4s + [str(data / "static.npy")]), "--out", str(out), "--min-score", "0.95")
   assert res.returncode == 2, res.stderr
-
-
-def test_cli_reads_mp4_dataset_with_sidecars(tmp_path):
-  dataset.write_dataset(tmp_path, 2, seed=9, frames=17, size=64)
-  out = tmp_path / "scores.json"
-  res = _cli("--videos", str(tmp_path), "--out", str(out))
-  assert res.returncode == 0, res.stderr
-  report = json.load(open(out))
-  assert len(report["videos"]) == 2 and report["mean_score"] >= 0.9  # lossy H.264, 4:2:0 chroma
+  rows = json.load(open(out))["videos"]
+  assert all(r["score"] >= 0.9 for r in rows[:2]), [r["terms"] for r in rows[:2]]  # lossy H.264, 4:2:0 chroma
+  assert rows[2]["score"] <= 1.0 - MARGINS["static"] and rows[2]["terms"]["direction"] == 0.0

@@ -154,7 +154,7 @@ def _toy_denoise(params, x, t):
   return params["a"] * x + params["b"] * (t[:, None, None, None, None] / 1000.0)
 
 
-@pytest.mark.parametrize("j", [0, 1, 2, 3])
+@pytest.mark.parametrize("j", [1, 3])
 def test_rollout_gradient_only_through_exit_step(j):
   ts = dmd.warp_timesteps((1000, 750, 500, 250), 5.0)
   g = dmd.SigmaGrid(5.0)

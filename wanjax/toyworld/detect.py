@@ -41,13 +41,13 @@ SIZE_SPLIT = math.pi * world.SIZE_RADIUS["small"] * world.SIZE_RADIUS["large"]
 class Blob:
   frame: int
   colour: str
-  area: float         # fraction of the scene square's area
-  x: float            # centroid, unit-square coordinates
+  area: float            # soft area Σα, fraction of the scene square's area
+  x: float               # soft centroid, unit-square coordinates
   y: float
-  fill: float
-  asym: float
+  fill: float            # diagnostics: hard-mask area / bounding-box area
+  asym: float            # diagnostics: (centroid y − box centre y) / box height
   template_error: float  # L1 distance of the coverage from the best template, relative to the area
-  edge_width: float   # edge pixels per outline pixel of this colour in this frame
+  edge_width: float      # edge pixels per outline pixel of this colour in this frame
   shape: str
   size: str
 

@@ -271,7 +271,7 @@ def evaluate_files(videos, prompts) -> dict:
 
 
 def format_table(report) -> str:
-  cols = ("count", "colour", "shape", "size", "direction", "speed", "smoothness")
+  cols = ("count", "colour", "shape", "size", "direction", "speed", "smoothness", "sharpness")
   head = f"{'video':<24} {'score':>5} {'ok':>2} " + " ".join(f"{c[:6]:>6}" for c in cols) + "  prompt"
   lines = [head]
   for r in report["videos"]:

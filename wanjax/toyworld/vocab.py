@@ -55,6 +55,7 @@ def build_tokenizer():
   tok = Tokenizer(models.WordLevel(dict(VOCAB), unk_token=UNK))
   tok.normalizer = normalizers.Lowercase()
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.add_special_tokens(list(SPECIALS))  # already in the vocabulary (ids unchanged); never split or lower-cased
   return tok
 
 

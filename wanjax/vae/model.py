@@ -20,6 +20,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from wanjax.errors import UsageError
@@ -131,7 +132,7 @@ class WanVAE(nnx.Module):
   def normalize(self, mu):
     mean = jnp.asarray(self.cfg.latents_mean, jnp.float32)
     inv_std = 1.0 / jnp.asarray(self.cfg.latents_std, jnp.float32)
-    return ((mu.astype(jnp.float32) - mean) * inv_std)
+    return (mu.astype(jnp.float32) - mean) * inv_std
 
   def denormalize(self, z):
     mean = jnp.asarray(self.cfg.latents_mean, jnp.float32)
@@ -154,11 +155,24 @@ class WanVAE(nnx.Module):
 
 
 def create_vae(cfg: VAEConfig, *, policy=FLOAT32, seed=0) -> WanVAE:
-  """A random-weight WanVAE initialised inside one jit (eager init would compile one program per parameter
-  shape): tests and benchmarks."""
-  make = lambda: WanVAE(cfg, policy=policy, rngs=nnx.Rngs(seed))  # noqa: E731
-  graphdef, _ = nnx.split(nnx.eval_shape(make))
-  return nnx.merge(graphdef, jax.jit(lambda: nnx.split(make())[1])())
+  """A random-weight WanVAE for tests and benchmarks, filled on the host with NumPy (torch's default conv init
+  bound 1/sqrt(fan_in), norm scales 1): on CPU, device-side init compiles one slow RNG program per shape."""
+  policy = get_policy(policy)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: WanVAE(cfg, policy=policy, rngs=nnx.Rngs(0))))
+  rng = np.random.default_rng(seed)
+  flat = dict(nnx.to_flat_state(state))
+
+  def fill(path, var):
+    shape = var.get_value().shape
+    if path[-1] == "scale":
+      value = np.ones(shape, np.float32)
+    else:
+      kernel_shape = flat[path[:-1] + ("kernel",)].get_value().shape
+      bound = 1.0 / np.sqrt(np.prod(kernel_shape[:-1]))
+      value = rng.uniform(-bound, bound, shape).astype(np.float32)
+    return var.replace(jnp.asarray(value, policy.param_dtype))
+
+  return nnx.merge(graphdef, nnx.from_flat_state([(p, fill(p, v)) for p, v in flat.items()]))
 
 
 # ---------------------------------------------------------------------------------------------------------------

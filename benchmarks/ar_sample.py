@@ -1,0 +1,98 @@
+"""Causal (Self-Forcing) AR sampling benchmark: T2V-1.3B, 81 frames at 480×832 (21 latent frames, 3 per block,
+7 blocks), 4 steps + context pass per block (35 DiT calls), streaming VAE decode of each finished block.
+
+  python benchmarks/ar_sample.py                      # GPU: t2v_1_3b + Wan2.1 VAE, random weights, bf16
+  python benchmarks/ar_sample.py --small              # CPU smoke test (tiny DiT + tiny VAE)
+
+Reports compile time (first run) apart from steady state (median of --iters runs after it): time to first decoded
+frame, total time, frames per second including VAE decode, DiT time per call, and one JSON line.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default="t2v_1_3b")
+  p.add_argument("--frames", type=int, default=81, help="pixel frames (4k+1)")
+  p.add_argument("--height", type=int, default=480)
+  p.add_argument("--width", type=int, default=832)
+  p.add_argument("--nfpb", type=int, default=3)
+  p.add_argument("--iters", type=int, default=2)
+  p.add_argument("--attn", default="auto")
+  p.add_argument("--no-decode", action="store_true", help="DiT only (no VAE)")
+  p.add_argument("--small", action="store_true", help="tiny DiT + tiny VAE on CPU (smoke test)")
+  args = p.parse_args()
+  if args.small:
+    args.model, args.frames, args.height, args.width, args.iters = "tiny", 21, 32, 48, 1
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from wanjax import sampling_ar
+  from wanjax.dit.config import get_config
+  from wanjax.dit.model import WanDiT
+  from wanjax.vae.config import get_config as vae_config
+  from wanjax.vae.model import WanVAE
+
+  cfg = get_config(args.model)
+  policy = "float32" if args.small else "bf16"
+
+  # Random weights, born on the device inside jit (nothing big on the host).
+  def build(make):
+    graphdef, _ = nnx.split(nnx.eval_shape(make))
+    state = jax.jit(lambda: nnx.state(make()))()
+    return nnx.merge(graphdef, state)
+
+  t0 = time.perf_counter()
+  dit = build(lambda: WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn))
+  vae = None if args.no_decode else build(
+      lambda: WanVAE(vae_config("tiny" if args.small else "wan21"), policy=policy, rngs=nnx.Rngs(1)))
+  init_s = time.perf_counter() - t0
+
+  f = (args.frames - 1) // 4 + 1
+  h, w = args.height // 8, args.width // 8
+  opts = sampling_ar.AROptions(frames_per_block=args.nfpb, cache_frames=f)
+  key = jax.random.key(0)
+  noise = jax.random.normal(key, (1, f, h, w, cfg.out_dim), jnp.float32)
+  ctx = jax.random.normal(key, (1, cfg.text_len, cfg.text_dim), jnp.float32)
+
+  def once():
+    n = [0]
+    res = sampling_ar.generate(dit, ctx, noise, opts, rng=jax.random.key(1), vae=vae,
+                               on_frames=lambda fr: n.__setitem__(0, n[0] + np.asarray(fr).shape[1]))
+    return res, n[0]
+
+  t0 = time.perf_counter()
+  res, _ = once()
+  first_s = time.perf_counter() - t0
+  runs = [once() for _ in range(args.iters)]
+  total = float(np.median([r.stats["total_s"] for r, _ in runs]))
+  ttff = float(np.median([r.stats.get("ttff_s", r.stats["total_s"]) for r, _ in runs]))
+  frames = runs[-1][1] if vae is not None else args.frames
+  calls = runs[-1][0].stats["model_calls"]
+  dev = jax.devices()[0]
+  mem = dev.memory_stats() or {}
+  out = dict(
+      bench="ar_sample", model=args.model, device=dev.device_kind, dtype=policy, frames=frames, latent=[f, h, w],
+      frames_per_block=args.nfpb, steps=len(sampling_ar.schedule(opts)[0]), model_calls=calls,
+      decode=vae is not None, init_s=round(init_s, 2), first_run_incl_compile_s=round(first_s, 2),
+      total_s=round(total, 4), ttff_s=round(ttff, 4), fps=round(frames / total, 3),
+      dit_ms_per_call_upper_bound=round(1000 * total / calls, 2),
+      peak_gb=round(mem.get("peak_bytes_in_use", 0) / 2**30, 2),
+      finite=bool(jnp.all(jnp.isfinite(runs[-1][0].latents))))
+  print(f"{args.model} on {dev.device_kind}: {frames} frames in {total:.3f} s ({out['fps']} fps incl. decode), "
+        f"first frame after {ttff:.3f} s, {calls} DiT calls; first run (compile) {first_s:.1f} s")
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()

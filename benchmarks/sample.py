@@ -1,0 +1,151 @@
+"""End-to-end sampling benchmark: T2V-1.3B with random weights, umT5 encode, denoise, VAE decode.
+
+  python benchmarks/sample.py                      # 81x480x832, bf16: 4-step distilled + CFG UniPC steps
+  python benchmarks/sample.py --small              # tiny models on CPU (smoke test)
+
+Measures, on the default device:
+- umT5-XXL encode of prompt + negative prompt (random bf16 weights), compile apart from steady state;
+- the 4-step CFG-free consistency sampler (LightX2V step list, shift 5): compile time and denoise time;
+- the UniPC + CFG loop (batch of two) for `--cfg-steps` steps: seconds per step (the loop is linear in the
+  number of steps, so the 50-step time is 50 x this);
+- Wan VAE decode of the final latent (chunked scan), compile apart from steady state;
+- peak device memory. Prints one JSON line.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+class _Results(dict):
+  """Prints each figure as soon as it is measured (a run cut short by a timeout still reports)."""
+
+  def __setitem__(self, k, v):
+    super().__setitem__(k, v)
+    print(f"{k:>22}: {v:.3f}" if isinstance(v, float) else f"{k:>22}: {v}", flush=True)
+
+
+def _timed(fn, *args, reps=1):
+  import jax
+  out = fn(*args)
+  jax.block_until_ready(out)
+  ts = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    jax.block_until_ready(out)
+    ts.append(time.perf_counter() - t0)
+  return out, sorted(ts)[len(ts) // 2]
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default="t2v_1_3b")
+  p.add_argument("--frames", type=int, default=81)
+  p.add_argument("--height", type=int, default=480)
+  p.add_argument("--width", type=int, default=832)
+  p.add_argument("--cfg-steps", type=int, default=10)
+  p.add_argument("--policy", default="bf16")
+  p.add_argument("--skip-t5", action="store_true")
+  p.add_argument("--skip-vae", action="store_true")
+  p.add_argument("--small", action="store_true")
+  args = p.parse_args()
+
+  import dataclasses
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from wanjax import sampling, schedules
+  from wanjax.dit.config import get_config
+  from wanjax.dit.model import WanDiT
+  from wanjax.text import umt5
+  from wanjax.vae import config as vae_config
+  from wanjax.vae.model import create_vae, decode_latent
+
+  if args.small:
+    args.model, args.frames, args.height, args.width, args.cfg_steps = "tiny", 5, 32, 48, 2
+  cfg = get_config(args.model)
+  t5_cfg = umt5.get_config("tiny" if args.small else "umt5_xxl")
+  if args.small:
+    cfg = dataclasses.replace(cfg, text_dim=t5_cfg.dim)
+  vcfg = vae_config.get_config("tiny" if args.small else "wan21")
+  F = (args.frames - 1) // 4 + 1
+  H, W = args.height // 8, args.width // 8
+  res = _Results()
+  res.update(device=jax.devices()[0].device_kind, model=args.model, frames=args.frames,
+             size=f"{args.width}x{args.height}", latent=[F, H, W], policy=args.policy)
+  print(dict(res), flush=True)
+
+  # ---- text encoder
+  key = jax.random.key(0)
+  if args.skip_t5:
+    ctx = jax.random.normal(key, (2, cfg.text_len, cfg.text_dim), jnp.float32)
+  else:
+    t0 = time.perf_counter()
+    make = lambda: umt5.UMT5Encoder(t5_cfg, policy="bf16", rngs=nnx.Rngs(1))  # noqa: E731
+    gd, _ = nnx.split(nnx.eval_shape(make))
+    t5 = nnx.merge(gd, jax.jit(lambda: nnx.split(make())[1])())
+    res["t5_init_s"] = time.perf_counter() - t0
+    ids = jnp.zeros((2, cfg.text_len), jnp.int32).at[:, :40].set(7)
+    mask = jnp.zeros((2, cfg.text_len), jnp.int32).at[:, :40].set(1)
+    tgd, tst = nnx.split(t5)
+    enc = jax.jit(lambda st, ids, mask: umt5.forward_t5(nnx.merge(tgd, st), ids, mask))
+    t0 = time.perf_counter()
+    enc_c = enc.lower(tst, ids, mask).compile()
+    res["t5_compile_s"] = time.perf_counter() - t0
+    ctx, res["t5_encode_s"] = _timed(enc_c, tst, ids, mask, reps=3)
+    ctx = ctx.astype(jnp.float32)
+    del t5, tst, enc, enc_c
+
+  # ---- DiT
+  t0 = time.perf_counter()
+  make = lambda: WanDiT(cfg, policy=args.policy, rngs=nnx.Rngs(0))  # noqa: E731
+  gd, _ = nnx.split(nnx.eval_shape(make))
+  model = nnx.merge(gd, jax.jit(lambda: nnx.split(make())[1])())
+  res["dit_init_s"] = time.perf_counter() - t0
+  denoise, params = sampling.model_denoiser(model)
+  noise = jax.random.normal(key, (1, F, H, W, cfg.out_dim), jnp.float32)
+  cond, uncond = {"context": ctx[:1]}, {"context": ctx[1:]}
+
+  sig, ts = schedules.step_list_sigmas((1000, 750, 500, 250), 5.0)
+  t0 = time.perf_counter()
+  run4, a4 = sampling.compile_sample(denoise, noise, sigmas=sig, timesteps=ts, solver="consistency", cond=cond,
+                                     rng=jax.random.key(1), params=params)
+  res["4step_compile_s"] = time.perf_counter() - t0
+  latent, res["4step_denoise_s"] = _timed(run4, *a4, reps=2)
+
+  sig, ts = schedules.unipc_sigmas(args.cfg_steps, 5.0)
+  t0 = time.perf_counter()
+  runc, ac = sampling.compile_sample(denoise, noise, sigmas=sig, timesteps=ts, solver="unipc", cfg_scale=5.0,
+                                     cond=cond, uncond=uncond, params=params)
+  res["cfg_compile_s"] = time.perf_counter() - t0
+  _, tc = _timed(runc, *ac, reps=1)
+  res["cfg_sec_per_step"] = tc / args.cfg_steps
+  res["cfg_50_steps_s_est"] = 50 * res["cfg_sec_per_step"]
+  del model, params, runc, run4
+
+  # ---- VAE decode
+  if not args.skip_vae:
+    vae = create_vae(vcfg)
+    latent = latent[..., :vcfg.z_dim]
+    vgd, vst = nnx.split(vae)
+    dec = jax.jit(lambda st, z: decode_latent(nnx.merge(vgd, st), z))
+    t0 = time.perf_counter()
+    dec_c = dec.lower(vst, latent).compile()
+    res["vae_compile_s"] = time.perf_counter() - t0
+    video, res["vae_decode_s"] = _timed(dec_c, vst, latent, reps=2)
+    res["video_shape"] = list(video.shape)
+  stats = jax.devices()[0].memory_stats() or {}
+  res["peak_gb"] = stats.get("peak_bytes_in_use", 0) / 2**30
+  res["e2e_4step_warm_s"] = (res.get("t5_encode_s", 0) + res["4step_denoise_s"] + res.get("vae_decode_s", 0))
+  print(json.dumps(res))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,137 @@
+"""The block-wise autoregressive branch of `infer.sample` (presets with `sampler="ar"`: Self-Forcing, CausVid,
+LightX2V CausVid): config → checks → encoders → `wanjax.sampling_ar.generate` with streaming decode into the mp4
+→ sidecar JSON with time to first frame and frames per second.
+
+  python -m infer.sample --config configs/sample/self_forcing.py --config.weights=... --config.prompt=...
+  python -m infer.sample --config configs/sample/self_forcing.py:runlocal --config.output_dir=/tmp/out  # CPU
+
+Reuses `infer.sample`'s checks, encoders, builders and atomic writers; only the sampling differs.
+"""
+
+import os
+import time
+
+from absl import logging
+
+from wanjax.errors import UsageError
+
+_UPDATE = {"consistency": "renoise", "euler": "euler", "unipc": "unipc"}
+
+
+def ar_options(c):
+  """`AROptions` from the config (`timesteps`, `shift`, `solver` and the `ar` group)."""
+  from wanjax.sampling_ar import AROptions
+  if c.solver not in _UPDATE:
+    raise UsageError(f"solver={c.solver!r} is not an AR update; valid: {', '.join(_UPDATE)}")
+  if not c.timesteps:
+    raise UsageError("AR sampling needs a step list; set --config.timesteps='(1000, 750, 500, 250)'")
+  a = c.ar
+  return AROptions(
+      frames_per_block=a.frames_per_block, steps=tuple(c.timesteps), shift=c.shift, warp=a.warp,
+      sigma_lookup=a.sigma_lookup, update=_UPDATE[c.solver], context_pass=a.context_pass,
+      context_noise=a.context_noise, cache_frames=a.cache_frames, rolling=a.rolling, sink_frames=a.sink_frames,
+      long_video=a.long_video, num_segments=a.num_segments, overlap_frames=a.overlap_frames).validate()
+
+
+def noise_frames(opts, frames):
+  """Latent frames of noise the run consumes for `frames` latent frames per rollout/fragment."""
+  from wanjax.sampling_ar import fragment_frames
+  if opts.long_video == "rollouts":
+    return opts.num_segments * frames
+  if opts.long_video == "fragments":
+    return fragment_frames(frames, opts.frames_per_block, opts.num_segments)
+  return frames
+
+
+def _load_renoise(path, opts, n_steps, shape):
+  """`[num_blocks, steps−1, 16, nfpb, H, W]` (torch layout) → `[num_blocks, steps−1, 1, nfpb, H, W, 16]`."""
+  import numpy as np
+  try:
+    a = np.load(os.path.expanduser(path))
+  except Exception as e:  # noqa: BLE001 - any reader failure is the user's file
+    raise UsageError(f"renoise {path!r} is not a readable .npy ({e})") from None
+  _, _, h, w, c = shape
+  if a.ndim != 6 or a.shape[1:] != (n_steps - 1, c, opts.frames_per_block, h, w):
+    raise UsageError(f"renoise {path!r} has shape {a.shape}; expected [num_blocks, {n_steps - 1}, {c}, "
+                     f"{opts.frames_per_block}, {h}, {w}]")
+  return np.ascontiguousarray(a.astype(np.float32).transpose(0, 1, 3, 4, 5, 2))[:, :, None]
+
+
+def run_ar(c):
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  import numpy as np
+  from infer import sample as S
+  from wanjax import sampling_ar, sharding, video
+
+  opts = ar_options(c)
+  # The shared checks load init_noise for one clip; long videos need more frames, so it is loaded here.
+  plain = ml_collections.ConfigDict(c.to_dict())
+  plain.init_noise = ""
+  plan = S.check(plain)
+  if plan.model_type != "t2v":
+    raise UsageError(f"AR sampling supports t2v models; model={c.model!r} is {plan.model_type}")
+  if c.cfg_scale != 1.0:
+    raise UsageError(f"cfg_scale={c.cfg_scale}: the AR samplers are CFG-free (distilled); use cfg_scale=1")
+  if c.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(c.compilation_cache))
+  seed = c.seed if c.seed >= 0 else int(np.random.SeedSequence().entropy % (2**31))
+  name = c.output_name or f"{c.model}_ar_{seed}_{time.strftime('%Y%m%d_%H%M%S')}"
+  out_dir = os.path.expanduser(c.output_dir)
+  mesh = sharding.make_mesh(c.mesh)
+  timings = {}
+
+  b, f, h, w, ch = S.latent_shape(plan)
+  shape = (b, noise_frames(opts, f), h, w, ch)
+  n_steps = len(sampling_ar.schedule(opts)[0])
+  init_noise = S._load_init_noise(S._exists("init_noise", c.init_noise, "an .npy"), shape) if c.init_noise else None
+  renoise = _load_renoise(c.renoise, opts, n_steps, shape) if c.renoise else None
+
+  t0 = time.perf_counter()
+  context, _ = S.encode_text(c, plan, mesh)
+  timings["text_encode_s"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  dit = S.build_dit(c, plan, mesh)
+  vae = S.build_vae(c, mesh)
+  timings["load_s"] = time.perf_counter() - t0
+
+  key = jax.random.key(seed)
+  noise_key, loop_key = jax.random.split(key)
+  noise = jnp.asarray(init_noise) if init_noise is not None else jax.random.normal(noise_key, shape, jnp.float32)
+  mp4 = os.path.join(out_dir, name + ".mp4")
+  frames_all = []
+  with sharding.activate(mesh), video.VideoWriter(mp4, fps=c.fps) as writer:
+    def on_frames(frames):
+      frames = np.asarray(jax.device_get(frames))[0]
+      if c.stream:
+        writer.append(frames)
+      frames_all.append(frames)
+
+    res = sampling_ar.generate(dit, jnp.asarray(context), noise, opts, rng=loop_key, renoise=renoise, vae=vae,
+                               on_frames=on_frames)
+    if not c.stream:
+      writer.append(np.concatenate(frames_all))
+  timings.update(sampling_ar_s=res.stats["total_s"], ttff_s=res.stats.get("ttff_s", 0.0))
+  frames = np.concatenate(frames_all)
+
+  outputs = {"video": mp4}
+  if c.save_latents:
+    S.save_npy(os.path.expanduser(c.save_latents), np.asarray(res.latents).transpose(0, 4, 1, 2, 3))
+    outputs["latents"] = c.save_latents
+  if c.save_frames:
+    outputs["frames"] = video.write_png_frames(os.path.join(out_dir, name + "_frames"), frames)
+  t_s, sig = sampling_ar.schedule(opts)
+  sidecar = {
+      "config": c.to_dict(), "seed": seed, "model_type": plan.model_type, "width": plan.width,
+      "height": plan.height, "frames": int(frames.shape[0]), "latent_shape": list(res.latents.shape),
+      "sigmas": [float(s) for s in sig], "timesteps": [float(t) for t in t_s], "cfg": False,
+      "model_calls": res.stats["model_calls"], "blocks": res.stats["blocks"],
+      "fps": round(frames.shape[0] / res.stats["total_s"], 3),
+      "timings": {k: round(v, 4) for k, v in timings.items()}, "outputs": outputs,
+      "devices": [str(d) for d in jax.devices()][:8], "mesh": dict(mesh.shape),
+  }
+  S.save_json(os.path.join(out_dir, name + ".json"), sidecar)
+  logging.info("wrote %s (%d frames, %d model calls); ttff %.2fs, %.2f fps (compile included)", mp4,
+               frames.shape[0], res.stats["model_calls"], timings["ttff_s"], sidecar["fps"])
+  return sidecar
