@@ -26,8 +26,6 @@ from train.models import build_dit
 from wanjax import sharding as shd
 from wanjax.errors import UsageError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
 
 ROLES = ("generator", "teacher", "critic")
 
@@ -298,12 +296,19 @@ def train(c, workdir):
 def main(argv):
   del argv
   try:
-    if _CONFIG.value is None:
+    if flags.FLAGS.config is None:
       raise UsageError("--config is required, e.g. --config configs/train/dmd_smoke.py")
-    train(_CONFIG.value, _WORKDIR.value or "")
+    train(flags.FLAGS.config, flags.FLAGS.workdir or "")
   except (UsageError, loop.NonFiniteError) as e:
     sys.exit(f"error: {e}")
 
 
+def define_flags():
+  """The CLI flags; defined only when run as a program, so the trainers can import each other."""
+  config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
