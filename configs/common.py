@@ -65,6 +65,10 @@ def sample_defaults(arg=None):
   c.clip = ""                  # I2V only: converted CLIP image encoder dir
   c.dtype = "bf16"             # DiT precision policy: bf16 | float32 | bf16_weights
   c.attn_impl = "auto"
+  c.lora = ""                  # 'a.safetensors:0.8,b.safetensors' merged into the DiT at load (strength default 1)
+  c.lora_allow_unmatched = False   # LoRA keys that match no DiT parameter: warn instead of failing
+  c.quant = "none"             # none | int8 | fp8: weight-only block matmuls (after LoRA merges); quantised
+                               # converted dirs (converter --keep-quantized) load as stored (none or their mode)
   # What to sample.
   c.prompt = ""
   c.negative_prompt = ""       # '' = Wan's default (with the I2V prefix for i2v models)

@@ -12,6 +12,7 @@ import numpy as np
 
 from converters import table, transforms
 from wanjax.checkpoint import StreamingWriter
+from wanjax.fileio import publish
 
 
 def to_arrays(source, steps, *, dtype=None, ignore=(), expected=None):
@@ -28,7 +29,7 @@ def write_json_atomic(path, obj):
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
   with os.fdopen(fd, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  publish(tmp, path)
 
 
 def write_model(source, steps, out_dir, *, config: dict, dtype=None, ignore=(), expected=None,

@@ -1,6 +1,8 @@
-"""Random stand-ins for the tiny CPU demo and tests: host-drawn random model parameters, hashed text contexts.
+"""Random stand-ins for the tiny CPU demo and tests: host-drawn random model parameters, hashed text contexts,
+and the CLIP preset a random I2V demo uses.
 
-Only `configs/sample/tiny.py` (`random_init=True`) and tests use these; real presets load converted weights.
+Only `configs/sample/tiny.py` (`random_init=True`, `:i2v` for image-to-video) and tests use these; real presets
+load converted weights.
 """
 
 import zlib
@@ -16,7 +18,8 @@ def random_model(build, seed):
   """The model `build()` makes, with host-drawn torch-default-like random parameters (every one random, unlike
   the reference init that zeroes the head).
 
-  Kernels and their biases ~ U(±1/√fan_in), norm scales 1 and shifts 0, modulation tables N(0, 1/dim). Drawn
+  Kernels and their biases ~ U(±1/√fan_in), norm scales 1 and shifts 0, modulation tables N(0, 1/dim), CLIP
+  class/position embeddings N(0, 1/width) (the reference init). Drawn
   with NumPy on an abstract model: eager construction compiles one small program per parameter shape (minutes
   on a busy CPU).
   """
@@ -34,7 +37,7 @@ def random_model(build, seed):
     if path[-1] in ("kernel", "bias") and path[:-1] in fan_in:
       bound = 1.0 / np.sqrt(fan_in[path[:-1]])
       value = rng.uniform(-bound, bound, shape)
-    elif path[-1] == "modulation":
+    elif path[-1] in ("modulation", "cls_embedding", "pos_embedding"):
       value = rng.standard_normal(shape) / np.sqrt(shape[-1])
     elif path[-1] in ("scale", "weight", "gamma"):
       value = np.ones(shape)
@@ -50,3 +53,15 @@ def hashed_context(prompt, text_len, text_dim):
   """Tiny demo only: a fixed pseudo-random context per prompt (no umT5 of matching width exists at that size)."""
   rng = np.random.default_rng(zlib.crc32(prompt.encode("utf-8")))
   return rng.standard_normal((1, text_len, text_dim), dtype=np.float32)
+
+
+def clip_preset_for(dit_cfg):
+  """(name, CLIPVisionConfig) of the first CLIP preset whose tokens and width fit an image-conditioned DiT:
+  `num_image_tokens` (257) tokens of width `image_dim`. A random I2V demo draws that tower."""
+  from wanjax.errors import UsageError
+  from wanjax.image.clip import PRESETS
+  for name, cfg in PRESETS.items():
+    if cfg.num_tokens == dit_cfg.num_image_tokens and cfg.width == dit_cfg.image_dim:
+      return name, cfg
+  raise UsageError(f"no CLIP preset gives {dit_cfg.num_image_tokens} tokens of width {dit_cfg.image_dim} for a "
+                   f"random {dit_cfg.model_type} demo; valid DiT presets for random_init: tiny, tiny_i2v")

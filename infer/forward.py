@@ -11,6 +11,8 @@
            y [B, 20, F, H, W]
   outputs: v [B, 16, F, H, W] float32 (flow-matching velocity), written atomically.
 `--causal --frames-per-block N` applies the block-causal self-attention mask (Self-Forcing / CausVid students).
+`--lora 'a.safetensors:0.8,b.safetensors'` merges LoRAs into the DiT first (unmatched keys fail unless
+`--lora-allow-unmatched`); `--quant int8|fp8` then runs it with weight-only quantised block matmuls.
 
 The encoder components (`--component t5|vae_encode|vae_decode|clip`, same contract):
   t5          ids [B, L] int + mask [B, L] (1 = real token)  ->  out [B, L, D] float32
@@ -36,6 +38,7 @@ import tempfile
 import numpy as np
 
 from wanjax.errors import UsageError
+from wanjax.fileio import publish
 
 DTYPES = {"float32": "float32", "bfloat16": "bf16"}
 
@@ -85,10 +88,10 @@ def check_dit_inputs(cfg, inputs):
 
 
 def run_dit(model, inputs, *, dtype="float32", causal=False, frames_per_block=None, cache_dir=None,
-            num_heads=None):
+            num_heads=None, lora="", lora_allow_unmatched=False, quant="none"):
   """DiT velocity `v [B, 16, F, H, W]` for channels-first inputs (see the module docstring)."""
   import jax
-  from infer.models import resolve_dit
+  from infer.models import adapt_dit, check_dit_options, resolve_dit
   from wanjax.dit.load import load_dit, read_config
   from wanjax.dit.model import make_forward
   if dtype not in DTYPES:
@@ -99,7 +102,9 @@ def run_dit(model, inputs, *, dtype="float32", causal=False, frames_per_block=No
     frames_per_block = 3 if frames_per_block is None else int(frames_per_block)
     if frames_per_block < 1:
       raise UsageError(f"frames_per_block={frames_per_block} must be >= 1 (Self-Forcing uses 3)")
+  check_dit_options(lora, quant)
   path = resolve_dit(model, cache_dir=cache_dir, **_convert_kwargs(model, num_heads))
+  loras = check_dit_options(lora, quant, path, allow_unmatched=lora_allow_unmatched)
   cfg, _ = read_config(path)
   arr = check_dit_inputs(cfg, inputs)
   ctx = arr["context"]
@@ -109,7 +114,7 @@ def run_dit(model, inputs, *, dtype="float32", causal=False, frames_per_block=No
   kwargs = {}
   if cfg.has_image_input:
     kwargs = {"clip_fea": arr["clip_fea"], "y": to_last(arr["y"])}
-  model_ = load_dit(path, policy=DTYPES[dtype])
+  model_ = adapt_dit(load_dit(path, policy=DTYPES[dtype]), loras, allow_unmatched=lora_allow_unmatched, quant=quant)
   forward, params, rest = make_forward(model_)
   fn = jax.jit(forward, static_argnames=("frames_per_block",))
   v = fn(params, rest, to_last(arr["x"]), arr["t"], ctx, frames_per_block=frames_per_block, **kwargs)
@@ -342,7 +347,7 @@ def save_outputs(path, outputs):
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, **outputs)
-    os.replace(tmp, path)
+    publish(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)
@@ -370,9 +375,12 @@ def main(argv):
     raise UsageError(f"unknown component {f.component!r}; valid: {', '.join(COMPONENTS)}")
   options = {"cache_dir": f["cache-dir"].value, "dtype": f.dtype, "num_heads": f["num-heads"].value}
   if f.component == "dit":
-    options.update(causal=f.causal, frames_per_block=f["frames-per-block"].value)
+    options.update(causal=f.causal, frames_per_block=f["frames-per-block"].value, lora=f.lora or "",
+                   lora_allow_unmatched=f["lora-allow-unmatched"].value, quant=f.quant)
   elif f.causal or f["frames-per-block"].value is not None:
     raise UsageError(f"--causal/--frames-per-block apply to --component dit, not {f.component!r}")
+  elif f.lora or f["lora-allow-unmatched"].value or f.quant != "none":
+    raise UsageError(f"--lora/--lora-allow-unmatched/--quant apply to --component dit, not {f.component!r}")
   outputs = forward(f.component, f.model, f.inputs, f.out, **options)
   shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
   print(f"{f.component} forward: wrote {shapes} to {f.out}")
@@ -387,6 +395,10 @@ def _define_flags():
   flags.DEFINE_enum("dtype", "float32", list(DTYPES), "precision policy of the component")
   flags.DEFINE_bool("causal", False, "block-causal self-attention (Self-Forcing / CausVid students)")
   flags.DEFINE_integer("frames-per-block", None, "latent frames per causal block (default 3 with --causal)")
+  flags.DEFINE_string("lora", None, "DiT only: LoRA files merged at load, 'a.safetensors:0.8,b.safetensors'")
+  flags.DEFINE_bool("lora-allow-unmatched", False, "DiT only: LoRA keys that match no parameter warn, not fail")
+  flags.DEFINE_enum("quant", "none", ["none", "int8", "fp8"], "DiT only: weight-only quantised block matmuls "
+                    "(after LoRA merges)")
   flags.DEFINE_string("cache-dir", None, "where raw torch checkpoints are converted (default ~/.cache/wanjax)")
   flags.DEFINE_integer("num-heads", None, "head count for converting a raw DiT/CLIP checkpoint that does not "
                        "record it (no config.json beside it, unusual width)")

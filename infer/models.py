@@ -5,6 +5,9 @@ folder and reused afterwards.
 Cache key: hash of the absolute path, size and mtime of the checkpoint file(s), so editing or replacing the
 file converts again. Default cache: `~/.cache/wanjax/converted/<hash>` (override with `cache_dir` or
 `$WANJAX_CACHE`).
+
+Also the DiT options both CLIs share (`infer.sample` and `infer.forward --component dit`): LoRA merges, then
+weight-only quantisation (`check_dit_options` at the edge, `adapt_dit` after loading).
 """
 
 import glob
@@ -17,6 +20,7 @@ import tempfile
 from absl import logging
 
 from wanjax.errors import UsageError
+from wanjax.fileio import publish
 
 
 def default_cache_dir() -> str:
@@ -67,7 +71,7 @@ def resolve_model(path, *, family=None, cache_dir=None, **convert_kwargs) -> str
     s = convert_checkpoint(path, tmp, family=family, progress=False, **convert_kwargs)
     logging.info("%s", summary_line(s))
     try:
-      os.rename(tmp, cache)
+      publish(tmp, cache)   # POSIX rename: fails on an existing non-empty folder
     except OSError:   # another process finished the same conversion first
       if not is_converted(cache):
         raise
@@ -81,3 +85,90 @@ def resolve_model(path, *, family=None, cache_dir=None, **convert_kwargs) -> str
 def resolve_dit(path, cache_dir=None, **convert_kwargs) -> str:
   """Converted DiT directory for `path` (a converted directory or a raw torch checkpoint)."""
   return resolve_model(path, family="dit", cache_dir=cache_dir, **convert_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DiT options: LoRA merges and weight-only quantisation.
+
+QUANT_MODES = ("none", "int8", "fp8")
+
+
+def stored_quant(path):
+  """Quantisation mode a converted DiT directory is stored in ('int8' | 'fp8'), or None."""
+  if not is_converted(path):
+    return None
+  from wanjax import quant as quantlib
+  from wanjax.dit.load import read_config
+  q = read_config(path)[1].get("quantization")
+  return quantlib.check_mode(q["format"]) if q else None
+
+
+def check_dit_options(lora="", quant="none", weights="", *, dit_cfg=None, allow_unmatched=False):
+  """Edge checks of a LoRA spec string and a quantisation mode against the weights (a converted directory is
+  inspected; anything else is checked after loading). Returns the LoRA specs with expanded paths.
+
+  With `dit_cfg` (or a converted `weights` directory) the LoRA keys are also matched against the DiT's
+  parameter shapes (abstract, nothing allocated), so unmatched keys fail before any model is loaded.
+  """
+  import dataclasses
+  from wanjax.lora import parse_lora_specs
+  if quant not in QUANT_MODES:
+    raise UsageError(f"quant={quant!r}; valid: {', '.join(QUANT_MODES)}")
+  specs = [dataclasses.replace(s, path=os.path.expanduser(s.path)) for s in parse_lora_specs(lora)]
+  for s in specs:
+    if not os.path.isfile(s.path):
+      raise UsageError(f"LoRA file {s.path!r} does not exist; pass 'path.safetensors[:strength],...'")
+    if not s.path.endswith(".safetensors"):
+      raise UsageError(f"LoRA file {s.path!r} is not a .safetensors file; convert .pt LoRAs to safetensors first")
+  stored = stored_quant(weights) if weights else None
+  _check_stored(stored, specs, quant, weights)
+  if weights and is_converted(weights):
+    from wanjax.dit.load import read_config
+    dit_cfg = read_config(weights)[0]
+  if specs and dit_cfg is not None and not allow_unmatched:   # allowed: merge_loras warns once, at the merge
+    from flax import nnx
+    from wanjax.dit.model import WanDiT
+    from wanjax.lora import merge_loras
+    abstract = nnx.state(nnx.eval_shape(lambda: WanDiT(dit_cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    merge_loras(abstract, specs, dry_run=True)
+  return specs
+
+
+def _check_stored(stored, specs, quant, where):
+  if stored is None:
+    return
+  if specs:
+    raise UsageError(f"{where} holds {stored}-quantised kernels, which a LoRA cannot be merged into; convert the "
+                     f"checkpoint without --keep-quantized to merge LoRAs")
+  if quant not in ("none", stored):
+    raise UsageError(f"quant={quant!r} but {where} is stored {stored}-quantised; use quant={stored!r} or 'none', "
+                     f"or convert without --keep-quantized")
+
+
+def weight_bytes(model) -> int:
+  """Bytes held by the model's parameters (quantised kernels count 1 byte per value, plus their scales)."""
+  import jax
+  from flax import nnx
+  return int(sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def adapt_dit(dit, loras=(), *, allow_unmatched=False, quant="none"):
+  """Merges `loras` (LoraSpec list) into `dit` in place, then quantises it (`quant` int8 | fp8); returns `dit`.
+
+  LoRAs go first: they are merged in float32 into the float kernels, which are then quantised together. A DiT
+  loaded already quantised (converter `--keep-quantized`) is kept as stored.
+  """
+  import jax
+  from flax import nnx
+  from wanjax import lora as loralib
+  from wanjax import quant as quantlib
+  stored = quantlib.file_mode(x.dtype for x in jax.tree.leaves(nnx.state(dit, nnx.Param)))
+  _check_stored(stored, loras, quant, "the loaded DiT")
+  if loras:
+    loralib.merge_loras(dit, list(loras), allow_unmatched=allow_unmatched, donate=True)
+    logging.info("merged %d LoRA file(s): %s", len(loras), ", ".join(f"{s.path}:{s.strength:g}" for s in loras))
+  if quant != "none" and stored is None:
+    quantlib.quantize_model(dit, quant)
+  mode = stored or (quant if quant != "none" else "unquantised")
+  logging.info("DiT weight memory: %.3f GiB (%s)", weight_bytes(dit) / 2**30, mode)
+  return dit

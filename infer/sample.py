@@ -24,7 +24,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from infer import demo
+from wanjax import sampling, sharding
 from wanjax.errors import UsageError
+from wanjax.fileio import publish
 
 T2V_SIZE_MULTIPLE = 16   # VAE stride 8 × patch 2
 
@@ -45,6 +47,7 @@ class Plan:
   image: object = None        # I2V: [H0, W0, 3] float32 in [-1, 1]
   text_embeddings: dict = None
   init_noise: object = None   # [1, F, H, W, 16]
+  loras: list = dataclasses.field(default_factory=list)   # [LoraSpec], merged into the DiT at load
 
 
 def _exists(kind, path, hint):
@@ -161,7 +164,11 @@ def check(c) -> Plan:
     _exists("vae", c.vae, "--config.vae=VAE_DIR_OR_FILE")
     if dit_cfg.has_image_input:
       _exists("clip", c.clip, "--config.clip=CLIP_DIR_OR_FILE")
-  plan = Plan(dit_cfg, dit_cfg.model_type, w, h, c.frames, sigmas, timesteps, weights, image=image)
+  elif dit_cfg.has_image_input:
+    demo.clip_preset_for(dit_cfg)   # a random tiny CLIP must fit the DiT's image_dim
+  from infer.models import check_dit_options
+  loras = check_dit_options(c.lora, c.quant, weights, dit_cfg=dit_cfg, allow_unmatched=c.lora_allow_unmatched)
+  plan = Plan(dit_cfg, dit_cfg.model_type, w, h, c.frames, sigmas, timesteps, weights, image=image, loras=loras)
   if c.text_embeddings:
     plan.text_embeddings = _load_text_embeddings(_exists("text_embeddings", c.text_embeddings, "an .npz"),
                                                  dit_cfg.text_len, dit_cfg.text_dim)
@@ -187,8 +194,18 @@ def _check_model_type(weights, model_type, preset):
 
 # ============================================================================================ building blocks
 
-def encode_text(c, plan, mesh):
-  """(context, negative_context), each float32 `[1, text_len, text_dim]`."""
+def load_text_encoder_for(c, plan, mesh):
+  """The umT5 encoder a preset needs, or None when contexts come from `text_embeddings` or are hashed (tiny)."""
+  if plan.text_embeddings is not None or c.random_init:
+    return None
+  from infer.models import resolve_model
+  from wanjax.text.encode import load_text_encoder
+  return load_text_encoder(resolve_model(os.path.expanduser(c.text_encoder), family="umt5"),
+                           os.path.expanduser(c.tokenizer), mesh=mesh, max_length=plan.dit_cfg.text_len)
+
+
+def encode_with(encoder, c, plan):
+  """(context, negative_context), each float32 `[1, text_len, text_dim]`, with a loaded (or no) encoder."""
   from configs.common import negative_prompt
   import numpy as np
   neg = negative_prompt(plan.model_type, c.negative_prompt)
@@ -198,25 +215,30 @@ def encode_text(c, plan, mesh):
   if c.random_init:
     return (demo.hashed_context(c.prompt, cfg.text_len, cfg.text_dim),
             demo.hashed_context(neg, cfg.text_len, cfg.text_dim))
-  from infer.models import resolve_model
-  from wanjax.text.encode import load_text_encoder
-  enc = load_text_encoder(resolve_model(os.path.expanduser(c.text_encoder), family="umt5"),
-                          os.path.expanduser(c.tokenizer), mesh=mesh, max_length=cfg.text_len)
-  ctx, _ = enc.encode([c.prompt, neg])
+  ctx, _ = encoder.encode([c.prompt, neg])
   ctx = np.asarray(ctx, np.float32)
   return ctx[:1], ctx[1:]
 
 
+def encode_text(c, plan, mesh):
+  """(context, negative_context), each float32 `[1, text_len, text_dim]`; the encoder is freed afterwards."""
+  return encode_with(load_text_encoder_for(c, plan, mesh), c, plan)
+
+
 def build_dit(c, plan, mesh):
+  """The DiT (converted weights, or random for the demo) with `plan.loras` merged, then quantised (`c.quant`)."""
   from flax import nnx
+  from infer.models import adapt_dit
   if c.random_init:
     from wanjax.dit.model import WanDiT
-    return demo.random_model(lambda: WanDiT(plan.dit_cfg, policy=c.dtype, rngs=nnx.Rngs(0), attn_impl=c.attn_impl),
-                        c.seed)
-  from infer.models import resolve_dit
-  from wanjax.dit.load import load_dit
-  return load_dit(resolve_dit(plan.weights), policy=c.dtype, mesh=mesh, expect_model_type=plan.model_type,
-                  attn_impl=c.attn_impl)
+    dit = demo.random_model(lambda: WanDiT(plan.dit_cfg, policy=c.dtype, rngs=nnx.Rngs(0), attn_impl=c.attn_impl),
+                            c.seed)
+  else:
+    from infer.models import resolve_dit
+    from wanjax.dit.load import load_dit
+    dit = load_dit(resolve_dit(plan.weights), policy=c.dtype, mesh=mesh, expect_model_type=plan.model_type,
+                   attn_impl=c.attn_impl)
+  return adapt_dit(dit, plan.loras, allow_unmatched=c.lora_allow_unmatched, quant=c.quant)
 
 
 def build_vae(c, mesh):
@@ -230,20 +252,124 @@ def build_vae(c, mesh):
   return load_vae(resolve_model(os.path.expanduser(c.vae), family="vae"), mesh=mesh)
 
 
-def i2v_condition(c, plan, vae, mesh):
-  """(clip_fea `[1, 257, 1280]`, y `[1, F, h, w, 20]`) for the I2V DiT (§1.14)."""
-  import jax.numpy as jnp
+def build_clip(c, plan, mesh):
+  from flax import nnx
+  policy = "float32" if c.dtype == "float32" else "bf16"
+  if c.random_init:
+    from wanjax.image.clip import CLIPVisionTower
+    cfg = demo.clip_preset_for(plan.dit_cfg)[1]
+    return demo.random_model(lambda: CLIPVisionTower(cfg, policy=policy, rngs=nnx.Rngs(0)), c.seed + 2)
   from infer.models import resolve_model
+  from wanjax.image.load import load_clip
+  return load_clip(resolve_model(os.path.expanduser(c.clip), family="clip"), policy=policy, mesh=mesh)
+
+
+def i2v_condition_with(tower, plan, vae):
+  """(clip_fea `[1, 257, 1280]`, y `[1, F, h, w, 20]`) for the I2V DiT (§1.14), with a loaded CLIP tower."""
+  import jax.numpy as jnp
   from wanjax.image import i2v
   from wanjax.image.clip import clip_features
-  from wanjax.image.load import load_clip
-  tower = load_clip(resolve_model(os.path.expanduser(c.clip), family="clip"), policy="bf16", mesh=mesh)
   clip_fea = jnp.asarray(clip_features(tower, plan.image), jnp.float32)
   _, f, lat_h, lat_w, _ = latent_shape(plan)
   video = i2v.condition_video(plan.image, plan.height, plan.width, plan.frames)
   cond_latent = vae.encode(video[None])
   y = i2v.build_y(jnp.asarray(i2v.i2v_mask(f, lat_h, lat_w, plan.frames))[None], cond_latent)
   return clip_fea, y
+
+
+def i2v_condition(c, plan, vae, mesh):
+  """(clip_fea `[1, 257, 1280]`, y `[1, F, h, w, 20]`) for the I2V DiT (§1.14)."""
+  return i2v_condition_with(build_clip(c, plan, mesh), plan, vae)
+
+
+def conditions(context, neg_context, cfg_scale, image_cond=None):
+  """(cond, uncond) for `sampling`: cond = context + the I2V `clip_fea`/`y`; uncond (None when cfg_scale is 1)
+  overrides only `context`, so both CFG branches see the same image conditioning, as the reference (§1.14)."""
+  import jax.numpy as jnp
+  cond = {"context": jnp.asarray(context), **(image_cond or {})}
+  uncond = {"context": jnp.asarray(neg_context)} if cfg_scale != 1.0 else None
+  return cond, uncond
+
+
+# ============================================================================================ loaded pipeline
+
+class Pipeline:
+  """The models of one preset, loaded on first use and kept; `generate(c, plan)` runs one request on them.
+
+  Shared by this CLI (one request; `keep_encoders=False` frees umT5 and CLIP after use, so they never sit
+  beside the DiT) and `infer.serve` (built once at start, every model kept). Per request only `c`'s request
+  fields may differ from the preset (prompt, negative prompt, seed, size, frames, steps, image); JAX caches
+  the compiled denoise program per shape, as the params are arguments of the program.
+  """
+
+  def __init__(self, c, mesh, *, keep_encoders=True):
+    self.c, self.mesh, self.keep_encoders = c, mesh, keep_encoders
+    self.dit = self.vae = self.denoise_fn = self.params = None
+    self._text_encoder = self._clip = None
+
+  def encode(self, c, plan):
+    enc = self._text_encoder or load_text_encoder_for(c, plan, self.mesh)
+    if self.keep_encoders:
+      self._text_encoder = enc
+    return encode_with(enc, c, plan)
+
+  def load(self, plan):
+    """Builds (or loads) the DiT and VAE once; the DiT is split into `(denoise_fn, params)` once."""
+    if self.dit is None:
+      self.dit = build_dit(self.c, plan, self.mesh)
+      self.vae = build_vae(self.c, self.mesh)
+      self.denoise_fn, self.params = sampling.model_denoiser(self.dit)
+
+  def condition(self, plan):
+    """I2V: (clip_fea, y) for `plan.image`."""
+    tower = self._clip or build_clip(self.c, plan, self.mesh)
+    if self.keep_encoders:
+      self._clip = tower
+    return i2v_condition_with(tower, plan, self.vae)
+
+  def generate(self, c, plan, *, seed, progress=None, params=None, timings=None):
+    """text → conditioning → noise → one compiled denoise loop → VAE decode.
+
+    Returns (frames float32 `[T, H, W, 3]` in [−1, 1], latent `[1, F, H, W, C]`). progress: `fn(step_index)`
+    per denoise step; params: DiT params to use instead of the loaded ones (e.g. with a LoRA merged);
+    timings: dict filled with text_encode_s, load_s, compile_s, denoise_s, decode_s.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    context, neg_context = self.encode(c, plan)
+    timings["text_encode_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    self.load(plan)
+    image_cond = dict(zip(("clip_fea", "y"), self.condition(plan))) if plan.model_type == "i2v" else None
+    timings["load_s"] = time.perf_counter() - t0
+    cond, uncond = conditions(context, neg_context, c.cfg_scale, image_cond)
+
+    key = jax.random.key(seed)
+    noise_key, loop_key = jax.random.split(key)
+    noise = (jnp.asarray(plan.init_noise) if plan.init_noise is not None
+             else jax.random.normal(noise_key, latent_shape(plan), jnp.float32))
+
+    # One program, compiled apart from running (the compile is served from JAX's caches for a known shape).
+    with sharding.activate(self.mesh):
+      t0 = time.perf_counter()
+      run_loop, args = sampling.compile_sample(
+          self.denoise_fn, noise, sigmas=plan.sigmas, timesteps=plan.timesteps, solver=c.solver,
+          cfg_scale=c.cfg_scale, cond=cond, uncond=uncond, rng=loop_key,
+          params=self.params if params is None else params)
+      timings["compile_s"] = time.perf_counter() - t0
+      t0 = time.perf_counter()
+      with sampling.progress_hook(progress or (lambda i: None)):
+        latent = jax.block_until_ready(run_loop(*args))
+      timings["denoise_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    frames = np.asarray(jax.device_get(self.vae.decode(latent)))[0]   # [T, H, W, 3] in [-1, 1]
+    timings["decode_s"] = time.perf_counter() - t0
+    return frames, latent
 
 
 # ============================================================================================ outputs
@@ -255,7 +381,7 @@ def _atomic_write(path, write_fn, suffix):
   os.close(fd)
   try:
     write_fn(tmp)
-    os.replace(tmp, path)
+    publish(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
@@ -277,10 +403,10 @@ def save_json(path, obj):
 
 def run(c):
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from tqdm import tqdm
-  from wanjax import sampling, sharding, video
+  from infer.models import weight_bytes
+  from wanjax import video
 
   if c.get("sampler", "loop") == "ar":   # block-wise autoregressive presets (configs/sample/self_forcing.py, ...)
     from infer.sample_ar import run_ar
@@ -293,48 +419,11 @@ def run(c):
   out_dir = os.path.expanduser(c.output_dir)
   mesh = sharding.make_mesh(c.mesh)
   timings = {}
-
-  # ---- text ----
-  t0 = time.perf_counter()
-  context, neg_context = encode_text(c, plan, mesh)
-  timings["text_encode_s"] = time.perf_counter() - t0
-
-  # ---- models and conditioning ----
-  t0 = time.perf_counter()
-  dit = build_dit(c, plan, mesh)
-  vae = build_vae(c, mesh)
-  cond = {"context": jnp.asarray(context)}
-  if plan.model_type == "i2v":
-    cond["clip_fea"], cond["y"] = i2v_condition(c, plan, vae, mesh)
-  timings["load_s"] = time.perf_counter() - t0
-  use_cfg = c.cfg_scale != 1.0
-  uncond = {"context": jnp.asarray(neg_context)} if use_cfg else None
-
-  # ---- noise ----
-  key = jax.random.key(seed)
-  noise_key, loop_key = jax.random.split(key)
   shape = latent_shape(plan)
-  noise = (jnp.asarray(plan.init_noise) if plan.init_noise is not None
-           else jax.random.normal(noise_key, shape, jnp.float32))
-
-  # ---- denoise: one program, compiled apart from running ----
-  denoise_fn, params = sampling.model_denoiser(dit)
-  n = len(plan.timesteps)
-  with sharding.activate(mesh):
-    t0 = time.perf_counter()
-    run_loop, args = sampling.compile_sample(
-        denoise_fn, noise, sigmas=plan.sigmas, timesteps=plan.timesteps, solver=c.solver,
-        cfg_scale=c.cfg_scale, cond=cond, uncond=uncond, rng=loop_key, params=params)
-    timings["compile_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with tqdm(total=n, desc="denoise", unit="step") as bar, sampling.progress_hook(lambda i: bar.update(1)):
-      latent = jax.block_until_ready(run_loop(*args))
-    timings["denoise_s"] = time.perf_counter() - t0
-
-  # ---- decode ----
-  t0 = time.perf_counter()
-  frames = np.asarray(jax.device_get(vae.decode(latent)))[0]   # [T, H, W, 3] in [-1, 1]
-  timings["decode_s"] = time.perf_counter() - t0
+  use_cfg = c.cfg_scale != 1.0
+  pipeline = Pipeline(c, mesh, keep_encoders=False)
+  with tqdm(total=len(plan.timesteps), desc="denoise", unit="step") as bar:
+    frames, latent = pipeline.generate(c, plan, seed=seed, progress=lambda i: bar.update(1), timings=timings)
 
   # ---- write (each file atomic; the sidecar last) ----
   t0 = time.perf_counter()
@@ -354,6 +443,7 @@ def run(c):
       "sigmas": [float(s) for s in plan.sigmas], "timesteps": [float(t) for t in plan.timesteps],
       "cfg": use_cfg, "timings": {k: round(v, 4) for k, v in timings.items()}, "outputs": outputs,
       "devices": [str(d) for d in jax.devices()][:8], "mesh": dict(mesh.shape),
+      "dit_weight_bytes": weight_bytes(pipeline.dit),
   }
   save_json(os.path.join(out_dir, name + ".json"), sidecar)
   logging.info("wrote %s (%d frames %dx%d); timings %s", mp4, frames.shape[0], plan.width, plan.height,

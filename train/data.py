@@ -80,6 +80,10 @@ class LatentShards:
   safetensors). Shards are split round-robin over data-parallel ranks; `batch(step, size)` is deterministic."""
 
   def __init__(self, path, *, rank=0, num_ranks=1, key="latents"):
+    if os.path.isfile(os.path.join(path, "index.json")):  # a `train.preprocess` feature folder (one clip each)
+      from train import features
+      self._finish(features.FeatureSet(path, rank=rank, num_ranks=num_ranks).clip_arrays(key), path)
+      return
     files = sorted(glob.glob(os.path.join(path, "*.npy")) + glob.glob(os.path.join(path, "*.safetensors")))
     if not files:
       raise UsageError(f"config.data.latents={path!r}: no .npy or .safetensors shards found")
@@ -95,6 +99,10 @@ class LatentShards:
         if key not in reader.entries:
           raise UsageError(f"{f}: no tensor {key!r}; found {', '.join(sorted(reader.keys()))}")
         self.arrays.append(reader.view(key))
+    self._finish(self.arrays, path)
+
+  def _finish(self, arrays, path):
+    self.arrays = arrays
     shapes = sorted({a.shape[1:] for a in self.arrays})
     if len(shapes) != 1:
       raise UsageError(f"{path}: shards hold samples of different shapes {shapes}")

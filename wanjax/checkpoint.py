@@ -21,6 +21,7 @@ from flax import nnx
 
 from wanjax import sharding as shd
 from wanjax.errors import CheckpointError, format_key_problems
+from wanjax.fileio import publish
 
 ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
              "I8": np.int8, "U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64,
@@ -127,7 +128,7 @@ class StreamingWriter:
     self.f.flush()
     os.fsync(self.f.fileno())
     self.f.close()
-    os.replace(self.tmp, self.path)
+    publish(self.tmp, self.path)
 
   def abort(self):
     if not self.f.closed:

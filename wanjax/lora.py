@@ -315,13 +315,15 @@ def _as_items(loras):
   return items
 
 
-def merge_loras(target, loras, *, allow_unmatched=False, table=None, donate=False):
+def merge_loras(target, loras, *, allow_unmatched=False, table=None, donate=False, dry_run=False):
   """Merges LoRA / diff files into DiT parameters; returns the merged nnx.State (or the updated Module).
 
   target: an nnx.State of the DiT params (stacked `blocks.*`) or a Module (updated in place).
   loras: 'a.safetensors:0.8,b.safetensors' or a list of LoraSpec / (path or {key: array}, strength).
   Keys that match no parameter raise UsageError listing them, unless `allow_unmatched` (one warning).
   `donate`: let each updated parameter's old buffer be reused (the input state must not be used after).
+  `dry_run`: only match keys and check shapes (target may be abstract, e.g. from `nnx.eval_shape`); returns the
+  sorted parameter paths the LoRAs would change.
   """
   module = target if isinstance(target, nnx.Module) else None
   state = nnx.state(module, nnx.Param) if module is not None else target
@@ -343,6 +345,8 @@ def merge_loras(target, loras, *, allow_unmatched=False, table=None, donate=Fals
   if unmatched:
     logging.warning("skipping %d LoRA key(s) that match no model parameter: %s", len(unmatched),
                     ", ".join(sorted(k for k, _ in unmatched)[:20]) + (" ..." if len(unmatched) > 20 else ""))
+  if dry_run:
+    return sorted(contribs)
   if not contribs:
     logging.warning("LoRA merge: no parameter changed")
   new = {}

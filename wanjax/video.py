@@ -12,6 +12,7 @@ import tempfile
 import numpy as np
 
 from wanjax.errors import UsageError
+from wanjax.fileio import publish
 
 DEFAULT_FPS = 16
 QUALITY = 8  # the reference's imageio quality (0–10)
@@ -79,7 +80,7 @@ class VideoWriter:
       raise UsageError(f"no frames were appended to {self.path}")
     self._gen.close()
     self._gen = None
-    os.replace(self._tmp, self.path)
+    publish(self._tmp, self.path)
 
   def abort(self):
     if self._gen is not None:
@@ -121,7 +122,7 @@ def write_png_frames(directory, frames):
     iio.imwrite(os.path.join(tmp, f"{i:05d}.png"), f)
   if os.path.isdir(directory):
     raise UsageError(f"frame directory {directory} already exists; choose another output name")
-  os.replace(tmp, directory)
+  publish(tmp, directory)
   return directory
 
 

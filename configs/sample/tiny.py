@@ -2,15 +2,17 @@
 
 No weights needed; the video is noise-like by construction (random weights). Used by tests/cli.
 python -m infer.sample --config configs/sample/tiny.py --config.prompt="a tiny test" --config.output_dir=/tmp/out
+I2V (random tiny CLIP too; `size` is then the pixel area, the aspect comes from the image):
+python -m infer.sample --config configs/sample/tiny.py:i2v --config.image=cat.png --config.output_dir=/tmp/out
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, solver="unipc", steps=3)
+  arg = common.parse_arg(arg, solver="unipc", steps=3, i2v=False)
   c = common.sample_defaults(arg)
-  c.model = "tiny"
+  c.model = "tiny_i2v" if arg.i2v else "tiny"
   c.random_init = True                      # random DiT and VAE from the seed; contexts hashed from prompts
   c.dtype = "float32"
   c.prompt = "a tiny test video"

@@ -94,6 +94,9 @@ PRESETS = {
     # Tests only: small, mutually different sizes (grid 4 -> 17 tokens, head dim 8).
     "tiny": CLIPVisionConfig(image_size=28, patch_size=7, width=24, num_layers=3, num_heads=3, mlp_dim=40,
                              num_used_layers=2),
+    # The tiny I2V demo's tower: 257 tokens (grid 16, as ViT-H/14 at 224) of width 18 = DiT `tiny_i2v`.image_dim.
+    "tiny_i2v": CLIPVisionConfig(image_size=32, patch_size=2, width=18, num_layers=2, num_heads=3, mlp_dim=28,
+                                 num_used_layers=1),
 }
 
 

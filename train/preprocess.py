@@ -1,0 +1,560 @@
+"""Videos and captions (or prompts alone) -> cached training features (`train/features.py`).
+
+Mirrors distill_wan2.1 `scripts/data_preprocess/preprocess_wan_dataset.py` + `resize_videos.py` (spec
+`post_training.md` A.1): VAE latent of each resized clip, umT5 embedding of its caption (trimmed), and for I2V the
+CLIP features of the first frame and the 20-channel `y`; plus the unconditional embeddings once. Unlike the
+reference (pre-resized 16:9 clips, batch 1, one `.pt` per tensor) this reads raw clips, picks an aspect bucket,
+centre-crops and resizes (antialiased bicubic, as PIL), samples `frames` (4k+1) at `fps`, encodes batches
+sharded over the mesh, and resumes: clips already in the index are not read again.
+
+  python -m train.preprocess --config configs/data/t2v_480p.py --input clips/ --output features/t2v \
+      --config.vae=ckpt/Wan2.1_VAE.pth --config.text_encoder=ckpt/umt5 --config.tokenizer=ckpt/tokenizer
+  python -m train.preprocess --config configs/data/toyworld.py --input data/toyworld --output /tmp/feat
+
+Inputs: a folder of videos (mp4/webm/gif/mov/mkv) with `<name>.txt` caption sidecars; a `.csv` (columns
+video|path|file and caption|prompt|text) or `.json`/`.jsonl` index (objects with the same keys, or {path:
+caption}); or a `.txt` of prompts, one per line (prompt embeddings only, for the data-free DMD trainers).
+"""
+
+import concurrent.futures
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from absl import logging
+
+from train import features
+from wanjax import sharding as shd
+from wanjax.errors import UsageError
+
+VIDEO_EXTS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi", ".m4v")
+VIDEO_COLUMNS = ("video", "path", "file", "filename")
+CAPTION_COLUMNS = ("caption", "prompt", "text")
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+class Skip(Exception):
+  """A clip that cannot be used; the message is the reason recorded in skipped.json."""
+
+
+class Interrupted(RuntimeError):
+  """Raised by `debug_stop_after_shards` to simulate a crash (tests of resume)."""
+
+
+@dataclasses.dataclass
+class Item:
+  source: str     # video path ('' for a prompt-only row)
+  caption: str
+  origin: str     # where the row came from, for messages: the path, or 'prompts.txt:12'
+  id: str = ""
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+def _resolve(base, p):
+  p = os.path.expanduser(str(p).strip())
+  return os.path.abspath(p if os.path.isabs(p) else os.path.join(base, p))
+
+
+def _pick(row: dict, names, what, where):
+  for n in names:
+    if n in row and row[n] is not None:
+      return str(row[n])
+  raise UsageError(f"{where}: no {what} column/key; expected one of {', '.join(names)} (found "
+                   f"{', '.join(sorted(row)) or 'none'})")
+
+
+def list_inputs(path):
+  """(items, skips): one Item per video or prompt; skips are (origin, reason) for rows without a caption."""
+  path = os.path.expanduser(path)
+  if not path or not os.path.exists(path):
+    raise UsageError(f"--input {path!r} does not exist; give a folder of videos, a .csv/.json/.jsonl index or "
+                     f"a .txt of prompts")
+  items, skips = [], []
+  if os.path.isdir(path):
+    for root, _, files in sorted(os.walk(path)):
+      for f in sorted(files):
+        if not f.lower().endswith(VIDEO_EXTS):
+          continue
+        video = os.path.abspath(os.path.join(root, f))
+        side = os.path.splitext(video)[0] + ".txt"
+        caption = open(side, encoding="utf-8").read().strip() if os.path.exists(side) else ""
+        if caption:
+          items.append(Item(video, caption, video))
+        else:
+          skips.append((video, f"no caption (expected a non-empty sidecar {os.path.basename(side)})"))
+    if not items and not skips:
+      raise UsageError(f"--input {path}: no videos ({', '.join(VIDEO_EXTS)}) found")
+    return items, skips
+  base = os.path.dirname(os.path.abspath(path))
+  ext = os.path.splitext(path)[1].lower()
+  if ext == ".txt":
+    for n, line in enumerate(open(path, encoding="utf-8"), 1):
+      if line.strip():
+        items.append(Item("", line.strip(), f"{path}:{n}"))
+  elif ext == ".csv":
+    with open(path, encoding="utf-8", newline="") as f:
+      for n, row in enumerate(csv.DictReader(f), 2):
+        where = f"{path}:{n}"
+        items.append(Item(_resolve(base, _pick(row, VIDEO_COLUMNS, "video", where)),
+                          _pick(row, CAPTION_COLUMNS, "caption", where).strip(), where))
+  elif ext in (".json", ".jsonl"):
+    with open(path, encoding="utf-8") as f:
+      rows = ([json.loads(line) for line in f if line.strip()] if ext == ".jsonl" else json.load(f))
+    if isinstance(rows, dict):
+      rows = [{"video": k, "caption": v} for k, v in rows.items()]
+    for n, row in enumerate(rows):
+      where = f"{path}[{n}]"
+      if not isinstance(row, dict):
+        raise UsageError(f"{where}: expected an object with video and caption keys, got {type(row).__name__}")
+      items.append(Item(_resolve(base, _pick(row, VIDEO_COLUMNS, "video", where)),
+                        _pick(row, CAPTION_COLUMNS, "caption", where).strip(), where))
+  else:
+    raise UsageError(f"--input {path}: unknown index type {ext!r}; valid: a folder, .csv, .json, .jsonl, .txt")
+  kept = []
+  for it in items:
+    if not it.caption:
+      skips.append((it.origin, "empty caption"))
+    else:
+      kept.append(it)
+  if not kept and not skips:
+    raise UsageError(f"--input {path} lists no clips or prompts")
+  return kept, skips
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+
+def parse_size(s):
+  """'832*480' (W*H, as the sampling configs) -> (h, w)."""
+  try:
+    w, h = (int(v) for v in str(s).lower().replace("x", "*").split("*"))
+  except ValueError:
+    raise UsageError(f"size {s!r} must be W*H, e.g. 832*480") from None
+  if h % 16 or w % 16 or h < 16 or w < 16:
+    raise UsageError(f"size {s!r}: width and height must be positive multiples of 16 (e.g. 832*480)")
+  return h, w
+
+
+def pick_bucket(h0, w0, sizes, max_aspect_change):
+  """The (h, w) of `sizes` whose aspect is nearest to h0×w0 (in log ratio); Skip if it differs by more than
+  `max_aspect_change` (relative), since the centre crop would cut that much of the frame."""
+  ar = w0 / h0
+  dist = [abs(math.log(ar * h / w)) for h, w in sizes]
+  best = int(np.argmin(dist))
+  if dist[best] > math.log1p(max_aspect_change):
+    h, w = sizes[best]
+    raise Skip(f"wrong aspect: {w0}x{h0} (w/h {ar:.3f}) is more than {max_aspect_change:.0%} from every "
+               f"bucket (nearest {w}x{h}, w/h {w / h:.3f})")
+  return sizes[best]
+
+
+def crop_box(h0, w0, h, w):
+  """Centre crop of an h0×w0 frame to the aspect of h×w: (top, left, height, width), fractional."""
+  if w0 * h > h0 * w:   # wider than the target: crop the width
+    cw = h0 * w / h
+    return 0.0, (w0 - cw) / 2, float(h0), cw
+  ch = w0 * h / w
+  return (h0 - ch) / 2, 0.0, ch, float(w0)
+
+
+def _bicubic(x, a=-0.5):
+  x = np.abs(x)
+  return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                  np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+def resize_matrix(in_size, out_size, start=0.0, length=None):
+  """`[out, in]` float32 matrix resampling the span [start, start + length) of an axis to `out_size` samples.
+
+  Antialiased bicubic (a = −0.5, support widened by the downscale factor, taps clipped to the image and weights
+  renormalised), the filter of PIL's `Image.resize(BICUBIC, box=...)`: unlike the torch resize used for I2V
+  conditioning, shrinking 1080p frames to 480p must not alias.
+  """
+  length = in_size - start if length is None else length
+  scale = length / out_size
+  fscale = max(scale, 1.0)
+  support = 2.0 * fscale
+  centre = start + (np.arange(out_size) + 0.5) * scale                     # [out]
+  lo = np.maximum(np.trunc(centre - support + 0.5), 0).astype(np.int64)
+  hi = np.minimum(np.trunc(centre + support + 0.5), in_size).astype(np.int64)
+  x = np.arange(in_size)[None, :]
+  w = _bicubic((x - centre[:, None] + 0.5) / fscale)
+  w = np.where((x >= lo[:, None]) & (x < hi[:, None]), w, 0.0)
+  w /= np.where(w.sum(1, keepdims=True) == 0, 1.0, w.sum(1, keepdims=True))
+  return w.astype(np.float32)
+
+
+@jax.jit
+def _resize(frames, mh, mw):
+  """uint8 `[T, H, W, 3]` -> float32 `[T, h, w, 3]` in [−1, 1] (crop folded into the matrices)."""
+  hi = jax.lax.Precision.HIGHEST
+  x = frames.astype(jnp.float32) / 127.5 - 1.0
+  x = jnp.einsum("hH,tHWc->thWc", mh, x, precision=hi)
+  x = jnp.einsum("wW,thWc->thwc", mw, x, precision=hi)
+  return jnp.clip(x, -1.0, 1.0)  # bicubic overshoots; the VAE's input range is [−1, 1]
+
+
+def resize_clip(frames, h, w):
+  """Centre-crop `[T, H0, W0, 3]` uint8 frames to the aspect of h×w and resize them -> `[T, h, w, 3]` (device)."""
+  top, left, ch, cw = crop_box(frames.shape[1], frames.shape[2], h, w)
+  return _resize(frames, resize_matrix(frames.shape[1], h, top, ch), resize_matrix(frames.shape[2], w, left, cw))
+
+
+def frame_indices(num_frames, fps, src_fps):
+  """Source frames shown at times i / fps (i < num_frames) of a clip recorded at `src_fps`."""
+  return np.floor(np.arange(num_frames) * (src_fps / fps) + 1e-6).astype(np.int64)
+
+
+def read_clip(path, *, num_frames, fps, sizes, max_aspect_change):
+  """(uint8 `[num_frames, H0, W0, 3]` sampled frames, bucket (h, w), source info); raises Skip with the reason.
+  Decoding streams and stops after the last needed frame, so long videos are never held in memory."""
+  import imageio_ffmpeg
+  try:
+    gen = imageio_ffmpeg.read_frames(path)
+    meta = next(gen)
+  except Exception as e:  # noqa: BLE001 - any decoder failure is a property of the file
+    raise Skip(f"unreadable: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+  try:
+    w0, h0 = meta["size"]
+    src_fps = float(meta.get("fps") or 0)
+    if not (src_fps > 0 and math.isfinite(src_fps)) or w0 < 1 or h0 < 1:
+      raise Skip(f"unreadable: frame rate {src_fps} or size {w0}x{h0} is not usable")
+    bucket = pick_bucket(h0, w0, sizes, max_aspect_change)
+    idx = frame_indices(num_frames, fps, src_fps)
+    want = {int(i) for i in idx}
+    kept, n = {}, 0
+    try:
+      for raw in gen:
+        if n in want:
+          kept[n] = np.frombuffer(raw, np.uint8).reshape(h0, w0, 3)
+        n += 1
+        if n > idx[-1]:
+          break
+    except Exception as e:  # noqa: BLE001
+      raise Skip(f"unreadable after {n} frames: {str(e).strip().splitlines()[0]}") from None
+    if len(kept) < len(want):
+      raise Skip(f"too short: {n} frames at {src_fps:g} fps; {num_frames} frames at {fps:g} fps need "
+                 f"{idx[-1] + 1}")
+  finally:
+    gen.close()
+  info = {"source_frames_read": n, "source_fps": src_fps, "source_size": [int(w0), int(h0)]}
+  return np.stack([kept[int(i)] for i in idx]), bucket, info
+
+
+# ------------------------------------------------------------------------------------------------ encoders
+
+@dataclasses.dataclass
+class Encoders:
+  text: object            # wanjax.text.encode.TextEncoder
+  vae: object = None      # WanVAE (None for prompt-only inputs)
+  clip: object = None     # CLIPVisionTower (I2V)
+
+
+def _random_module(build, seed):
+  """`build()`'s module with host-drawn random parameters (tiny smoke models; on-device init compiles one
+  program per parameter shape): norm scales 1, matrices ~ N(0, 1/fan_in), vectors ~ N(0, 0.1²)."""
+  from flax import nnx
+  graphdef, state = nnx.split(nnx.eval_shape(build))
+  rng = np.random.default_rng(seed)
+  out = []
+  for path, var in nnx.to_flat_state(state):
+    v = var.get_value()
+    n_layers = shd.param_axes(var).count("layers")
+    eff = v.shape[n_layers:]
+    name = ".".join(map(str, path))
+    if "norm" in name and len(eff) == 1 and path[-1] in ("scale", "weight", "gamma"):
+      value = np.ones(v.shape)
+    elif len(eff) >= 2:
+      value = rng.standard_normal(v.shape) / np.sqrt(np.prod(eff[:-1]))
+    else:
+      value = 0.1 * rng.standard_normal(v.shape)
+    out.append((path, var.replace(jnp.asarray(value, v.dtype))))
+  return nnx.merge(graphdef, nnx.from_flat_state(out))
+
+
+def _replicate(module, mesh):
+  from flax import nnx
+  graphdef, state = nnx.split(module)
+  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  return nnx.merge(graphdef, state)
+
+
+def toy_tokenizer(folder):
+  """Writes the toy-world tokenizer.json under `folder` (random-encoder configs) and returns its path."""
+  from wanjax.toyworld import vocab
+  os.makedirs(folder, exist_ok=True)
+  return vocab.write_tokenizer(folder)
+
+
+def build_encoders(c, mesh, *, need_video=True, tokenizer=None) -> Encoders:
+  """The encoders `c` names: converted dirs or raw torch files (converted once, `infer.models.resolve_model`),
+  or with `c.random_encoders` tiny random ones drawn from `c.seed` (tests, smoke runs)."""
+  from flax import nnx
+  from wanjax.text.encode import TextEncoder, load_text_encoder
+  from wanjax.text.tokenize import Tokenizer
+  i2v = c.model_type == "i2v"
+  if c.random_encoders:
+    from wanjax.image import clip as clip_mod
+    from wanjax.text import umt5
+    from wanjax.vae import config as vae_config
+    from wanjax.vae import create_vae
+    tcfg = umt5.get_config(c.random_presets.text)
+    text_model = _random_module(lambda: umt5.UMT5Encoder(tcfg, policy=c.text_dtype, rngs=nnx.Rngs(0)), c.seed + 1)
+    text = TextEncoder(_replicate(text_model, mesh), Tokenizer(tokenizer, max_length=c.text_len))
+    vae = clip = None
+    if need_video:
+      vae = _replicate(create_vae(vae_config.get_config(c.random_presets.vae), policy=c.vae_dtype, seed=c.seed),
+                       mesh)
+      if i2v:
+        ccfg = clip_mod.get_config(c.random_presets.clip)
+        clip = _replicate(_random_module(
+            lambda: clip_mod.CLIPVisionTower(ccfg, policy=c.clip_dtype, rngs=nnx.Rngs(0)), c.seed + 2), mesh)
+    return Encoders(text, vae, clip)
+  from infer.models import resolve_model
+  for name in ("text_encoder", "tokenizer") + (("vae",) + (("clip",) if i2v else ()) if need_video else ()):
+    if not c[name]:
+      raise UsageError(f"config.{name} is empty; give a converted {name} dir or raw checkpoint (or use "
+                       f"configs/data/toyworld.py for tiny random encoders)")
+  text = load_text_encoder(resolve_model(os.path.expanduser(c.text_encoder), family="umt5"),
+                           os.path.expanduser(c.tokenizer), policy=c.text_dtype, mesh=mesh, max_length=c.text_len)
+  vae = clip = None
+  if need_video:
+    from wanjax.vae.load import load_vae
+    vae = load_vae(resolve_model(os.path.expanduser(c.vae), family="vae"), policy=c.vae_dtype, mesh=mesh)
+    if i2v:
+      from wanjax.image.load import load_clip
+      clip = load_clip(resolve_model(os.path.expanduser(c.clip), family="clip"), policy=c.clip_dtype, mesh=mesh)
+  return Encoders(text, vae, clip)
+
+
+def settings_of(c) -> dict:
+  """Everything that decides the cached values (the index refuses to mix runs that differ in any)."""
+  keys = ("model_type", "frames", "fps", "sizes", "max_aspect_change", "text_len", "dtype", "vae", "text_encoder",
+          "tokenizer", "clip", "vae_dtype", "text_dtype", "clip_dtype", "random_encoders", "seed",
+          "negative_prompt")
+  s = {k: c[k] for k in keys}
+  s["sizes"] = list(s["sizes"])
+  if c.random_encoders:
+    s["random_presets"] = dict(c.random_presets)
+  return s
+
+
+def clip_id(item: Item, settings: dict) -> str:
+  key = json.dumps([item.source or "prompt", item.caption, settings], sort_keys=True, ensure_ascii=False)
+  return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
+
+
+# ------------------------------------------------------------------------------------------------ encoding
+
+def _trimmed(context, lengths):
+  return [np.asarray(context[i, :int(n)]) for i, n in enumerate(lengths)]
+
+
+def encode_texts(text, captions, batch):
+  """Trimmed `[L_i, D]` umT5 embeddings; batches are padded to `batch` rows so one program is compiled."""
+  out = []
+  for s in range(0, len(captions), batch):
+    chunk = list(captions[s:s + batch])
+    ctx, lengths = text.encode(chunk + [""] * (batch - len(chunk)))
+    out += _trimmed(ctx, lengths)[:len(chunk)]
+  return out
+
+
+def encode_videos(enc, videos, *, mesh, i2v, num_frames):
+  """videos: device `[B, T, h, w, 3]` in [−1, 1] -> {latent [B, F, h/8, w/8, z], (clip_fea, y)} host arrays.
+
+  The batch is sharded over the mesh's batch axes (data, fsdp). I2V: the condition video is frame 0 then zeros;
+  the reference bicubic-resizes frame 0 to (h, w) first (`condition_video`), an identity at the clip's own size.
+  """
+  from wanjax.image import i2v as i2v_mod
+  from wanjax.image.clip import clip_features
+  from wanjax.vae import encode_video
+  spec = shd.spec_for(("batch", None, None, None, None), videos.shape, mesh)
+  x = jax.device_put(videos, jax.sharding.NamedSharding(mesh, spec))
+  b = x.shape[0]
+  out = {}
+  if not i2v:
+    out["latent"] = encode_video(enc.vae, x)
+  else:
+    cond = jnp.concatenate([x[:, :1], jnp.zeros_like(x[:, 1:])], axis=1)
+    both = encode_video(enc.vae, jnp.concatenate([x, cond]))   # one program for clip + condition
+    out["latent"], cond_lat = both[:b], both[b:]
+    f, lh, lw = cond_lat.shape[1:4]
+    mask = np.broadcast_to(i2v_mod.i2v_mask(f, lh, lw, num_frames), cond_lat.shape[:-1] + (4,))
+    out["y"] = i2v_mod.build_y(mask, cond_lat)
+    out["clip_fea"] = clip_features(enc.clip, x[:, 0])
+  return {k: np.asarray(jax.device_get(v), np.float32) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+def check_config(c):
+  if c.model_type not in ("t2v", "i2v"):
+    raise UsageError(f"model_type={c.model_type!r}; valid: t2v, i2v")
+  if c.frames < 1 or (c.frames - 1) % 4:
+    lo = 1 + 4 * max(0, (c.frames - 1) // 4)
+    raise UsageError(f"frames={c.frames} must be 4k+1 (e.g. {lo} or {lo + 4}; 81 for Wan2.1)")
+  if c.fps <= 0:
+    raise UsageError(f"fps={c.fps} must be > 0 (16 for Wan2.1)")
+  if not c.sizes:
+    raise UsageError("sizes is empty; give one W*H (fixed size) or several (aspect buckets), e.g. ('832*480',)")
+  if c.dtype not in DTYPES:
+    raise UsageError(f"dtype={c.dtype!r}; valid: {', '.join(DTYPES)}")
+  for k in ("batch_size", "clips_per_shard", "num_workers", "text_len"):
+    if c[k] < 1:
+      raise UsageError(f"{k}={c[k]} must be >= 1")
+  return [parse_size(s) for s in c.sizes]
+
+
+def run(c, input_path, output):
+  """Preprocesses `input_path` into the feature folder `output`; returns a summary dict."""
+  from tqdm import tqdm
+  from configs.common import negative_prompt
+  t0 = time.time()
+  sizes = check_config(c)
+  # JAX warns on every fork; the ffmpeg readers' fork (subprocess) is followed by exec at once, so it cannot
+  # deadlock. Set here, in the calling thread, before the reader threads start.
+  warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning,
+                          module="subprocess")
+  if not output:
+    raise UsageError("--output is required (the feature folder; an existing one is resumed)")
+  items, input_skips = list_inputs(input_path)
+  prompt_only = all(not it.source for it in items)
+  if any(not it.source for it in items) and not prompt_only:
+    raise AssertionError("an input mixes prompts and videos")
+  settings = settings_of(c)
+  writer = features.FeatureWriter(output, settings, clips_per_shard=c.clips_per_shard)
+  for it in items:
+    it.id = clip_id(it, settings)
+  seen, todo, duplicates = set(), [], 0
+  for it in items:
+    if it.id in seen:
+      duplicates += 1
+      continue
+    seen.add(it.id)
+    if it.id not in writer.done:
+      todo.append(it)
+  already = len(seen) - len(todo)
+  for origin, reason in input_skips:
+    writer.skip(hashlib.sha256(origin.encode()).hexdigest()[:20], origin, reason)
+
+  mesh = shd.make_mesh(c.mesh)
+  tokenizer = (toy_tokenizer(os.path.join(output, "toy_tokenizer")) if c.random_encoders and not c.tokenizer
+               else os.path.expanduser(c.tokenizer))
+  enc = build_encoders(c, mesh, need_video=not prompt_only, tokenizer=tokenizer)
+  out_dtype = DTYPES[c.dtype]
+  if not writer.has_uncond():
+    neg = negative_prompt(c.model_type, c.negative_prompt)
+    empty, negative = encode_texts(enc.text, ["", neg], c.batch_size)[:2]
+    writer.write_uncond(empty.astype(out_dtype), negative.astype(out_dtype), neg)
+
+  counts = {"cached": 0, "skipped": len(input_skips)}
+  bar = tqdm(total=len(todo), desc="preprocess", unit="clip", disable=None)
+
+  def add(item, tensors, extra):
+    record = {"id": item.id, "source": item.source or item.origin, "caption": item.caption, **extra}
+    writer.add(record, {k: v.astype(out_dtype) for k, v in tensors.items()})
+    counts["cached"] += 1
+    if c.debug_stop_after_shards and writer.shards_written >= c.debug_stop_after_shards:
+      raise Interrupted(f"simulated interruption after {writer.shards_written} shard(s)")
+
+  def skip(item, reason):
+    writer.skip(item.id, item.source or item.origin, reason)
+    counts["skipped"] += 1
+    bar.set_postfix(skipped=counts["skipped"])
+
+  with shd.activate(mesh):
+    if prompt_only:
+      for s in range(0, len(todo), c.batch_size):
+        chunk = todo[s:s + c.batch_size]
+        for it, ctx in zip(chunk, encode_texts(enc.text, [it.caption for it in chunk], c.batch_size)):
+          add(it, {"context": ctx}, {"bucket": None})
+        bar.update(len(chunk))
+    else:
+      pending = {}  # bucket -> [(item, device frames, info)]
+
+      def encode_bucket(bucket):
+        group = pending.pop(bucket)
+        vids = [g[1] for g in group]
+        vids += [vids[-1]] * (c.batch_size - len(vids))  # pad to the compiled batch; extra rows are dropped
+        out = encode_videos(enc, jnp.stack(vids), mesh=mesh, i2v=c.model_type == "i2v", num_frames=c.frames)
+        texts = encode_texts(enc.text, [g[0].caption for g in group], c.batch_size)
+        for j, (it, _, info) in enumerate(group):
+          tensors = {k: v[j] for k, v in out.items()}
+          tensors["context"] = texts[j]
+          add(it, tensors, dict(info, frames=c.frames, fps=c.fps, bucket=f"{bucket[1]}*{bucket[0]}"))
+
+      read = lambda it: read_clip(it.source, num_frames=c.frames, fps=c.fps, sizes=sizes,  # noqa: E731
+                                  max_aspect_change=c.max_aspect_change)
+      with concurrent.futures.ThreadPoolExecutor(c.num_workers) as pool:
+        window = 2 * c.num_workers
+        futures = [pool.submit(read, it) for it in todo[:window]]
+        for k, it in enumerate(todo):
+          if k + window < len(todo):
+            futures.append(pool.submit(read, todo[k + window]))
+          try:
+            frames, bucket, info = futures[k].result()
+            futures[k] = None
+          except Skip as e:
+            skip(it, str(e))
+          else:
+            pending.setdefault(bucket, []).append((it, resize_clip(frames, *bucket), info))
+            if len(pending[bucket]) == c.batch_size:
+              encode_bucket(bucket)
+          bar.update(1)
+        for bucket in list(pending):
+          encode_bucket(bucket)
+  writer.flush()
+  bar.close()
+  reasons = {}
+  for s in writer.skipped.values():
+    r = s["reason"].split(":")[0].split(" (")[0]
+    reasons[r] = reasons.get(r, 0) + 1
+  summary = {"output": output, "cached": counts["cached"], "already_cached": already, "duplicates": duplicates,
+             "skipped": len(writer.skipped), "skip_reasons": reasons, "shards_written": writer.shards_written,
+             "total_clips": len(writer.index["clips"]), "seconds": round(time.time() - t0, 1)}
+  logging.info("preprocess summary: %s", summary)
+  return summary
+
+
+def summary_line(s) -> str:
+  why = ", ".join(f"{n} {r}" for r, n in sorted(s["skip_reasons"].items()))
+  return (f"cached {s['cached']} clips in {s['shards_written']} new shard(s) ({s['already_cached']} already "
+          f"cached, {s['skipped']} skipped{': ' + why if why else ''}; see skipped.json) -> {s['output']} "
+          f"[{s['total_clips']} clips in all, {s['seconds']} s]")
+
+
+def main(argv):
+  from absl import flags
+  f = flags.FLAGS
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  try:
+    if f.config is None:
+      raise UsageError("--config is required, e.g. --config configs/data/t2v_480p.py")
+    if not f.input:
+      raise UsageError("--input is required: a folder of videos, a .csv/.json/.jsonl index or a .txt of prompts")
+    s = run(f.config, f.input, f.output)
+  except UsageError as e:
+    sys.exit(f"error: {e}")
+  sys.stdout.write(summary_line(s) + "\n")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Preprocessing config (configs/data/<name>.py).", lock_config=True)
+  flags.DEFINE_string("input", None, "Folder of videos with .txt sidecars, a .csv/.json/.jsonl index, or a .txt "
+                      "of prompts.")
+  flags.DEFINE_string("output", None, "Feature folder (shards + index.json); an existing one is resumed.")
+  app.run(main)
