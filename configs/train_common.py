@@ -7,30 +7,8 @@ Sections of every training config, in order: models, objective, optimisers, cade
 
 import ml_collections
 
+from configs.common import parse_arg  # noqa: F401  (re-exported for the training configs)
 from wanjax.errors import UsageError
-
-
-def parse_arg(arg, **defaults):
-  """Parses 'k=v,k2=v2' against typed `defaults`; unknown keys and unparsable values raise UsageError."""
-  out = ml_collections.ConfigDict(dict(defaults))
-  for part in filter(None, (p.strip() for p in (arg or "").split(","))):
-    key, sep, val = part.partition("=")
-    key = key.strip()
-    if key not in defaults:
-      raise UsageError(f"unknown config arg {key!r}; valid: {', '.join(sorted(defaults))}")
-    if not sep:  # a bare flag name means True
-      val = "True"
-    typ = type(defaults[key])
-    if typ is bool:
-      if val.lower() not in ("true", "false", "1", "0"):
-        raise UsageError(f"config arg {key}={val!r} must be True or False")
-      out[key] = val.lower() in ("true", "1")
-    else:
-      try:
-        out[key] = typ(val)
-      except ValueError:
-        raise UsageError(f"config arg {key}={val!r} must be a {typ.__name__}") from None
-  return out
 
 
 def model(preset, *, weights="", precision="bf16", remat="full", scan=True, attn_impl="auto"):
