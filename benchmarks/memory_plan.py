@@ -98,10 +98,10 @@ def _inputs(cfg, batch, grid):
           jax.ShapeDtypeStruct((batch, cfg.text_len, cfg.text_dim), jnp.float32))
 
 
-def _analyse(fn, args, in_shardings, mesh, rules):
+def _analyse(fn, args, in_shardings, mesh, rules, out_shardings=None):
   t0 = time.perf_counter()
   with shd.activate(mesh, rules):
-    lowered = jax.jit(fn, in_shardings=in_shardings).lower(*args)
+    lowered = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings).lower(*args)
   compiled = lowered.compile()
   m = compiled.memory_analysis()
   return {"argument": m.argument_size_in_bytes / GIB, "output": m.output_size_in_bytes / GIB,
@@ -130,7 +130,8 @@ def train_memory(cfg, mesh_name, grid, remat, batch=1):
     return jax.grad(lambda p: jnp.mean(jnp.square(fwd(p, rest, x, t, c))))(params)
 
   shard = (shd.state_shardings(params, mesh, rules), jax.tree.map(lambda _: repl, rest), repl, repl, repl)
-  return _analyse(grad, (params, rest) + _inputs(cfg, batch, grid), shard, mesh, rules)
+  # Gradients come back sharded like the params (as the optimiser update consumes them).
+  return _analyse(grad, (params, rest) + _inputs(cfg, batch, grid), shard, mesh, rules, out_shardings=shard[0])
 
 
 # -------------------------------------------------------------------------------------------------- main

@@ -8,7 +8,6 @@ Sections of every training config, in order: models, objective, optimisers, cade
 import ml_collections
 
 from configs.common import parse_arg  # noqa: F401  (re-exported for the training configs)
-from wanjax.errors import UsageError
 
 
 def model(preset, *, weights="", precision="bf16", remat="full", scan=True, attn_impl="auto"):

@@ -435,13 +435,13 @@ async def _parse_request(request, limit):
       raise RequestError(422, None, f"body is not valid JSON ({e})") from None
     if not isinstance(data, dict):
       raise RequestError(422, None, "body must be a JSON object of VideoRequest fields")
-  elif ctype == "multipart/form-data":
+  elif ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
     async def replay():
       return {"type": "http.request", "body": body, "more_body": False}
     try:
       form = await Request(request.scope, replay).form(max_files=1, max_fields=32)
-    except Exception as e:  # noqa: BLE001 - malformed multipart is the client's
-      raise RequestError(400, None, f"malformed multipart body ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a malformed form body is the client's
+      raise RequestError(400, None, f"malformed form body ({e})") from None
     data = {}
     for key, value in form.multi_items():
       if key == "image":
@@ -452,7 +452,7 @@ async def _parse_request(request, limit):
         data[key] = value
   else:
     raise RequestError(415, None, f"content type {ctype or 'none'!r}; send application/json or "
-                                  f"multipart/form-data")
+                                  f"multipart/form-data (application/x-www-form-urlencoded without an image)")
   try:
     return VideoRequest.model_validate(data), image
   except pydantic.ValidationError as e:

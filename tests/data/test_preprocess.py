@@ -38,6 +38,7 @@ RESIZE_TOL = 1e-5      # abs, float32 matmuls vs PIL's float64 filter (measured 
 LATENT_TOL = 1e-4      # stored vs reference latent, max|d|/max|ref| (same program; differences come from resize)
 DECODE_TOL = 1e-4      # decode(stored) vs decode(reference latent)
 BF16_TOL = 1e-2        # bf16 storage: relative rounding 2^-8 = 4e-3 per element
+TEXT_TOL = 1e-5        # CLI on 2 devices vs in-process on 8: other reduction layouts (measured 1.2e-6)
 N_TOY = 5              # 64x64 toy clips, 17 frames at 16 fps
 SIZES = ("32*32", "48*32")
 
@@ -289,8 +290,8 @@ def test_prompt_only_cli(tmp_path):
   ctx, lengths = enc.text.encode(prompts[:2] + ["", ""])
   for i in range(2):
     assert fs.length(i) == lengths[i]
-    assert max_rel_err(fs.tensor(i, "context"), ctx[i]) <= 1e-6
-  np.testing.assert_allclose(fs.uncond("empty"), ctx[2], rtol=0, atol=1e-6)
+    assert max_rel_err(fs.tensor(i, "context"), ctx[i]) <= TEXT_TOL
+  assert max_rel_err(fs.uncond("empty"), ctx[2]) <= TEXT_TOL
   bad = subprocess.run(cmd[:-2] + ["--output", out, "--config.frames=8"], cwd=root, env=env,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "frames=8 must be 4k+1" in bad.stderr
