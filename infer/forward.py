@@ -413,7 +413,7 @@ def run():
     try:
       main(argv)
     except UsageError as e:
-      print(f"error: {e}", file=sys.stderr)
+      print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)   # one line, key lists included
       sys.exit(1)
 
   app.run(wrapped)

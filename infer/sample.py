@@ -81,16 +81,20 @@ def _load_image(path):
   return (img - 0.5) / 0.5   # [0, 1] → [−1, 1] as the reference's TF.to_tensor().sub_(0.5).div_(0.5)
 
 
-def _load_text_embeddings(path, text_len, text_dim):
+def _load_text_embeddings(path, text_len, text_dim, need_negative=True):
+  """`context` (and `negative_context`, optional when CFG is off: then None) zero-padded to `[1, text_len, D]`."""
   import numpy as np
   try:
     data = np.load(path)
   except Exception as e:  # noqa: BLE001
     raise UsageError(f"text_embeddings {path!r} is not a readable .npz ({e})") from None
-  out = {}
+  out = {"negative_context": None}
   for key in ("context", "negative_context"):
+    if key not in data and key == "negative_context" and not need_negative:
+      continue
     if key not in data:
-      raise UsageError(f"text_embeddings {path!r} lacks key {key!r}; expected keys context, negative_context")
+      raise UsageError(f"text_embeddings {path!r} lacks key {key!r}; expected keys context, negative_context "
+                       f"(negative_context may be left out when cfg_scale=1)")
     a = np.asarray(data[key], np.float32)
     a = a[0] if a.ndim == 3 and a.shape[0] == 1 else a
     if a.ndim != 2 or a.shape[1] != text_dim or a.shape[0] > text_len:
@@ -157,7 +161,7 @@ def check(c) -> Plan:
   weights = ""
   if not c.random_init:
     weights = _exists("weights", c.weights, "--config.weights=DIT_DIR_OR_FILE")
-    _check_model_type(weights, dit_cfg.model_type, c.model)
+    _check_model_type(weights, dit_cfg, c.model)
     if not c.text_embeddings:
       _exists("text_encoder", c.text_encoder, "--config.text_encoder=UMT5_DIR (or --config.text_embeddings)")
       _exists("tokenizer", c.tokenizer, "--config.tokenizer=TOKENIZER_DIR")
@@ -171,7 +175,7 @@ def check(c) -> Plan:
   plan = Plan(dit_cfg, dit_cfg.model_type, w, h, c.frames, sigmas, timesteps, weights, image=image, loras=loras)
   if c.text_embeddings:
     plan.text_embeddings = _load_text_embeddings(_exists("text_embeddings", c.text_embeddings, "an .npz"),
-                                                 dit_cfg.text_len, dit_cfg.text_dim)
+                                                 dit_cfg.text_len, dit_cfg.text_dim, c.cfg_scale != 1.0)
   if c.init_noise:
     plan.init_noise = _load_init_noise(_exists("init_noise", c.init_noise, "an .npy"), latent_shape(plan))
   for p in (c.save_latents,):
@@ -180,16 +184,33 @@ def check(c) -> Plan:
   return plan
 
 
-def _check_model_type(weights, model_type, preset):
+def _check_model_type(weights, preset_cfg, preset):
   """A converted directory states its model type: an I2V checkpoint under a T2V preset fails here."""
   from infer.models import is_converted
   if not is_converted(weights):
     return   # raw torch checkpoint: checked by load_dit(expect_model_type=...) after conversion, before compiling
   from wanjax.dit.load import read_config
   cfg, _ = read_config(weights)
+  model_type = preset_cfg.model_type
   if cfg.model_type != model_type:
     raise UsageError(f"weights {weights!r} hold a {cfg.model_type!r} DiT but model={preset!r} expects "
                      f"{model_type!r}; pick a {cfg.model_type} preset or {model_type} weights")
+  check_dit_interface(cfg, preset_cfg, weights, preset)
+
+
+# What the plan takes from the preset (latent and text shapes); width, depth and heads come from the weights.
+INTERFACE_FIELDS = ("in_dim", "out_dim", "patch_size", "text_dim", "text_len")
+
+
+def check_dit_interface(cfg, preset_cfg, weights, preset):
+  """The weights' DiT must read and write the tensors the preset plans (any width, depth and head count)."""
+  fields = INTERFACE_FIELDS + (("image_dim",) if preset_cfg.has_image_input else ())
+  bad = [f for f in fields if getattr(cfg, f) != getattr(preset_cfg, f)]
+  if bad:
+    got = ", ".join(f"{f}={getattr(cfg, f)}" for f in bad)
+    want = ", ".join(f"{f}={getattr(preset_cfg, f)}" for f in bad)
+    raise UsageError(f"weights {weights!r} hold a DiT with {got} but model={preset!r} has {want}; pick the preset "
+                     f"these weights were trained as (e.g. --config.model=tiny for the test models)")
 
 
 # ============================================================================================ building blocks
@@ -238,6 +259,7 @@ def build_dit(c, plan, mesh):
     from wanjax.dit.load import load_dit
     dit = load_dit(resolve_dit(plan.weights), policy=c.dtype, mesh=mesh, expect_model_type=plan.model_type,
                    attn_impl=c.attn_impl)
+    check_dit_interface(dit.cfg, plan.dit_cfg, plan.weights, c.model)   # raw checkpoints: known once converted
   return adapt_dit(dit, plan.loras, allow_unmatched=c.lora_allow_unmatched, quant=c.quant)
 
 

@@ -43,17 +43,30 @@ def noise_frames(opts, frames):
   return frames
 
 
-def _load_renoise(path, opts, n_steps, shape):
+def denoised_blocks(opts, frames):
+  """Blocks the run denoises (each consumes steps−1 re-noise draws) for `frames` latent frames per
+  rollout/fragment: rollouts after the first start from a teacher-forced overlap of `overlap_frames`."""
+  n = noise_frames(opts, frames)
+  if opts.long_video == "rollouts":
+    n -= (opts.num_segments - 1) * opts.overlap_frames
+  return n // opts.frames_per_block
+
+
+def _load_renoise(path, opts, n_steps, shape, num_blocks):
   """`[num_blocks, steps−1, 16, nfpb, H, W]` (torch layout) → `[num_blocks, steps−1, 1, nfpb, H, W, 16]`."""
   import numpy as np
+  if opts.update != "renoise":
+    raise UsageError(f"renoise={path!r} is only consumed by the fresh-noise update (solver='consistency'); the "
+                     f"{opts.update} update draws no noise")
   try:
     a = np.load(os.path.expanduser(path))
   except Exception as e:  # noqa: BLE001 - any reader failure is the user's file
     raise UsageError(f"renoise {path!r} is not a readable .npy ({e})") from None
   _, _, h, w, c = shape
-  if a.ndim != 6 or a.shape[1:] != (n_steps - 1, c, opts.frames_per_block, h, w):
-    raise UsageError(f"renoise {path!r} has shape {a.shape}; expected [num_blocks, {n_steps - 1}, {c}, "
-                     f"{opts.frames_per_block}, {h}, {w}]")
+  want = (num_blocks, n_steps - 1, c, opts.frames_per_block, h, w)
+  if a.shape != want:
+    raise UsageError(f"renoise {path!r} has shape {a.shape}; expected {list(want)} = [num_blocks, steps−1, C, "
+                     f"frames_per_block, H, W] (torch layout)")
   return np.ascontiguousarray(a.astype(np.float32).transpose(0, 1, 3, 4, 5, 2))[:, :, None]
 
 
@@ -83,10 +96,16 @@ def run_ar(c):
   timings = {}
 
   b, f, h, w, ch = S.latent_shape(plan)
+  if opts.long_video == "none" and f % opts.frames_per_block:
+    raise UsageError(f"frames={c.frames} gives {f} latent frames, not a multiple of ar.frames_per_block="
+                     f"{opts.frames_per_block}; use frames = 1 + 4·(k·{opts.frames_per_block} − 1)")
   shape = (b, noise_frames(opts, f), h, w, ch)
   n_steps = len(sampling_ar.schedule(opts)[0])
   init_noise = S._load_init_noise(S._exists("init_noise", c.init_noise, "an .npy"), shape) if c.init_noise else None
-  renoise = _load_renoise(c.renoise, opts, n_steps, shape) if c.renoise else None
+  renoise = None
+  if c.renoise:
+    renoise = _load_renoise(S._exists("renoise", c.renoise, "an .npy"), opts, n_steps, shape,
+                            denoised_blocks(opts, f))
 
   t0 = time.perf_counter()
   context, _ = S.encode_text(c, plan, mesh)

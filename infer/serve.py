@@ -163,14 +163,21 @@ class Service:
     if o.max_queue < 1:
       raise UsageError(f"max_queue={o.max_queue} must be >= 1")
     self.base = copy.deepcopy(c)
-    self.plan = sample.check(self.base)            # the preset itself must pass the CLI's edge checks
     self.default_w, self.default_h = sample._parse_size(c.size)
+    self.upload_dir = tempfile.mkdtemp(prefix="wanjax_uploads_")
+    from wanjax.dit.config import get_config
+    if get_config(c.model).model_type == "i2v" and not c.image:
+      # The preset is checked (and warmed up) with a grey stand-in; every request brings its own image.
+      import imageio.v3 as iio
+      import numpy as np
+      self.base.image = os.path.join(self.upload_dir, "warmup.png")
+      iio.imwrite(self.base.image, np.full((self.default_h, self.default_w, 3), 128, np.uint8))
+    self.plan = sample.check(self.base)            # the preset itself must pass the CLI's edge checks
     self.max_area = o.max_area or self.default_w * self.default_h
     self.max_frames = o.max_frames or c.frames
     self.i2v = self.plan.model_type == "i2v"
     self.output_dir = os.path.abspath(os.path.expanduser(o.output_dir)) if o.output_dir else tempfile.mkdtemp(
         prefix="wanjax_serve_")
-    self.upload_dir = tempfile.mkdtemp(prefix="wanjax_uploads_")
     os.makedirs(self.output_dir, exist_ok=True)
     # LoRAs: merged per request strength into a copy of the params when the DiT stays float; with a quantised
     # DiT they are merged once at load (before quantising) and the strength is fixed.
@@ -198,7 +205,7 @@ class Service:
     t0 = time.perf_counter()
     self.pipeline.load(self.plan)
     if self.options.warmup:
-      c = self._request_config(VideoRequest(prompt=self.base.prompt or "warm-up"))
+      c = self._request_config(VideoRequest(prompt=self.base.prompt or "warm-up"), self.base.image)
       from infer import sample
       self.pipeline.generate(c, sample.check(c), seed=max(c.seed, 0), params=self.params_for(None))
     logging.info("models loaded%s in %.1f s; serving preset %r", " and compiled" if self.options.warmup else "",

@@ -61,6 +61,8 @@ def encode_prompts(prompts, negative, *, text_encoder, tokenizer, cache_dir, tex
     rows.append(enc.encode(prompts[i:i + 16], cache=cache)[0].astype(np.float32))
   neg = enc.encode([negative or WAN_NEGATIVE_PROMPT], cache=cache)[0][0].astype(np.float32)
   logging.info("prompt embeddings: %s", dict(enc.stats))
+  if not rows:  # negative only (trainers whose prompts come with their data latents)
+    return np.zeros((0,) + neg.shape, np.float32), neg
   return np.concatenate(rows), neg
 
 
@@ -121,3 +123,49 @@ class LatentShards:
 
   def batch(self, seed, step, size):
     return self.get(batch_indices(seed, step, size, len(self)))
+
+
+class _Contexts:
+  """Prompt embeddings read lazily from shards: `len()`, `.shape` and `[indices]` like a host array."""
+
+  def __init__(self, shards):
+    self.shards = shards
+    self.shape = (len(shards),) + tuple(shards.sample_shape)
+
+  def __len__(self):
+    return len(self.shards)
+
+  def __getitem__(self, indices):
+    return self.shards.get(indices)
+
+
+def data_latents(path, contexts, latent_shape, *, seed, rank=0, num_ranks=1):
+  """Clean data latents paired with their prompt embeddings (CausVid DMD, spec distillation.md §3.4).
+
+  path: latent shards holding `latents` `[N, F, H, W, C]` (or ODE trajectories `[N, K, F, H, W, C]`, whose
+  last entry is the clean latent, as CausVid reads `ode_latent[:, -1]`) and `context` `[N, S, D]`, or a
+  `train.preprocess` feature folder. '' uses random latents paired with `contexts` (smoke runs).
+  Returns (contexts: `[indices]` -> `[B, S, D]`, get(indices) -> latents `[B, *latent_shape]` float32).
+  """
+  latent_shape = tuple(latent_shape)
+  if not path:
+    if not len(contexts):
+      raise UsageError("config.data.latents is empty; give latent shards (or random_contexts > 0 for a smoke run)")
+    rng = np.random.default_rng([seed, 0xDA7A])
+    fake = rng.standard_normal((len(contexts),) + latent_shape).astype(np.float32)
+    return contexts, lambda idx: fake[idx]
+  lat = LatentShards(path, rank=rank, num_ranks=num_ranks, key="latents")
+  ctx = LatentShards(path, rank=rank, num_ranks=num_ranks, key="context")
+  shape = tuple(lat.sample_shape)
+  trajectory = len(shape) == len(latent_shape) + 1
+  if shape[trajectory:] != latent_shape:
+    raise UsageError(f"{path}: latents have sample shape {shape}; the config wants {latent_shape} "
+                     f"(data.latent_shape + channels{', after a trajectory axis' if trajectory else ''})")
+  if len(ctx) != len(lat):
+    raise UsageError(f"{path}: {len(lat)} latents but {len(ctx)} contexts")
+
+  def get(indices):
+    x = lat.get(indices)
+    return x[:, -1] if trajectory else x
+
+  return _Contexts(ctx), get

@@ -20,7 +20,7 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding
 from ml_collections import config_flags
 
-from train import data, dmd, loop
+from train import causal, data, dmd, loop
 from train import state as st
 from train.models import build_dit
 from wanjax import sharding as shd
@@ -52,7 +52,8 @@ def prompt_contexts(c, workdir, cfg):
   """([n, S, D], [S, D]) float32 host arrays: cached prompt embeddings, or random fixed ones for smoke."""
   if c.data.random_contexts > 0:
     return data.random_contexts(c.seed, c.data.random_contexts, cfg.text_len, cfg.text_dim)
-  prompts = data.read_prompts(c.data.prompts)
+  # CausVid reads its prompts' embeddings with the data latents; only the negative prompt is encoded here.
+  prompts = [] if causal.uses_data(c) else data.read_prompts(c.data.prompts)
   return data.encode_prompts(prompts, c.data.negative_prompt, text_encoder=c.data.text_encoder,
                              tokenizer=c.data.tokenizer, text_len=cfg.text_len,
                              cache_dir=c.data.prompt_cache or os.path.join(workdir, "prompt_cache"))
@@ -71,9 +72,11 @@ def step_keys(state, role):
 # ------------------------------------------------------------------------------------------------ DMD
 
 def dmd_step(state, batch, *, fns, settings, tx_g, tx_c, gcfg, ratio, latent_shape, poison_steps, rollout,
-             with_generator):
+             with_generator, critic_rollout=None):
   """One counter step: optional generator update (DMD), then a critic update (flow matching on a fresh
-  stop-gradient rollout). Non-finite updates are skipped (state unchanged except step)."""
+  stop-gradient rollout). Non-finite updates are skipped (state unchanged except step). Rollouts start from
+  noise, or from `batch["latents"]` / `batch["latents_critic"]` when the batch has data (CausVid)."""
+  critic_rollout = critic_rollout or rollout
   gen_fn, teacher_fn, critic_fn = fns["generator"], fns["teacher"], fns["critic"]
   metrics, finite = {}, jnp.bool_(True)
   neg = batch["negative"]
@@ -96,7 +99,7 @@ def dmd_step(state, batch, *, fns, settings, tx_g, tx_c, gcfg, ratio, latent_sha
       return critic_fn.apply(jax.lax.stop_gradient(state.critic.params), x_t, t, ctx)
 
     def loss_fn(params):
-      x = rollout(lambda p, x, t: gen_fn.apply(p, x, t, ctx), params, noise, k_roll, j)
+      x = rollout(causal.Denoiser(gen_fn, ctx), params, batch.get("latents", noise), k_roll, j)
       loss, m = dmd.generator_dmd_loss(x, k_loss, teacher=teacher, critic=critic, settings=settings)
       return loop.poison(loss, state.step, poison_steps), m
 
@@ -118,7 +121,8 @@ def dmd_step(state, batch, *, fns, settings, tx_g, tx_c, gcfg, ratio, latent_sha
   noise = jax.random.normal(k_noise, (b,) + latent_shape, jnp.float32)
   j = dmd.sample_exit_index(k_exit, n, last_step_only=settings.last_step_only)
   gen_params = jax.lax.stop_gradient(state.generator.params)
-  x_gen = jax.lax.stop_gradient(rollout(lambda p, x, t: gen_fn.apply(p, x, t, ctx), gen_params, noise, k_roll, j))
+  x_gen = jax.lax.stop_gradient(critic_rollout(causal.Denoiser(gen_fn, ctx), gen_params,
+                                               batch.get("latents_critic", noise), k_roll, j))
 
   def critic_loss(params):
     loss, m = dmd.critic_flow_loss(lambda x_t, t: critic_fn.apply(params, x_t, t, ctx), x_gen, k_loss, settings)
@@ -172,21 +176,34 @@ def train_dmd(c, workdir, mesh, rules):
 
   contexts, negative = prompt_contexts(c, workdir, gcfg)
   bsz = c.data.batch_size
+  latent_shape = tuple(c.data.latent_shape) + (gcfg.out_dim,)
+  get_data = None
+  if causal.uses_data(c):  # CausVid: clean latents paired with their prompts replace the prompt list
+    contexts, get_data = data.data_latents(c.data.latents, contexts, latent_shape, seed=c.seed,
+                                           rank=jax.process_index(), num_ranks=jax.process_count())
+    lat_sharding = batch_sharding(mesh, rules, (bsz,) + latent_shape,
+                                  ("batch", "frames", "height", "width", "channels"))
   ctx_sharding = batch_sharding(mesh, rules, (bsz,) + contexts.shape[1:], ("batch", "text_length", "act_embed"))
   neg_device = jax.device_put(negative, NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
+  # CausVid shares one batch between the generator and the critic update; SF draws fresh prompts (§9 item 7).
+  critic_stream = 0 if c.data.get("same_batch_for_critic", False) else 1
+
   def batch_for(step):
-    # SF draws fresh prompts for the generator and for the critic update of every step (§9 item 7).
     ig = data.batch_indices(c.seed, step, bsz, len(contexts), stream=0)
-    ic = data.batch_indices(c.seed, step, bsz, len(contexts), stream=1)
-    return {"context": jax.device_put(contexts[ig], ctx_sharding),
-            "context_critic": jax.device_put(contexts[ic], ctx_sharding), "negative": neg_device}
+    ic = data.batch_indices(c.seed, step, bsz, len(contexts), stream=critic_stream)
+    out = {"context": jax.device_put(contexts[ig], ctx_sharding),
+           "context_critic": jax.device_put(contexts[ic], ctx_sharding), "negative": neg_device}
+    if get_data is not None:
+      out["latents"] = jax.device_put(get_data(ig), lat_sharding)
+      out["latents_critic"] = jax.device_put(get_data(ic), lat_sharding)
+    return out
 
   fns = {r: built[r].fn for r in ROLES}
-  rollout = functools.partial(dmd.bidirectional_rollout, timesteps=settings.timesteps, gen_grid=settings.gen_grid)
+  rollout, critic_rollout = causal.rollout_for(c, settings)
   common = dict(fns=fns, settings=settings, tx_g=tx_g, tx_c=tx_c, gcfg=c.generator, ratio=ratio,
-                latent_shape=tuple(c.data.latent_shape) + (gcfg.out_dim,),
-                poison_steps=tuple(c.debug.nonfinite_steps), rollout=rollout)
+                latent_shape=latent_shape, poison_steps=tuple(c.debug.nonfinite_steps), rollout=rollout,
+                critic_rollout=critic_rollout)
   jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=(shardings, None))
   gen_step = jit(functools.partial(dmd_step, with_generator=True, **common))
   critic_step = jit(functools.partial(dmd_step, with_generator=False, **common))

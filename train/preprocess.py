@@ -381,14 +381,13 @@ def encode_videos(enc, videos, *, mesh, i2v, num_frames):
   from wanjax.vae import encode_video
   spec = shd.spec_for(("batch", None, None, None, None), videos.shape, mesh)
   x = jax.device_put(videos, jax.sharding.NamedSharding(mesh, spec))
-  b = x.shape[0]
   out = {}
   if not i2v:
     out["latent"] = encode_video(enc.vae, x)
   else:
     cond = jnp.concatenate([x[:, :1], jnp.zeros_like(x[:, 1:])], axis=1)
-    both = encode_video(enc.vae, jnp.concatenate([x, cond]))   # one program for clip + condition
-    out["latent"], cond_lat = both[:b], both[b:]
+    out["latent"] = encode_video(enc.vae, x)
+    cond_lat = encode_video(enc.vae, cond)   # same shape: the same compiled program as the clip's
     f, lh, lw = cond_lat.shape[1:4]
     mask = np.broadcast_to(i2v_mod.i2v_mask(f, lh, lw, num_frames), cond_lat.shape[:-1] + (4,))
     out["y"] = i2v_mod.build_y(mask, cond_lat)
