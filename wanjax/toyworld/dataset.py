@@ -19,6 +19,7 @@ import tempfile
 
 import numpy as np
 
+from wanjax import fileio
 from wanjax.errors import UsageError
 from wanjax.toyworld import vocab, world
 
@@ -72,7 +73,7 @@ def _atomic_write(path, write):
   try:
     with os.fdopen(fd, "wb") as f:
       write(f)
-    os.replace(tmp, path)
+    fileio.publish(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)

@@ -33,6 +33,7 @@ import tempfile
 
 import numpy as np
 
+from wanjax import fileio
 from wanjax.errors import UsageError
 from wanjax.toyworld import detect, world
 
@@ -290,7 +291,7 @@ def save_json(path, data):
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    fileio.publish(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)

@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 
+from wanjax import fileio
 from wanjax.errors import UsageError
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
@@ -71,7 +72,7 @@ def write_tokenizer(folder) -> str:
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       f.write(text)
-    os.replace(tmp, path)
+    fileio.publish(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)
