@@ -29,6 +29,7 @@ import math
 import os
 import queue
 import secrets
+import shutil
 import sys
 import tempfile
 import threading
@@ -218,6 +219,7 @@ class Service:
     self._stop.set()
     if self._worker is not None:
       self._worker.join(timeout=60)
+    shutil.rmtree(self.upload_dir, ignore_errors=True)   # outputs stay; uploads were only inputs
 
   def pause(self):
     """Stops the worker from taking further jobs (the running one finishes). For tests and maintenance."""

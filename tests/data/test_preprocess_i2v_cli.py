@@ -72,7 +72,7 @@ def test_prompt_only_cli(tmp_path):
   fs = features.FeatureSet(out)
   assert fs.names() == ["context"] and fs.captions() == prompts[:2]
   # Equal to the text encoder called directly (same seed, same tokenizer).
-  c = toyworld.getconfig()
+  c = toyworld.get_config()
   enc = pp.build_encoders(c, shd.make_mesh("data=2"), need_video=False,
                           tokenizer=os.path.join(out, "toy_tokenizer", "tokenizer.json"))
   ctx, lengths = enc.text.encode(prompts[:2] + ["", ""])

@@ -30,6 +30,7 @@ def i2v_client():
   svc.stop()
 
 
+@pytest.mark.slow   # ~45 s on 2 CPU cores: compiles CLIP, the VAE encoder and the I2V DiT
 def test_i2v_upload(i2v_client, tmp_path):
   from wanjax import video
   from wanjax.image.i2v import latent_size_for

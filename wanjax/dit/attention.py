@@ -23,7 +23,7 @@ from wanjax import sharding as shd
 from wanjax.dit.layers import RMSNorm
 from wanjax.dit.rope import apply_rope
 from wanjax.nn import Dense
-from wanjax.ops.attention import attention
+from wanjax.ops.attention import BlockCausal, attention
 
 F32 = jnp.float32
 _HEADS = ("batch", "length", "act_heads", None)
@@ -84,7 +84,7 @@ class SelfAttention(nnx.Module):
     True = attend; `key_lengths` int `[B]`: only the first keys are attended, as for a static-shape KV cache
     whose valid slots are a prefix), then `o` -> `[B, L, D]` in the compute dtype."""
     cd = self.compute_dtype
-    if mask is not None and mask.ndim == 2:
+    if mask is not None and not isinstance(mask, BlockCausal) and mask.ndim == 2:
       mask = mask[None, None]
     out = attention(q.astype(cd), k.astype(cd), v.astype(cd), mask=mask, key_lengths=key_lengths,
                     impl=self.attn_impl)

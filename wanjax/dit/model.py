@@ -22,9 +22,10 @@ from flax import nnx
 from wanjax import precision
 from wanjax import sharding as shd
 from wanjax.dit import layers, rope
-from wanjax.dit.attention import CrossAttention, CrossKV, SelfAttention, block_causal_mask
+from wanjax.dit.attention import CrossAttention, CrossKV, SelfAttention
 from wanjax.dit.config import DiTConfig
 from wanjax.errors import UsageError
+from wanjax.ops.attention import BlockCausal
 from wanjax.nn import LayerNorm
 
 F32 = jnp.float32
@@ -288,7 +289,10 @@ class WanDiT(nnx.Module):
     mask = None
     if frames_per_block is not None:
       nf, nh, nw = emb.grid
-      mask = block_causal_mask(nf, nh * nw, int(frames_per_block))
+      if int(frames_per_block) < 1:
+        raise UsageError(f"frames_per_block={frames_per_block} must be >= 1")
+      # A mask description, not a dense [L, L] array: the TPU splash kernel builds it tile by tile.
+      mask = BlockCausal(int(frames_per_block) * nh * nw)
     h = self.blocks_forward(emb.tokens, emb.e0, emb.context, emb.context_img, cos, sin, mask=mask)
     return self.head_forward(h, emb.e, emb.grid)
 
