@@ -27,6 +27,9 @@ def read_prompts(path):
   if not path:
     raise UsageError("config.data.prompts is empty; give a .txt file (one prompt per line) or a folder of "
                      ".txt files")
+  if os.path.isfile(os.path.join(path, "index.json")):  # a `train.preprocess` folder: captions in clip order
+    from train import features
+    return features.FeatureSet(path).captions()
   if os.path.isdir(path):
     files = sorted(glob.glob(os.path.join(path, "*.txt")))
     prompts = [open(f, encoding="utf-8").read().strip() for f in files]

@@ -307,7 +307,10 @@ def train(c, workdir):
     return train_dmd(c, workdir, mesh, rules)
   if c.objective == "ode_init":
     return train_ode(c, workdir, mesh, rules)
-  raise UsageError(f"objective={c.objective!r}; valid: dmd, ode_init")
+  from train import post_training  # CFG / step distillation, reward LoRA (post_training.md)
+  if c.objective in post_training.OBJECTIVES:
+    return post_training.train(c, workdir, mesh, rules)
+  raise UsageError(f"objective={c.objective!r}; valid: dmd, ode_init, {', '.join(post_training.OBJECTIVES)}")
 
 
 def main(argv):

@@ -100,8 +100,9 @@ def _writer(workdir):
   return tensorboardX.SummaryWriter(os.path.join(os.path.abspath(workdir), "tb"))
 
 
-def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, manager):
+def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, manager, on_save=None):
   """Runs steps [start_step, total_steps). Returns the final state (also saved as the last checkpoint).
+  `on_save(step, state)`, if given, runs after each checkpoint save (e.g. to export a LoRA beside it).
 
   Non-finite policy: a step whose loss or gradient is not finite is skipped inside the step function (the
   params and optimiser state stay; step and RNG advance) and counted here; after
@@ -150,6 +151,8 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
       pbar.set_postfix({k: f"{float(np.asarray(v)):.4g}" for k, v in metrics.items() if k.startswith("loss")})
       if streak == 0 and (done % settings.checkpoint_every == 0 or done == settings.total_steps):
         save(manager, done, state)
+        if on_save is not None:
+          on_save(done, state)
       if settings.sleep_per_step:
         time.sleep(settings.sleep_per_step)
   finally:

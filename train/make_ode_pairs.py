@@ -9,7 +9,8 @@ sigma equals one of the student's sigmas, plus the final latent, are kept. With 
 
 The student list, teacher preset and weights, prompts, text encoder, latent size and seed come from the
 ode_init config (the teacher is `models.teacher` when the config has one, else `models.generator`: CausVid's
-teacher is the base model the student starts from); the sampler settings are flags.
+teacher is the base model the student starts from; the reference samples it in fp32, so pass
+`--config.models.generator.precision=float32` to match); the sampler settings are flags.
 
 Output folder: `shard-NNNNN.safetensors` with `latents` `[n, K, F, H, W, 16]`, `context` `[n, S, D]` and
 `prompt_index` `[n]`, each written atomically, plus `ode_pairs.json` (settings + finished shards), rewritten

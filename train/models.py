@@ -14,6 +14,7 @@ from flax import nnx
 from wanjax import checkpoint
 from wanjax import sharding as shd
 from wanjax.dit.config import DiTConfig, get_config
+from wanjax.dit.load import read_config
 from wanjax.dit.model import WanDiT
 from wanjax.errors import CheckpointError
 
@@ -39,13 +40,16 @@ class BuiltModel:
 
 
 def build_dit(mcfg, *, seed, mesh, rules=shd.RULES) -> BuiltModel:
-  """mcfg: a `configs.train_common.model` ConfigDict (preset, weights, precision, remat, scan, attn_impl)."""
+  """mcfg: a `configs.train_common.model` ConfigDict (preset, weights, precision, remat, scan, attn_impl; an
+  optional `guidance_embed=True` adds the guidance embedding to the preset)."""
   cfg = get_config(mcfg.preset)
+  if mcfg.get("guidance_embed", False):   # CFG-distilled students (post_training.md A.2)
+    cfg = dataclasses.replace(cfg, guidance_embed=True)
   if mcfg.weights:
     path = os.path.join(mcfg.weights, "config.json")
     if not os.path.exists(path):
       raise CheckpointError(f"{mcfg.weights}: no config.json (convert first: python -m converters.convert)")
-    file_cfg = DiTConfig.load(path)
+    file_cfg = read_config(mcfg.weights)[0]   # drops the converter's meta keys (family, source_layout, ...)
     if file_cfg != cfg:
       raise CheckpointError(f"{mcfg.weights}: checkpoint config does not match preset {mcfg.preset!r}; "
                             f"checkpoint {file_cfg} vs preset {cfg}")

@@ -88,7 +88,10 @@ def list_inputs(path):
           continue
         video = os.path.abspath(os.path.join(root, f))
         side = os.path.splitext(video)[0] + ".txt"
-        caption = open(side, encoding="utf-8").read().strip() if os.path.exists(side) else ""
+        caption = ""
+        if os.path.exists(side):
+          with open(side, encoding="utf-8") as f:
+            caption = f.read().strip()
         if caption:
           items.append(Item(video, caption, video))
         else:
@@ -99,9 +102,10 @@ def list_inputs(path):
   base = os.path.dirname(os.path.abspath(path))
   ext = os.path.splitext(path)[1].lower()
   if ext == ".txt":
-    for n, line in enumerate(open(path, encoding="utf-8"), 1):
-      if line.strip():
-        items.append(Item("", line.strip(), f"{path}:{n}"))
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if line.strip():
+          items.append(Item("", line.strip(), f"{path}:{n}"))
   elif ext == ".csv":
     with open(path, encoding="utf-8", newline="") as f:
       for n, row in enumerate(csv.DictReader(f), 2):
@@ -503,10 +507,10 @@ def run(c, input_path, output):
             futures.append(pool.submit(read, todo[k + window]))
           try:
             frames, bucket, info = futures[k].result()
-            futures[k] = None
           except Skip as e:
             skip(it, str(e))
           else:
+            futures[k] = None   # drop the host frames once they are on the device
             pending.setdefault(bucket, []).append((it, resize_clip(frames, *bucket), info))
             if len(pending[bucket]) == c.batch_size:
               encode_bucket(bucket)

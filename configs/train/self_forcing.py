@@ -55,6 +55,6 @@ def get_config(arg=None):
   if arg.smoke:
     c.data.latent_shape = (6, 4, 6)     # two blocks, so the cache path between blocks is exercised
     c.dmd.critic_steps_per_generator_step = 3
-    c.generator.ema_start = 4
+    c.generator.ema_start = 3       # the generator step at 3 starts the EMA
     c.total_steps = 6
   return c

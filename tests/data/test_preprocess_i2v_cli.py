@@ -40,8 +40,9 @@ def test_i2v_y_and_clip_features(tmp_path):
   enc = pp.build_encoders(c, mesh, tokenizer=os.path.join(out, "toy_tokenizer", "tokenizer.json"))
   video = np.stack([ref_video(p, c, 32, 32) for p in paths])                    # [2, 9, 32, 32, 3]
   cond = np.concatenate([video[:, :1], np.zeros_like(video[:, 1:])], axis=1)
-  both = np.concatenate([np.asarray(encode_video(enc.vae, batch_sharded(v, mesh))) for v in (video, cond)])
-  clip_ref = np.asarray(clip_features(enc.clip, batch_sharded(video[:, 0], mesh)))
+  with shd.activate(mesh):   # the pipeline's mesh context: its compiled programs are reused
+    both = np.concatenate([np.asarray(encode_video(enc.vae, batch_sharded(v, mesh))) for v in (video, cond)])
+    clip_ref = np.asarray(clip_features(enc.clip, batch_sharded(video[:, 0], mesh)))
   fs = features.FeatureSet(out)
   assert fs.names() == ["latent", "context", "clip_fea", "y"]
   for i in range(2):

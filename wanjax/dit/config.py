@@ -93,6 +93,9 @@ PRESETS = {
     "tiny": DiTConfig(dim=24, ffn_dim=40, num_heads=2, num_layers=3, text_dim=20, text_len=7),
     "tiny_i2v": DiTConfig(dim=24, ffn_dim=40, num_heads=2, num_layers=3, text_dim=20, text_len=7,
                           model_type="i2v", in_dim=36, image_dim=18),
+    # The toy world (docs/toyworld.md): 64x64x17 clips -> 5x8x8 latents, 80 tokens; reads the `toyworld` umT5
+    # (text_dim 32) at text_len 32. ~1.2 M parameters.
+    "toyworld": DiTConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, text_dim=32, text_len=32),
 }
 # I2V 480P and 720P share the architecture (different weights).
 PRESETS["i2v_14b_480p"] = PRESETS["i2v_14b"]

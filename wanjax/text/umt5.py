@@ -71,6 +71,8 @@ PRESETS = {
                            num_layers=24),
     # Tests and toy worlds only: small, mutually different sizes (head dim 8).
     "tiny": UMT5Config(vocab=101, dim=24, dim_attn=24, dim_ffn=40, num_heads=3, num_layers=2),
+    # The toy world's frozen text encoder: exactly its 32-id word vocabulary (docs/toyworld.md).
+    "toyworld": UMT5Config(vocab=32, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2),
 }
 
 

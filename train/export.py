@@ -1,0 +1,232 @@
+"""Export of trained weights to JAX-layout model directories (`config.json` + `model.safetensors`).
+
+No reference counterpart: the reference trainers save torch state dicts; here a trainer's orbax checkpoint
+(`train/loop.py`, one `TrainState` pytree) becomes the same directory format the converters write
+(`converters/engine.py: write_model`), so `wanjax.dit.load.load_dit`, `wanjax.vae.load.load_vae` and
+`wanjax.text.load.load_umt5` (and therefore `infer.sample`, `train.preprocess` and the trainers'
+`models.*.weights`) read trained models exactly as converted ones. Stacked-layer params `blocks.x` are
+written per layer as `blocks.{i}.x` (`wanjax.checkpoint.file_keys_for`).
+
+  python -m train.export --config configs/train/toyworld_teacher.py --workdir runs/teacher --out ckpt/teacher
+  python -m train.export --config configs/train/toyworld_dmd.py --workdir runs/dmd --out ckpt/dmd --ema
+  python -m train.export --config configs/train/toyworld_vae.py --workdir runs/vae --out ckpt/vae
+  python -m train.export --umt5 toyworld --seed 0 --out ckpt/umt5      # frozen random text encoder
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from wanjax import checkpoint
+from wanjax import sharding as shd
+from wanjax.errors import CheckpointError, UsageError
+from wanjax.fileio import publish
+
+SOURCE_LAYOUT = "wanjax-train"   # config.json "source_layout" of exported dirs (converters write theirs)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+def file_tensors(abstract_state, params) -> dict:
+  """{file key: float32 array} for every variable of `abstract_state` (an nnx.State of the model), values
+  looked up in `params` (nested dicts keyed like `nnx.to_pure_dict`, int or str keys, host or device arrays).
+  A stacked param `blocks.x` `[n, ...]` becomes `blocks.0.x` ... `blocks.{n-1}.x`."""
+  out, problems = {}, []
+  for path, var in nnx.to_flat_state(abstract_state):
+    node = params
+    for p in path:
+      node = node.get(p, node.get(str(p))) if isinstance(node, dict) else None
+      if node is None:
+        break
+    name = ".".join(map(str, path))
+    shape = tuple(np.shape(var.get_value()))
+    if node is None:
+      problems.append((name, f"missing from the trained params (model shape {shape})"))
+      continue
+    value = np.asarray(jax.device_get(node), np.float32)
+    if value.shape != shape:
+      problems.append((name, f"trained {value.shape} vs model {shape}"))
+      continue
+    stacked = len(shd.param_axes(var)) - len(var.get_metadata().get("axes", ()))
+    keys = checkpoint.file_keys_for(name, stacked, shape[0] if stacked else 0)
+    if stacked:
+      out.update({k: value[i] for i, k in enumerate(keys)})
+    else:
+      out[keys[0]] = value
+  if problems:
+    from wanjax.errors import format_key_problems
+    raise CheckpointError("trained params do not match the model:\n" + format_key_problems(problems))
+  return out
+
+
+def write_model_dir(out_dir, tensors: dict, config: dict):
+  """Writes `out_dir/model.safetensors` + `out_dir/config.json` into a temporary folder beside `out_dir`, then
+  renames it into place (an existing `out_dir` is replaced only once the new one is complete)."""
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
+  try:
+    checkpoint.save_tensors(os.path.join(tmp, "model.safetensors"), tensors, metadata={"format": "wanjax"})
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(config, f, indent=2, sort_keys=True)
+    os.chmod(os.path.join(tmp, "config.json"), 0o644)
+    old = None
+    if os.path.exists(out_dir):
+      old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.old-")
+      os.replace(out_dir, os.path.join(old, "x"))
+    publish(tmp, out_dir)
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  n = sum(int(np.size(v)) for v in tensors.values())
+  logging.info("exported %d parameters to %s", n, out_dir)
+  return out_dir
+
+
+def module_dir(out_dir, module, config: dict):
+  """Writes a concrete NNX module's params with `config` (e.g. a random frozen encoder)."""
+  state = nnx.state(module, nnx.Param)
+  return write_model_dir(out_dir, file_tensors(state, nnx.to_pure_dict(state)), config)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+def restore_trained(workdir, *, step=None):
+  """(step, state as nested dicts of host arrays) of a trainer's orbax checkpoint (latest unless `step`).
+
+  Restored without a target tree (every array as NumPy on the host), so no optimiser or mesh has to be rebuilt.
+  """
+  import orbax.checkpoint as ocp
+  from train import loop
+  manager = loop.checkpoint_manager(workdir, keep=1_000_000, async_save=False)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise UsageError(f"--workdir {workdir}: no checkpoint in {loop.checkpoint_dir(workdir)}; train first")
+  meta = manager.item_metadata(step)
+  meta = getattr(meta, "tree", meta)
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), meta)
+  state = manager.restore(step, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  manager.close()
+  return step, state
+
+
+def trained_params(state, *, role="generator", ema=False):
+  """The params of `role` ('generator' | 'critic' | 'teacher') in a restored state; `ema` takes the EMA
+  shadow (error if the run kept none)."""
+  if role not in ("generator", "critic", "teacher"):
+    raise UsageError(f"role={role!r}; valid: generator, critic, teacher")
+  node = state.get(role) if isinstance(state, dict) else None
+  if not node:
+    raise UsageError(f"the checkpoint has no {role!r} params (roles: {', '.join(sorted(state))})")
+  if role == "teacher":
+    return node
+  if ema:
+    if not node.get("ema"):
+      raise UsageError(f"the checkpoint's {role} has no EMA shadow (ema_decay=0); export without --ema")
+    return node["ema"]
+  return node["params"]
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+def export_dit(c, workdir, out_dir, *, role="generator", ema=False, step=None):
+  """A DiT trainer's checkpoint (flow_matching / distill) -> a `load_dit` directory."""
+  from wanjax.dit.config import get_config
+  from wanjax.dit.model import WanDiT
+  preset = c.models[role if role in c.models else "generator"].preset
+  cfg = get_config(preset)
+  step, state = restore_trained(workdir, step=step)
+  abstract = nnx.state(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+  tensors = file_tensors(abstract, trained_params(state, role=role, ema=ema))
+  config = dict(cfg.to_json_dict(), family="dit", source_layout=SOURCE_LAYOUT)
+  write_model_dir(out_dir, tensors, config)
+  return {"kind": "dit", "preset": preset, "step": int(step), "role": role, "ema": bool(ema), "out": out_dir}
+
+
+def random_umt5(preset, *, seed=0, policy="float32", pos_std=3.0, query_std=0.1):
+  """A umT5 encoder with host-drawn random weights: the toy world's frozen text encoder (docs/toyworld.md).
+
+  Norm scales 1; projections ~ N(0, 1/fan_in) (unit-RMS in, unit-RMS out); token embeddings ~ N(0, 1), so
+  each word enters the residual stream as strongly as each block's update. The relative position biases
+  (~ N(0, pos_std²)) dominate the attention logits (queries scaled by `query_std`): each head mixes words at
+  fixed random offsets, which writes the neighbouring adjectives into a noun's vector (the DiT's
+  cross-attention sees the context as a set, so binding must live in the vectors). Measured linear probes in
+  docs/toyworld.md."""
+  from wanjax.text import umt5
+  import jax.numpy as jnp
+  cfg = umt5.get_config(preset)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: umt5.UMT5Encoder(cfg, policy=policy, rngs=nnx.Rngs(0))))
+  rng = np.random.default_rng([seed, 0x75])
+  flat = []
+  for path, var in nnx.to_flat_state(state):
+    v = var.get_value()
+    layer = len(shd.param_axes(var)) - len(var.get_metadata().get("axes", ()))
+    eff = v.shape[layer:]
+    if len(eff) == 1:
+      value = np.ones(v.shape)                       # RMS-norm scales (umT5 has no biases)
+    else:
+      unit = path[-2] in ("token_embedding", "pos_embedding")
+      value = rng.standard_normal(v.shape) / (1.0 if unit else np.sqrt(np.prod(eff[:-1])))
+      value *= pos_std if path[-2] == "pos_embedding" else query_std if path[-2] == "q" else 1.0
+    flat.append((path, var.replace(jnp.asarray(value, v.dtype))))
+  return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def export_random_umt5(out_dir, preset, *, seed=0):
+  model = random_umt5(preset, seed=seed)
+  config = dict(model.cfg.to_json_dict(), family="umt5", source_layout=SOURCE_LAYOUT)
+  module_dir(out_dir, model, config)
+  return {"kind": "umt5", "preset": preset, "seed": seed, "out": out_dir}
+
+
+def export(c, workdir, out_dir, *, role="generator", ema=False, step=None):
+  """Dispatches on the config's objective: 'vae' (train.vae, fits the latent statistics) or a DiT trainer."""
+  if not out_dir:
+    raise UsageError("--out is required (the model directory to write)")
+  if c.objective == "vae":
+    from train import vae
+    return vae.export(c, workdir, out_dir, step=step)
+  if c.objective in ("flow_matching", "dmd", "ode_init"):
+    return export_dit(c, workdir, out_dir, role=role, ema=ema, step=step)
+  raise UsageError(f"objective={c.objective!r} cannot be exported; valid: vae, flow_matching, dmd, ode_init")
+
+
+def main(argv):
+  from absl import flags
+  f = flags.FLAGS
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  try:
+    if f.umt5:
+      s = export_random_umt5(f.out, f.umt5, seed=f.seed)
+    else:
+      if f.config is None or not f.workdir:
+        raise UsageError("give --config and --workdir of a training run (or --umt5 PRESET for a random encoder)")
+      s = export(f.config, f.workdir, f.out, role=f.role, ema=f.ema, step=f.step)
+  except (UsageError, CheckpointError) as e:
+    sys.exit(f"error: {e}")
+  sys.stdout.write(json.dumps(s) + "\n")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "The training config of the run.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "The training run's --workdir.")
+  flags.DEFINE_string("out", None, "Model directory to write (replaced atomically).")
+  flags.DEFINE_string("role", "generator", "Which network of the train state: generator, critic, teacher.")
+  flags.DEFINE_bool("ema", False, "Export the generator's EMA shadow.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_string("umt5", "", "Write a frozen random umT5 of this preset instead (e.g. toyworld).")
+  flags.DEFINE_integer("seed", 0, "Seed of the random umT5.")
+  app.run(main)

@@ -1,0 +1,211 @@
+"""Post-training recipes of distill_wan2.1: shared maths, data, model export and the dispatch of the trainers.
+
+Mirrors the pieces the reference scripts share (spec `post_training.md` A.3–A.4, A.8): the pseudo-Huber loss
+(c = 0.001), the per-step guidance draw broadcast to the whole batch, rectified-flow noising
+`x_σ = (1 − σ)·x0 + σ·ε`, and the first-order step that the reference obtains by resetting UniPC's multistep
+state before every call, written here explicitly as the Euler/DDIM step in x0 form (A.11).
+
+The three trainers live in `train/cfg_distill.py`, `train/step_distill.py` and `train/reward.py`; all run the
+shared loop (`train/loop.py`) through `run` below and are reached from the distillation CLI by `c.objective`:
+
+  python -m train.distill --config configs/train/cfg_distill.py:smoke=True --workdir /tmp/cfgd
+  python -m train.distill --config configs/train/step_distill.py:smoke=True --workdir /tmp/stepd
+  python -m train.distill --config configs/train/reward_lora.py:smoke=True --workdir /tmp/rl
+"""
+
+import json
+import shutil
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from train import data, loop
+from train import state as st
+from wanjax import checkpoint
+from wanjax import sharding as shd
+from wanjax.errors import UsageError
+from wanjax.fileio import publish
+
+OBJECTIVES = ("cfg_distill", "step_distill", "reward_lora")
+HUBER_C = 1e-3          # the reference's pseudo-Huber constant (A.3, A.4)
+_LATENT_AXES = ("batch", "frames", "height", "width", "channels")
+_TEXT_AXES = ("batch", "text_length", "act_embed")
+
+
+# ------------------------------------------------------------------------------------------------ maths
+
+def pseudo_huber(pred, target, c=HUBER_C):
+  """`mean(sqrt((pred − target)² + c²) − c)` in float32 (reference `huber_loss`)."""
+  d = pred.astype(jnp.float32) - target.astype(jnp.float32)
+  return jnp.mean(jnp.sqrt(d * d + c * c) - c)
+
+
+def bcast(s, x):
+  """Per-sample `[B]` values broadcast against `x [B, ...]`."""
+  s = jnp.asarray(s, jnp.float32)
+  return s.reshape(s.shape + (1,) * (x.ndim - s.ndim))
+
+
+def add_noise(x0, eps, sigma):
+  """x_σ = (1 − σ)·x0 + σ·ε; sigma `[B]`."""
+  s = bcast(sigma, x0)
+  return (1 - s) * x0.astype(jnp.float32) + s * eps.astype(jnp.float32)
+
+
+def x0_from_v(x, v, sigma):
+  """x̂0 = x − σ·v (flow prediction v = ε − x0)."""
+  return x.astype(jnp.float32) - bcast(sigma, x) * v.astype(jnp.float32)
+
+
+def euler_step(x, x0, sigma, sigma_next):
+  """First-order Euler/DDIM step in x0 form: x_next = (σ'/σ)·x + (1 − σ'/σ)·x̂0.
+
+  This is what UniPC computes when its multistep state is reset before every call (A.4), and equals the
+  velocity form x + (σ' − σ)·v. sigma, sigma_next `[B]`, sigma > 0.
+  """
+  r = bcast(sigma_next, x) / bcast(sigma, x)
+  return r * x.astype(jnp.float32) + (1 - r) * x0.astype(jnp.float32)
+
+
+def sample_guidance(key, lo, hi):
+  """One guidance scale per step, a uniform integer in [lo, hi] (`random.randint(lo, hi)`), float32 scalar."""
+  return jax.random.randint(key, (), int(lo), int(hi) + 1).astype(jnp.float32)
+
+
+def guidance_input(w, batch):
+  """The DiT's `guidance` argument: w·1000 on the timestep scale, float32 `[B]`. Not the reference's bf16
+  tensor, which rounds 3 -> 3008, 5 -> 4992 (A.2; "things not to copy")."""
+  return jnp.full((batch,), jnp.asarray(w, jnp.float32) * 1000.0, jnp.float32)
+
+
+def step_key(state, salt):
+  return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), salt)
+
+
+def finish_update(state, old, new, loss, gnorm, metrics):
+  """Skips a non-finite update (params and optimiser state stay), advances the step, adds the common metrics."""
+  ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+  state = state.replace(generator=st.select_tree(ok, new, old), step=state.step + 1)
+  return state, dict(metrics, **{"grad_norm/generator": gnorm, "finite": ok})
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+def guided(mcfg, guidance_embed):
+  """A copy of a `train_common.model` ConfigDict asking for (or not) the guidance embedding."""
+  m = mcfg.copy_and_resolve_references()
+  with m.unlocked():
+    m.guidance_embed = bool(guidance_embed)
+  return m
+
+
+def export_dit(out_dir, cfg, params, *, extra=None):
+  """Writes DiT `params` (pure dict, stacked blocks) as a converted model directory that `load_dit`,
+  `infer.sample --config.weights` and the trainers' `weights` read: `config.json` (DiTConfig + family) and
+  JAX-layout `model.safetensors` with per-layer keys (`blocks.{i}.x`). Atomic: written to a temp folder, renamed."""
+  host = jax.device_get(params)
+  tensors = {}
+
+  def walk(prefix, node):
+    if isinstance(node, dict):
+      for k in sorted(node):
+        walk(f"{prefix}.{k}" if prefix else k, node[k])
+      return
+    a = np.asarray(node)
+    if prefix.startswith("blocks."):
+      rest = prefix[len("blocks."):]
+      for i in range(a.shape[0]):
+        tensors[f"blocks.{i}.{rest}"] = a[i]
+    else:
+      tensors[prefix] = a
+
+  walk("", host)
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{os.getpid()}")
+  os.makedirs(tmp, exist_ok=True)
+  checkpoint.save_tensors(os.path.join(tmp, "model.safetensors"), tensors)
+  with open(os.path.join(tmp, "config.json"), "w") as f:
+    json.dump({**cfg.to_json_dict(), "family": "dit", "source_layout": "wanjax", **(extra or {})}, f, indent=2,
+              sort_keys=True)
+  if os.path.isdir(out_dir):   # a re-export replaces the previous one
+    old = out_dir + f".old-{os.getpid()}"
+    os.replace(out_dir, old)
+    publish(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    publish(tmp, out_dir)
+  logging.info("exported the DiT to %s", out_dir)
+  return out_dir
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+def batch_sharding(mesh, rules, shape, axes):
+  return jax.sharding.NamedSharding(mesh, shd.spec_for(axes, shape, mesh, rules))
+
+
+def latent_getter(c, num_prompts, channels):
+  """get(indices) -> clean latents `[B, F, H, W, C]` float32: shards paired by index with the prompts, or random
+  fixed latents from the seed (smoke)."""
+  if c.data.get("latents", ""):
+    lat = data.LatentShards(c.data.latents, rank=jax.process_index(), num_ranks=jax.process_count())
+    if len(lat) != num_prompts:
+      raise UsageError(f"{c.data.latents}: {len(lat)} latents but {num_prompts} prompts; they pair by index")
+    want = tuple(c.data.latent_shape) + (channels,)
+    if tuple(lat.sample_shape) != want:
+      raise UsageError(f"{c.data.latents}: latents have shape {lat.sample_shape}; the config wants {want} "
+                       f"(data.latent_shape + channels)")
+    return lat.get
+  fake = np.random.default_rng([c.seed, 0x9057]).standard_normal(
+      (num_prompts,) + tuple(c.data.latent_shape) + (channels,)).astype(np.float32)
+  return lambda idx: fake[idx]
+
+
+def latent_batches(c, mesh, rules, contexts, negative, get_latents):
+  """batch_for(step) -> {'latents', 'context', 'negative'} on device; deterministic in (seed, step)."""
+  neg = jax.device_put(negative, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+  def batch_for(step):
+    idx = data.batch_indices(c.seed, step, c.data.batch_size, len(contexts))
+    x, ctx = get_latents(idx), np.asarray(contexts[idx], np.float32)
+    return {"latents": jax.device_put(x, batch_sharding(mesh, rules, x.shape, _LATENT_AXES)),
+            "context": jax.device_put(ctx, batch_sharding(mesh, rules, ctx.shape, _TEXT_AXES)),
+            "negative": neg}
+
+  return batch_for
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+def run(c, workdir, *, abstract_state, shardings, create, step_fn_for, batch_for, mesh, rules, lrs,
+        on_save=None):
+  """Restores or creates the state and runs the shared loop; `on_save(step, state)` runs after each checkpoint."""
+  settings = loop.settings_from_config(c, workdir, samples_per_step=c.data.batch_size, learning_rates=lrs)
+  manager = loop.checkpoint_manager(workdir, keep=c.keep_checkpoints, async_save=c.async_checkpoints)
+  with shd.activate(mesh, rules):
+    state, resumed = loop.restore_or_create(manager, abstract_state=abstract_state, shardings=shardings,
+                                            create=create)
+    logging.info("trained params: %d; starting at step %d of %d", st.param_count(state.generator.params),
+                 resumed or 0, c.total_steps)
+    state = loop.run(settings, state=state, start_step=resumed or 0, step_fn_for=step_fn_for,
+                     batch_for=batch_for, manager=manager, on_save=on_save)
+  manager.close()
+  return state
+
+
+def train(c, workdir, mesh, rules):
+  """Runs the post-training objective named by `c.objective`; returns the final TrainState."""
+  if c.objective == "cfg_distill":
+    from train import cfg_distill
+    return cfg_distill.train(c, workdir, mesh, rules)
+  if c.objective == "step_distill":
+    from train import step_distill
+    return step_distill.train(c, workdir, mesh, rules)
+  if c.objective == "reward_lora":
+    from train import reward
+    return reward.train(c, workdir, mesh, rules)
+  raise UsageError(f"objective={c.objective!r}; valid: {', '.join(OBJECTIVES)}")
