@@ -10,6 +10,7 @@ loop (checkpoints, resume, non-finite policy, logging) is `train/loop.py`; the d
 """
 
 import functools
+import os
 import sys
 
 import jax
@@ -43,6 +44,35 @@ def fm_step(state, batch, *, fn, tx, shift, poison_steps):
   return state, dict(m, **{"loss/flow": loss, "grad_norm/generator": gnorm, "finite": ok})
 
 
+def _feature_folder(c) -> bool:
+  return bool(c.data.latents) and not c.data.prompts and os.path.isfile(os.path.join(c.data.latents, "index.json"))
+
+
+def feature_contexts(path, cfg, uncond="negative"):
+  """(contexts `[n]`-indexable -> `[B, text_len, D]`, uncond `[text_len, D]`) of a feature folder, checked
+  against the DiT's text_len and text_dim. uncond: 'negative' (the negative prompt) or 'empty' (umT5 of "")."""
+  from train import features
+  fs = features.FeatureSet(path, rank=jax.process_index(), num_ranks=jax.process_count(), text_len=cfg.text_len)
+  neg = fs.uncond(uncond)
+  if neg.shape[-1] != cfg.text_dim:
+    raise UsageError(f"{path}: cached contexts have width {neg.shape[-1]} but the DiT reads text_dim="
+                     f"{cfg.text_dim}; preprocess with the matching text encoder")
+  return _FeatureContexts(fs), neg
+
+
+class _FeatureContexts:
+  """Cached contexts, zero-padded to text_len: `len()` and `[indices]` like a host array."""
+
+  def __init__(self, fs):
+    self.fs = fs
+
+  def __len__(self):
+    return len(self.fs)
+
+  def __getitem__(self, idx):
+    return np.stack([self.fs.tensor(int(i), "context") for i in idx])
+
+
 def train(c, workdir):
   mesh = shd.make_mesh(c.mesh)
   rules = shd.override_rules(c.sharding_overrides)
@@ -60,7 +90,13 @@ def train(c, workdir):
   def create():
     return jax.jit(make_state, out_shardings=shardings)(built.load(mesh, rules))
 
-  contexts, _ = prompt_contexts(c, workdir, built.cfg)
+  if _feature_folder(c):   # a train.preprocess folder carries each clip's context and the uncond ones
+    contexts, negative = feature_contexts(c.data.latents, built.cfg, c.flow.get("uncond", "negative"))
+  else:
+    contexts, negative = prompt_contexts(c, workdir, built.cfg)
+  dropout = float(c.flow.get("cfg_dropout", 0.0))
+  if not 0.0 <= dropout < 1.0:
+    raise UsageError(f"flow.cfg_dropout={dropout} must be in [0, 1) (e.g. 0.1: one context in ten unconditional)")
   if c.data.latents:
     lat = data.LatentShards(c.data.latents, rank=jax.process_index(), num_ranks=jax.process_count())
     if len(lat) != len(contexts):
@@ -74,6 +110,9 @@ def train(c, workdir):
   def batch_for(step):
     idx = data.batch_indices(c.seed, step, c.data.batch_size, len(contexts))
     x, ctx = get(idx), contexts[idx]
+    if dropout:   # CFG training: a deterministic (seed, step) draw of rows whose text is dropped
+      drop = np.random.default_rng([c.seed, step, 0xCF6]).random(len(idx)) < dropout
+      ctx = np.where(drop[:, None, None], negative[None].astype(ctx.dtype), ctx)
     return {"latents": jax.device_put(x, batch_sharding(mesh, rules, x.shape, ("batch", "frames", "height",
                                                                                  "width", "channels"))),
             "context": jax.device_put(ctx, batch_sharding(mesh, rules, ctx.shape,

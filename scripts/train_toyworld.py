@@ -1,0 +1,247 @@
+"""Trains every toy-world model with the project's own CLIs and exports them (docs/toyworld.md, issue 8).
+
+Stages (each one a real CLI run as a subprocess, so this is exactly what a user would type; trainers and
+preprocessing resume from their folders, so a rerun continues where a stopped one ended):
+
+  data      python -m wanjax.toyworld.dataset          clips + captions + tokenizer.json
+  vae       python -m train.vae                        VAE (configs/train/toyworld_vae.py)
+            python -m train.export                     -> OUT/vae (latent mean/std fitted)
+  text      python -m train.export --umt5 toyworld     frozen random umT5 -> OUT/umt5; tokenizer -> OUT/tokenizer
+  features  python -m train.preprocess                 VAE latents + umT5 contexts of every clip
+  teacher   python -m train.flow_matching              DiT teacher (configs/train/toyworld_teacher.py) -> OUT/teacher
+  dmd       python -m train.distill                    4-step DMD student (configs/train/toyworld_dmd.py) -> OUT/dmd
+  eval      infer.sample's Pipeline + python -m wanjax.toyworld.evaluate on held-out prompts
+
+Writes OUT/train_log.json (per stage: command, seconds, first/last logged losses; export summaries; scores) and
+WORK/losses.json (every logged scalar). `--smoke` runs every stage for a few steps at 32×32×5 (CPU, minutes).
+
+  python scripts/train_toyworld.py                       # full run -> wanjax/toyworld/checkpoints/
+  python scripts/train_toyworld.py --smoke --work /tmp/tw_smoke
+  python scripts/train_toyworld.py --stages teacher,dmd,eval   # rerun some stages
+"""
+
+import argparse
+import glob
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = ("data", "vae", "text", "features", "teacher", "dmd", "eval")
+EVAL_MODELS = ("teacher", "teacher4", "dmd")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def read_scalars(tb_dir) -> dict:
+  """{tag: [[step, value], ...]} from the TensorBoard event files tensorboardX wrote (TFRecord framing:
+  u64 length, u32 crc, payload, u32 crc; payload = an `Event` proto)."""
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*"))):
+    with open(path, "rb") as f:
+      raw = f.read()
+    pos = 0
+    while pos + 12 <= len(raw):
+      (n,) = struct.unpack("<Q", raw[pos:pos + 8])
+      event = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + n])
+      pos += 12 + n + 4
+      for v in event.summary.value:
+        value = v.simple_value if v.HasField("simple_value") else (v.tensor.float_val[0] if v.tensor.float_val
+                                                                    else None)
+        if value is not None:
+          out.setdefault(v.tag, []).append([int(event.step), float(value)])
+  return out
+
+
+def loss_summary(scalars) -> dict:
+  """First and last logged value of every loss/psnr tag."""
+  return {k: {"first": v[0][1], "last": v[-1][1], "steps": v[-1][0]} for k, v in sorted(scalars.items())
+          if k.startswith(("loss/", "psnr"))}
+
+
+class Runner:
+  def __init__(self, args):
+    self.args = args
+    self.log_path = os.path.join(args.out, "train_log.json")
+    self.log = {"smoke": args.smoke, "stages": {}}
+    if os.path.exists(self.log_path):
+      with open(self.log_path) as f:
+        self.log = json.load(f)
+    self.losses = {}
+
+  def run(self, stage, argv):
+    """Runs `python -m ...argv` from the repo root; raises on failure (its output is shown as it runs)."""
+    cmd = [sys.executable, "-m"] + argv
+    sys.stdout.write(f"\n[{stage}] {' '.join(cmd)}\n")
+    sys.stdout.flush()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    sys.stdout.write(proc.stdout)
+    if proc.returncode:
+      raise SystemExit(f"stage {stage} failed (exit {proc.returncode}): {' '.join(cmd)}")
+    entry = self.log["stages"].setdefault(stage, {"commands": [], "seconds": 0.0})
+    entry["commands"].append(" ".join(argv))
+    entry["seconds"] = round(entry["seconds"] + time.perf_counter() - t0, 1)
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    if last.startswith("{"):
+      entry.setdefault("exports", []).append(json.loads(last))
+    self.save()
+
+  def record_losses(self, stage, workdir):
+    scalars = read_scalars(os.path.join(workdir, "tb"))
+    self.log["stages"][stage]["losses"] = loss_summary(scalars)
+    self.losses[stage] = scalars
+    path = os.path.join(self.args.work, "losses.json")
+    old = json.load(open(path)) if os.path.exists(path) else {}
+    old.update(self.losses)
+    _write_json(path, old)
+    self.save()
+
+  def save(self):
+    _write_json(self.log_path, self.log)
+
+
+def _write_json(path, obj):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--smoke", action="store_true", help="every stage for a few steps at 32x32x5 (CPU, minutes)")
+  p.add_argument("--work", default="", help="data, features and training runs (default runs/toyworld, or "
+                 "/tmp/toyworld_smoke with --smoke)")
+  p.add_argument("--out", default="", help="exported model dirs + train_log.json (default "
+                 "wanjax/toyworld/checkpoints, or WORK/checkpoints with --smoke)")
+  p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+  p.add_argument("--clips", type=int, default=0, help="dataset size (default 4000; 8 with --smoke)")
+  p.add_argument("--eval_prompts", type=int, default=0, help="held-out prompts sampled per model (default 32; "
+                 "2 with --smoke)")
+  p.add_argument("--eval_seed", type=int, default=0)
+  a = p.parse_args()
+  a.work = os.path.abspath(a.work or ("/tmp/toyworld_smoke" if a.smoke else os.path.join(REPO, "runs", "toyworld")))
+  a.out = os.path.abspath(a.out or (os.path.join(a.work, "checkpoints") if a.smoke else
+                                    os.path.join(REPO, "wanjax", "toyworld", "checkpoints")))
+  a.clips = a.clips or (8 if a.smoke else 4000)
+  a.eval_prompts = a.eval_prompts or (2 if a.smoke else 32)
+  stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+  bad = sorted(set(stages) - set(STAGES))
+  if bad:
+    p.error(f"unknown stages {bad}; valid: {', '.join(STAGES)}")
+  frames, size = (5, 32) if a.smoke else (17, 64)
+  smoke = ":smoke=True" if a.smoke else ""
+  data_dir, feat_dir = os.path.join(a.work, "data"), os.path.join(a.work, "features")
+  runs = {k: os.path.join(a.work, "runs", k) for k in ("vae", "teacher", "dmd")}
+  ckpt = {k: os.path.join(a.out, k) for k in ("vae", "umt5", "tokenizer", "teacher", "dmd")}
+  cfg = {k: f"configs/train/toyworld_{k}.py{smoke}" for k in ("vae", "teacher", "dmd")}
+  r = Runner(a)
+  r.log.update(work=a.work, out=a.out, frames=frames, size=size, clips=a.clips)
+  t_all = time.perf_counter()
+
+  if "data" in stages:
+    r.run("data", ["wanjax.toyworld.dataset", "--out", data_dir, "--n", str(a.clips), "--frames", str(frames),
+                   "--size", str(size)])
+  if "vae" in stages:
+    r.run("vae", ["train.vae", "--config", cfg["vae"], "--workdir", runs["vae"], f"--config.data.clips={data_dir}"])
+    r.record_losses("vae", runs["vae"])
+    r.run("vae", ["train.export", "--config", cfg["vae"], "--workdir", runs["vae"], "--out", ckpt["vae"],
+                  f"--config.data.clips={data_dir}"])
+  if "text" in stages:
+    r.run("text", ["train.export", "--umt5", "toyworld", "--seed", "0", "--out", ckpt["umt5"]])
+    r.run("text", ["wanjax.toyworld.vocab", "--out", ckpt["tokenizer"]])
+  if "features" in stages:
+    # The colleague's toy preprocessing config with the trained encoders; umT5 in bf16 as every consumer
+    # (train.distill and infer.sample load it in bf16).
+    r.run("features", ["train.preprocess", "--config", "configs/data/toyworld.py", "--input", data_dir,
+                       "--output", feat_dir, "--config.random_encoders=False", f"--config.vae={ckpt['vae']}",
+                       f"--config.text_encoder={ckpt['umt5']}", f"--config.tokenizer={ckpt['tokenizer']}",
+                       f"--config.frames={frames}", "--config.fps=16", f"--config.sizes=('{size}*{size}',)",
+                       "--config.text_dtype=bf16", "--config.mesh=data=-1", "--config.batch_size=8",
+                       "--config.clips_per_shard=256"])
+  if "teacher" in stages:
+    r.run("teacher", ["train.flow_matching", "--config", cfg["teacher"], "--workdir", runs["teacher"],
+                      f"--config.data.latents={feat_dir}"])
+    r.record_losses("teacher", runs["teacher"])
+    r.run("teacher", ["train.export", "--config", cfg["teacher"], "--workdir", runs["teacher"], "--out",
+                      ckpt["teacher"]])
+  if "dmd" in stages:
+    weights = [f"--config.models.{role}.weights={ckpt['teacher']}" for role in ("generator", "teacher", "critic")]
+    r.run("dmd", ["train.distill", "--config", cfg["dmd"], "--workdir", runs["dmd"], *weights,
+                  f"--config.data.prompts={data_dir}", f"--config.data.text_encoder={ckpt['umt5']}",
+                  f"--config.data.tokenizer={ckpt['tokenizer']}"])
+    r.record_losses("dmd", runs["dmd"])
+    r.run("dmd", ["train.export", "--config", cfg["dmd"], "--workdir", runs["dmd"], "--out", ckpt["dmd"], "--ema"])
+  if "eval" in stages:
+    evaluate(r, a, frames, size)
+  r.log["total_seconds_this_run"] = round(time.perf_counter() - t_all, 1)
+  r.save()
+  sys.stdout.write(f"\nlog: {r.log_path}\n")
+
+
+def evaluate(r, a, frames, size):
+  """Samples `eval_prompts` held-out prompts with each model (one process, models loaded once), saves
+  lossless .npy clips and scores them with the evaluator CLI."""
+  from wanjax.toyworld.dataset import HELDOUT_PROMPTS
+  prompts = list(HELDOUT_PROMPTS[:a.eval_prompts // 2] + HELDOUT_PROMPTS[16:16 + a.eval_prompts - a.eval_prompts // 2])
+  scores = r.log.setdefault("eval", {})
+  for model in EVAL_MODELS:
+    out = os.path.join(a.work, "eval", model)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_sample", model, a.out, out,
+                           str(frames), str(size), str(a.eval_seed), str(int(a.smoke)), json.dumps(prompts)],
+                          cwd=REPO, stdout=subprocess.PIPE, text=True)
+    if proc.returncode:
+      raise SystemExit(f"eval sampling of {model} failed (exit {proc.returncode})")
+    timing = json.loads(proc.stdout.strip().splitlines()[-1])
+    _write_json(os.path.join(out, "prompts.json"), {"prompts": prompts})
+    report = os.path.join(out, "scores.json")
+    r.run("eval", ["wanjax.toyworld.evaluate", "--videos", out, "--prompts", os.path.join(out, "prompts.json"),
+                   "--out", report])
+    with open(report) as f:
+      rep = json.load(f)
+    scores[model] = {"mean_score": rep.get("mean_score"), "accuracy": rep.get("accuracy"),
+                     "mean_terms": rep.get("mean_terms"),
+                     "seconds_per_video": timing["median_s"], "first_video_s": timing["first_s"],
+                     "prompts": len(prompts), "wall_s": round(time.perf_counter() - t0, 1)}
+    r.save()
+
+
+def sample_child(model, root, out, frames, size, seed, smoke, prompts):
+  """Child process of `evaluate`: one Pipeline, every prompt; prints {"median_s", "first_s"}."""
+  import numpy as np
+  sys.path.insert(0, REPO)
+  from configs.sample import toyworld
+  from infer import sample
+  from wanjax import sharding
+  c = toyworld.get_config(f"model={model},root={root}")
+  c.frames, c.size = int(frames), f"{size}*{size}"
+  if int(smoke) and model == "teacher":
+    c.num_steps = 3          # smoke: the 50-step row at 3 steps
+  plan = sample.check(c)
+  pipe = sample.Pipeline(c, sharding.make_mesh(c.mesh))
+  os.makedirs(out, exist_ok=True)
+  times = []
+  for i, prompt in enumerate(json.loads(prompts)):
+    c.prompt = prompt
+    t0 = time.perf_counter()
+    video, _ = pipe.generate(c, plan, seed=int(seed) + i)
+    times.append(time.perf_counter() - t0)
+    np.save(os.path.join(out, f"{i:03d}.npy"), video)
+  rest = times[1:] or times
+  sys.stdout.write(json.dumps({"median_s": round(float(np.median(rest)), 3), "first_s": round(times[0], 3)}) + "\n")
+
+
+if __name__ == "__main__":
+  if len(sys.argv) > 1 and sys.argv[1] == "--_sample":
+    sample_child(*sys.argv[2:])
+  else:
+    main()
