@@ -82,6 +82,8 @@ def sample_defaults(arg=None):
   c.shift = 5.0
   c.timesteps = ()             # step list (distilled presets), e.g. (1000, 750, 500, 250); overrides num_steps
   c.cfg_scale = 5.0
+  c.guidance = 0.0             # > 0: guidance-embedded (CFG-distilled) DiT, one forward per step with w·1000;
+                               # CFG is then off (cfg_scale ignored)
   # Parallelism.
   c.mesh = ""                  # e.g. "data=2" (the CFG pair on two devices) or "fsdp=-1"
   # Output.

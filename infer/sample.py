@@ -142,6 +142,8 @@ def check(c) -> Plan:
     sigmas, timesteps = schedules.make_schedule(solver.schedule, num_steps=c.num_steps, shift=c.shift)
   if c.cfg_scale < 1:
     raise UsageError(f"cfg_scale={c.cfg_scale} must be >= 1 (1 disables CFG)")
+  if c.get("guidance", 0.0) < 0:
+    raise UsageError(f"guidance={c.guidance} must be >= 0 (0 = off; e.g. 5 for a CFG-distilled model)")
   if c.distilled and c.cfg_scale > 1:
     logging.warning("cfg_scale=%s on the step-distilled preset %r: distilled models are sampled without CFG "
                     "(cfg_scale=1); CFG > 1 tends to blur the video", c.cfg_scale, c.model)
@@ -170,18 +172,45 @@ def check(c) -> Plan:
       _exists("clip", c.clip, "--config.clip=CLIP_DIR_OR_FILE")
   elif dit_cfg.has_image_input:
     demo.clip_preset_for(dit_cfg)   # a random tiny CLIP must fit the DiT's image_dim
+  _check_guidance(c, dit_cfg, weights)
   from infer.models import check_dit_options
   loras = check_dit_options(c.lora, c.quant, weights, dit_cfg=dit_cfg, allow_unmatched=c.lora_allow_unmatched)
   plan = Plan(dit_cfg, dit_cfg.model_type, w, h, c.frames, sigmas, timesteps, weights, image=image, loras=loras)
   if c.text_embeddings:
     plan.text_embeddings = _load_text_embeddings(_exists("text_embeddings", c.text_embeddings, "an .npz"),
-                                                 dit_cfg.text_len, dit_cfg.text_dim, c.cfg_scale != 1.0)
+                                                 dit_cfg.text_len, dit_cfg.text_dim, use_cfg(c))
   if c.init_noise:
     plan.init_noise = _load_init_noise(_exists("init_noise", c.init_noise, "an .npy"), latent_shape(plan))
   for p in (c.save_latents,):
     if p and not p.endswith(".npy"):
       raise UsageError(f"save_latents={p!r} must end in .npy")
   return plan
+
+
+def use_cfg(c):
+  """Two-pass CFG runs unless cfg_scale is 1 or a guidance-embedded model takes the guidance (`guidance > 0`)."""
+  return c.cfg_scale != 1.0 and not c.get("guidance", 0.0)
+
+
+def _check_guidance(c, preset_cfg, weights):
+  """`guidance > 0` needs a DiT with a guidance embedding (post_training.md A.2): a converted CFG-distilled
+  directory (`train.cfg_distill` exports one); raw torch checkpoints never hold it."""
+  if not c.get("guidance", 0.0):
+    return
+  from infer.models import is_converted
+  has = preset_cfg.guidance_embed
+  if weights and is_converted(weights):
+    from wanjax.dit.load import read_config
+    has = read_config(weights)[0].guidance_embed
+  elif weights:
+    has = False
+  if not has:
+    where = f"weights {weights!r}" if weights else f"model={c.model!r} (random_init)"
+    raise UsageError(f"guidance={c.guidance} needs a guidance-embedded (CFG-distilled) DiT but {where} has no "
+                     f"guidance embedding; use cfg_scale for two-pass CFG, or the model exported by train.cfg_distill")
+  if c.cfg_scale != 1.0:
+    logging.info("guidance=%s: one forward per step with the guidance embedding; cfg_scale=%s is ignored",
+                 c.guidance, c.cfg_scale)
 
 
 def _check_model_type(weights, preset_cfg, preset):
@@ -368,7 +397,10 @@ class Pipeline:
     self.load(plan)
     image_cond = dict(zip(("clip_fea", "y"), self.condition(plan))) if plan.model_type == "i2v" else None
     timings["load_s"] = time.perf_counter() - t0
-    cond, uncond = conditions(context, neg_context, c.cfg_scale, image_cond)
+    cond, uncond = conditions(context, neg_context, c.cfg_scale if use_cfg(c) else 1.0, image_cond)
+    if c.get("guidance", 0.0):   # guidance-embedded DiT: w·1000 on the timestep scale, float32 (A.2)
+      import jax.numpy as jnp
+      cond["guidance"] = jnp.full((cond["context"].shape[0],), float(c.guidance) * 1000.0, jnp.float32)
 
     key = jax.random.key(seed)
     noise_key, loop_key = jax.random.split(key)
@@ -380,7 +412,7 @@ class Pipeline:
       t0 = time.perf_counter()
       run_loop, args = sampling.compile_sample(
           self.denoise_fn, noise, sigmas=plan.sigmas, timesteps=plan.timesteps, solver=c.solver,
-          cfg_scale=c.cfg_scale, cond=cond, uncond=uncond, rng=loop_key,
+          cfg_scale=c.cfg_scale if use_cfg(c) else 1.0, cond=cond, uncond=uncond, rng=loop_key,
           params=self.params if params is None else params)
       timings["compile_s"] = time.perf_counter() - t0
       t0 = time.perf_counter()
@@ -442,7 +474,7 @@ def run(c):
   mesh = sharding.make_mesh(c.mesh)
   timings = {}
   shape = latent_shape(plan)
-  use_cfg = c.cfg_scale != 1.0
+  cfg_on = use_cfg(c)
   pipeline = Pipeline(c, mesh, keep_encoders=False)
   with tqdm(total=len(plan.timesteps), desc="denoise", unit="step") as bar:
     frames, latent = pipeline.generate(c, plan, seed=seed, progress=lambda i: bar.update(1), timings=timings)
@@ -463,7 +495,8 @@ def run(c):
       "config": c.to_dict(), "seed": seed, "model_type": plan.model_type, "width": plan.width,
       "height": plan.height, "frames": int(frames.shape[0]), "latent_shape": list(shape),
       "sigmas": [float(s) for s in plan.sigmas], "timesteps": [float(t) for t in plan.timesteps],
-      "cfg": use_cfg, "timings": {k: round(v, 4) for k, v in timings.items()}, "outputs": outputs,
+      "cfg": cfg_on, "guidance": float(c.get("guidance", 0.0)),
+      "timings": {k: round(v, 4) for k, v in timings.items()}, "outputs": outputs,
       "devices": [str(d) for d in jax.devices()][:8], "mesh": dict(mesh.shape),
       "dit_weight_bytes": weight_bytes(pipeline.dit),
   }

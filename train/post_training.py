@@ -38,9 +38,11 @@ _TEXT_AXES = ("batch", "text_length", "act_embed")
 # ------------------------------------------------------------------------------------------------ maths
 
 def pseudo_huber(pred, target, c=HUBER_C):
-  """`mean(sqrt((pred − target)² + c²) − c)` in float32 (reference `huber_loss`)."""
+  """`mean(sqrt((pred − target)² + c²) − c)` in float32 (reference `huber_loss`), evaluated as the equal
+  `d² / (sqrt(d² + c²) + c)`, which does not cancel when |d| << c."""
   d = pred.astype(jnp.float32) - target.astype(jnp.float32)
-  return jnp.mean(jnp.sqrt(d * d + c * c) - c)
+  d2 = d * d
+  return jnp.mean(d2 / (jnp.sqrt(d2 + c * c) + c))
 
 
 def bcast(s, x):

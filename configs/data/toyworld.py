@@ -22,6 +22,6 @@ def get_config(arg=None):
   c.dtype = "float32"           # exact round trips in the tests
   c.clips_per_shard = 4
   c.batch_size = 2
-  c.mesh = "data=2"
+  c.mesh = "data=-1"             # all devices (the tests run 8 fake CPU devices: batch of 2 over data=2)
   c.num_workers = 2
   return c

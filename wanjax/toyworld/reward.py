@@ -27,7 +27,7 @@ import numpy as np
 from wanjax.toyworld import world
 
 TAU = 0.35               # colour softness of the palette assignment (closest palette pair is 1.25 apart)
-FIDELITY_SCALE = 0.05    # mean squared distance to the palette that costs a factor e
+FIDELITY_SCALE = 0.1     # mean squared distance to the palette that costs a factor e
 MOTION_SCALE = 0.05      # displacement error (fraction of the side) that costs a factor e
 WEIGHTS = {"fidelity": 0.3, "area": 0.4, "motion": 0.3}
 M = world.MAX_OBJECTS
