@@ -399,7 +399,6 @@ class Pipeline:
     timings["load_s"] = time.perf_counter() - t0
     cond, uncond = conditions(context, neg_context, c.cfg_scale if use_cfg(c) else 1.0, image_cond)
     if c.get("guidance", 0.0):   # guidance-embedded DiT: w·1000 on the timestep scale, float32 (A.2)
-      import jax.numpy as jnp
       cond["guidance"] = jnp.full((cond["context"].shape[0],), float(c.guidance) * 1000.0, jnp.float32)
 
     key = jax.random.key(seed)

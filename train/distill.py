@@ -3,10 +3,13 @@
 Mirrors Self-Forcing `trainer/distillation.py` (DMD, spec `distillation.md` §1.3: the counter counts critic
 updates; a generator update runs first when s % ratio == 0, each with its own rollout, prompts and noise) and
 `trainer/ode.py` (§2.2). The loop (checkpoints, resume, non-finite policy, logging) is `train/loop.py`.
+The generator's rollout follows `config.rollout` (`train/causal.py`): bidirectional (default), causal
+(Self-Forcing, KV-cache backward simulation) or noised_data (CausVid, data latents).
 
   python -m train.distill --config configs/train/dmd_bidirectional.py:model=t2v_14b --workdir runs/dmd \
       --config.models.generator.weights=ckpt/t2v_14b --config.data.prompts=prompts/
   python -m train.distill --config configs/train/dmd_smoke.py --workdir /tmp/dmd_smoke
+  python -m train.distill --config configs/train/self_forcing.py:smoke=True --workdir /tmp/sf
 """
 
 import functools

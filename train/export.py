@@ -40,11 +40,7 @@ def file_tensors(abstract_state, params) -> dict:
   A stacked param `blocks.x` `[n, ...]` becomes `blocks.0.x` ... `blocks.{n-1}.x`."""
   out, problems = {}, []
   for path, var in nnx.to_flat_state(abstract_state):
-    node = params
-    for p in path:
-      node = node.get(p, node.get(str(p))) if isinstance(node, dict) else None
-      if node is None:
-        break
+    node = _lookup(params, path)
     name = ".".join(map(str, path))
     shape = tuple(np.shape(var.get_value()))
     if node is None:
@@ -64,6 +60,30 @@ def file_tensors(abstract_state, params) -> dict:
     from wanjax.errors import format_key_problems
     raise CheckpointError("trained params do not match the model:\n" + format_key_problems(problems))
   return out
+
+
+def _lookup(params, path):
+  """params[path] matching keys by name (orbax restores list indices as strings, and sorts them as strings:
+  leaf ORDER differs from the module's, so trees are always matched by path, never by flattening)."""
+  node = params
+  for p in path:
+    node = node.get(p, node.get(str(p))) if isinstance(node, dict) else None
+    if node is None:
+      return None
+  return node
+
+
+def module_from_params(build, params):
+  """The NNX module `build()` with every Param taken by path from `params` (e.g. a restored train state)."""
+  import jax.numpy as jnp
+  graphdef, state = nnx.split(nnx.eval_shape(build))
+  flat = []
+  for path, var in nnx.to_flat_state(state):
+    value = _lookup(params, path)
+    if value is None:
+      raise CheckpointError(f"{'.'.join(map(str, path))}: missing from the trained params")
+    flat.append((path, var.replace(jnp.asarray(value, var.get_value().dtype))))
+  return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
 def write_model_dir(out_dir, tensors: dict, config: dict):
@@ -114,7 +134,7 @@ def restore_trained(workdir, *, step=None):
     raise UsageError(f"--workdir {workdir}: no checkpoint in {loop.checkpoint_dir(workdir)}; train first")
   meta = manager.item_metadata(step)
   meta = getattr(meta, "tree", meta)
-  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), meta)
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
   state = manager.restore(step, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   manager.close()
   return step, state

@@ -147,13 +147,29 @@ def train(c, workdir):
   clips = load_clips(c.data.clips, frames=c.data.frames, size=c.data.size, max_clips=c.data.max_clips)
   bsz = c.data.batch_size
   logging.info("VAE: %d clips of %s, batch %d", len(clips), clips.shape[1:], bsz)
-  video_sharding = jax.sharding.NamedSharding(
-      mesh, shd.spec_for(("batch", None, None, None, None), (bsz,) + clips.shape[1:], mesh, rules))
 
   def batch_for(step):
     idx = data.batch_indices(c.seed, step, bsz, len(clips))
-    return {"video": jax.device_put(to_video(clips[idx]), video_sharding)}
+    return {"video": jax.device_put(to_video(crop(clips[idx], step)), video_sharding)}
 
+  # Random windows (the VAE is convolutional and causal in time, so short crops train the same kernels at a
+  # fraction of the cost; export and inference run on whole clips). 0 = whole clips.
+  tf, sf = (c.data.train_frames or c.data.frames), (c.data.train_size or c.data.size)
+  if (tf - 1) % 4 or tf > c.data.frames or sf % 16 or sf > c.data.size:
+    raise UsageError(f"data.train_frames={tf} must be 4k+1 <= frames={c.data.frames} and data.train_size={sf} a "
+                     f"multiple of 16 <= size={c.data.size}")
+
+  def crop(x, step):
+    if (tf, sf) == (c.data.frames, c.data.size):
+      return x
+    rng = np.random.default_rng([c.seed, step, 0xC20])
+    t0 = 4 * rng.integers(0, (c.data.frames - tf) // 4 + 1, len(x))   # windows start on a latent boundary
+    y0, x0 = rng.integers(0, c.data.size - sf + 1, (2, len(x)))
+    return np.stack([v[t:t + tf, a:a + sf, b:b + sf] for v, t, a, b in zip(x, t0, y0, x0)])
+
+  shape = (bsz, tf, sf, sf, 3)
+  video_sharding = jax.sharding.NamedSharding(mesh, shd.spec_for(("batch", None, None, None, None), shape, mesh,
+                                                                 rules))
   loss_cfg = dict(l1=c.loss.l1, l2=c.loss.l2, kl=c.loss.kl, sample_latent=c.loss.sample_latent)
   step = jax.jit(functools.partial(vae_step, fn=fn, tx=tx, loss_cfg=loss_cfg,
                                    poison_steps=tuple(c.debug.nonfinite_steps)),
@@ -188,10 +204,8 @@ def export(c, workdir, out_dir, *, step=None):
   step, state = ex.restore_trained(workdir, step=step)
   params = ex.trained_params(state)
   cfg = vae_config(c.vae)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))))
-  tensors = ex.file_tensors(abstract, params)
-  fn, _ = st.ModelFn.from_module(nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))))
-  vae = fn.module(jax.tree.map(jnp.asarray, params))
+  vae = ex.module_from_params(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)), params)
+  tensors = ex.file_tensors(nnx.state(vae, nnx.Param), params)
   clips = load_clips(c.data.clips, frames=c.data.frames, size=c.data.size, max_clips=c.export_clips)
   mean, std = latent_stats(vae, clips, c.data.batch_size)
   fitted = vae_config(c.vae, tuple(float(v) for v in mean), tuple(float(v) for v in std))

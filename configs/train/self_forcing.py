@@ -5,7 +5,9 @@ Generator: block-causal (3 latent frames per block), warped 4-step list [1000, 9
 one exit step shared by all blocks, gradient only through each block's exit step, context pass with the
 reference's grid-lookup noise (σ = 0.00498 at t = 0). SF-form CFG 3.0 (standard 4.0), 1 generator step per 5
 critic steps, EMA 0.99 from step 200, 600 steps (120 generator updates). The ODE-init weights are SF's
-`checkpoints/ode_init.pt` converted with `python -m converters.convert` (or an ode_init run, converted).
+`checkpoints/ode_init.pt` converted with `python -m converters.convert`, or an ode_init run (train.make_ode_pairs,
+then configs/train/ode_init.py:... with ode.frames_per_block=3) exported with
+`python -m train.export --config configs/train/ode_init.py --workdir runs/ode --out ckpt/sf_ode_init`.
 
   python -m train.distill --config configs/train/self_forcing.py --workdir runs/sf \
       --config.models.generator.weights=ckpt/sf_ode_init --config.models.teacher.weights=ckpt/t2v_14b \

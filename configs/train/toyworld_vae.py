@@ -1,4 +1,4 @@
-"""Toy-world Wan VAE (docs/toyworld.md): 64×64×17 clips -> 5×8×8×16 latents, KL autoencoder, ~0.9 M params.
+"""Toy-world Wan VAE (docs/toyworld.md): 64×64×17 clips -> 5×8×8×16 latents, KL autoencoder, 2.58 M params.
 
   python -m train.vae --config configs/train/toyworld_vae.py --workdir runs/toyworld/vae \
       --config.data.clips=data/toyworld
@@ -33,6 +33,8 @@ def get_config(arg=None):
   c.data.frames = 17
   c.data.size = 64
   c.data.max_clips = 0           # 0 = every clip of the folder
+  c.data.train_frames = 0        # random 4k+1-frame windows (0 = whole clips); CPU budget runs use 5
+  c.data.train_size = 0          # random square crops, multiple of 16 (0 = whole frames); CPU budget runs use 32
   c.data.batch_size = 8
   c.export_clips = 256           # clips whose latents fit the per-channel mean/std at export
   c.mesh = "data=-1"

@@ -9,11 +9,11 @@ start positions, so nothing here depends on where objects are):
   {background, object colours} (objects absent from the prompt are masked out);
 - `fidelity` = exp(−mean_p softmin_k |p − c_k|² / FIDELITY_SCALE): pixels should be palette colours (penalises
   blur, noise, wrong background and colours that are not in the prompt);
-- `area` per object = exp(−|A_k − A*_k| / A*_k) with A_k = Σ_p m_k / side² averaged over frames and
+- `area` per object = exp(−|A_k − A*_k| / A*_k), A_k = Σ_p m_k / side² averaged over frames,
   A*_k = π r² of its size class (world.SIZE_RADIUS): the object is there, in its colour, at its size;
-- `motion` per object (when ≥ 2 frames are decoded) = exp(−|Δc_k − Δc*_k| / MOTION_SCALE), Δc_k the displacement
-  of its soft-mask centroid from the first to the last decoded frame and Δc*_k = velocity·(T' − 1)/(T − 1)
-  (world.SPEED_DISTANCE over the whole clip of T frames).
+- `motion` per object (when ≥ 2 frames are decoded) = exp(−|Δc_k − Δc*_k| / MOTION_SCALE), Δc_k the
+  displacement of its soft-mask centroid from the first to the last decoded frame and
+  Δc*_k = velocity·(T' − 1)/(T − 1) (world.SPEED_DISTANCE over the whole clip of T frames).
 
 reward = Σ weights·terms (object terms averaged over the prompt's objects; `motion` dropped and the weights
 renormalised for one frame) in (0, 1]; ground-truth renders score ≈ 1 (tests). Frames are `[B, T', H, W, 3]`
