@@ -127,6 +127,8 @@ def main():
   p.add_argument("--eval_prompts", type=int, default=0, help="held-out prompts sampled per model (default 32; "
                  "2 with --smoke)")
   p.add_argument("--eval_seed", type=int, default=0)
+  p.add_argument("--vae_crops", action="store_true", help="train the VAE on random 5-frame 32x32 windows "
+                 "(~15x cheaper per step; the CPU budget run, docs/toyworld.md)")
   a = p.parse_args()
   a.work = os.path.abspath(a.work or ("/tmp/toyworld_smoke" if a.smoke else os.path.join(REPO, "runs", "toyworld")))
   a.out = os.path.abspath(a.out or (os.path.join(a.work, "checkpoints") if a.smoke else
@@ -151,7 +153,9 @@ def main():
     r.run("data", ["wanjax.toyworld.dataset", "--out", data_dir, "--n", str(a.clips), "--frames", str(frames),
                    "--size", str(size)])
   if "vae" in stages:
-    r.run("vae", ["train.vae", "--config", cfg["vae"], "--workdir", runs["vae"], f"--config.data.clips={data_dir}"])
+    crops = ["--config.data.train_frames=5", "--config.data.train_size=32"] if a.vae_crops and not a.smoke else []
+    r.run("vae", ["train.vae", "--config", cfg["vae"], "--workdir", runs["vae"], f"--config.data.clips={data_dir}",
+                  *crops])
     r.record_losses("vae", runs["vae"])
     r.run("vae", ["train.export", "--config", cfg["vae"], "--workdir", runs["vae"], "--out", ckpt["vae"],
                   f"--config.data.clips={data_dir}"])

@@ -35,6 +35,7 @@ def clips(tmp_path_factory):
   return str(d)
 
 
+@pytest.mark.slow   # ~2 min on the shared 2-core CPU (compile-bound)
 def test_vae_overfits_a_fixed_batch_and_exports(clips, tmp_path):
   from configs.train import toyworld_vae
   from train import export, vae
