@@ -14,14 +14,12 @@ The generator's rollout follows `config.rollout` (`train/causal.py`): bidirectio
 
 import functools
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 from jax.sharding import NamedSharding
-from ml_collections import config_flags
 
 from train import causal, data, dmd, loop
 from train import state as st
@@ -316,22 +314,5 @@ def train(c, workdir):
   raise UsageError(f"objective={c.objective!r}; valid: dmd, ode_init, {', '.join(post_training.OBJECTIVES)}")
 
 
-def main(argv):
-  del argv
-  try:
-    if flags.FLAGS.config is None:
-      raise UsageError("--config is required, e.g. --config configs/train/dmd_smoke.py")
-    train(flags.FLAGS.config, flags.FLAGS.workdir or "")
-  except (UsageError, loop.NonFiniteError) as e:
-    sys.exit(f"error: {e}")
-
-
-def define_flags():
-  """The CLI flags; defined only when run as a program, so the trainers can import each other."""
-  config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
-
-
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  loop.run_cli(train, "configs/train/dmd_smoke.py")

@@ -11,13 +11,10 @@ loop (checkpoints, resume, non-finite policy, logging) is `train/loop.py`; the d
 
 import functools
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
 from train import data, dmd, loop
 from train import state as st
@@ -125,22 +122,5 @@ def train(c, workdir):
               lrs=(("generator", c.generator.lr),), mesh=mesh, rules=rules)
 
 
-def main(argv):
-  del argv
-  try:
-    if flags.FLAGS.config is None:
-      raise UsageError("--config is required, e.g. --config configs/train/flow_matching.py:smoke=True")
-    train(flags.FLAGS.config, flags.FLAGS.workdir or "")
-  except (UsageError, loop.NonFiniteError) as e:
-    sys.exit(f"error: {e}")
-
-
-def define_flags():
-  """The CLI flags; defined only when run as a program, so the trainers can import each other."""
-  config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
-
-
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  loop.run_cli(train, "configs/train/flow_matching.py:smoke=True")

@@ -179,3 +179,28 @@ def poison(loss, step, steps):
   import jax.numpy as jnp
   bad = jnp.isin(step, jnp.asarray(steps, jnp.int32))
   return jnp.where(bad, jnp.nan, loss)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+def run_cli(train_fn, example_config):
+  """The absl entry point every trainer shares: `--config FILE[:args]` (locked ml-collections config, so a
+  mistyped `--config.x` fails) and `--workdir DIR` (checkpoints, TensorBoard; resumed automatically). Calls
+  `train_fn(config, workdir)`; usage errors and a non-finite abort print one line and exit non-zero."""
+  import sys
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.<field>=...")
+    try:
+      if flags.FLAGS.config is None:
+        raise UsageError(f"--config is required, e.g. --config {example_config}")
+      train_fn(flags.FLAGS.config, flags.FLAGS.workdir or "")
+    except (UsageError, NonFiniteError) as e:
+      sys.exit(f"error: {e}")
+
+  app.run(main)

@@ -20,14 +20,12 @@ flow-matching noise assumes. The loop (checkpoints, resume, non-finite policy, T
 import functools
 import glob
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 from flax import nnx
-from ml_collections import config_flags
 
 from train import data, loop
 from train import state as st
@@ -215,17 +213,5 @@ def export(c, workdir, out_dir, *, step=None):
           "latent_std": [round(float(v), 4) for v in std], "out": out_dir}
 
 
-def main(argv):
-  del argv
-  try:
-    if flags.FLAGS.config is None:
-      raise UsageError("--config is required, e.g. --config configs/train/toyworld_vae.py:smoke=True")
-    train(flags.FLAGS.config, flags.FLAGS.workdir or "")
-  except (UsageError, loop.NonFiniteError) as e:
-    sys.exit(f"error: {e}")
-
-
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
-  app.run(main)
+  loop.run_cli(train, "configs/train/toyworld_vae.py:smoke=True")
