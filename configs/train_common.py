@@ -26,6 +26,23 @@ def trainee(*, lr, b1=0.0, b2=0.999, eps=1e-8, weight_decay=0.01, clip=10.0, ema
                                         ema_decay=ema_decay, ema_start=ema_start))
 
 
+def dmd_objective(**overrides):
+  """The DMD objective section with the Self-Forcing reference defaults (SF:configs/self_forcing_dmd.yaml over
+  default_config.yaml; spec distillation.md §1.2); configs pass only what differs. Unknown keys raise."""
+  c = ml_collections.ConfigDict(dict(
+      timesteps=(1000, 750, 500, 250), warp=True, shift=5.0,   # generator list and its grid shift
+      score_shift=5.0, min_t=20.0, max_t=980.0,                # score-timestep warp and clamp
+      teacher_grid_shift=8.0,        # teacher/critic wrappers' own grid (SF default timestep_shift 8)
+      grid_lookup="reference",       # Quirk: §0.3 nearest-grid sigma; "exact" uses sigma = t/1000
+      guidance_scale=3.0, cfg_form="sf",                        # SF form (standard CFG = this + 1)
+      critic_steps_per_generator_step=5, last_step_only=False))
+  unknown = sorted(set(overrides) - set(c.keys()))
+  if unknown:
+    raise ValueError(f"unknown DMD option(s) {unknown}; valid: {', '.join(sorted(c.keys()))}")
+  c.update(overrides)
+  return c
+
+
 def train_defaults(arg):
   """Seed, cadence, data, mesh and debug defaults shared by every trainer."""
   c = ml_collections.ConfigDict()

@@ -30,12 +30,9 @@ def get_config(arg=None):
   c.models.teacher = common.model(arg.model)
   c.models.critic = common.model(arg.model)
   # Objective (CV:causvid/dmd.py; shift 8 everywhere, unwarped list).
-  c.dmd = ml_collections.ConfigDict(dict(
-      timesteps=(1000, 757, 522, 0), warp=False, shift=8.0,
-      score_shift=8.0, min_t=20.0, max_t=980.0, teacher_grid_shift=8.0,
-      grid_lookup="reference",       # Quirk: §0.3; 757 maps to grid sigma 0.75676
-      guidance_scale=3.5, cfg_form="sf",                        # SF form; standard CFG 4.5
-      critic_steps_per_generator_step=5, last_step_only=False))
+  c.dmd = common.dmd_objective(
+      timesteps=(1000, 757, 522, 0), warp=False, shift=8.0, score_shift=8.0,  # Quirk: §0.3, 757 -> grid sigma 0.75676
+      guidance_scale=3.5)                                # SF form; standard CFG 4.5
   c.rollout = ml_collections.ConfigDict(dict(kind="noised_data", frames_per_block=3))
   # Optimisers: one lr for both networks, standard betas, no EMA.
   c.generator = common.trainee(lr=2e-6, b1=0.9)

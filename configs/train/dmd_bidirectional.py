@@ -25,13 +25,7 @@ def get_config(arg=None):
   c.models.teacher = common.model(arg.model)
   c.models.critic = common.model(arg.model)
   # Objective (SF:configs/self_forcing_dmd.yaml, SF+ bidirectional overrides).
-  c.dmd = ml_collections.ConfigDict(dict(
-      timesteps=(1000, 750, 500, 250), warp=True, shift=5.0,   # generator list and its grid shift
-      score_shift=5.0, min_t=20.0, max_t=980.0,                # score-timestep warp and clamp
-      teacher_grid_shift=8.0,        # teacher/critic wrappers' own grid (SF default timestep_shift 8)
-      grid_lookup="reference",       # Quirk: §0.3 nearest-grid sigma; "exact" uses sigma = t/1000
-      guidance_scale=5.0, cfg_form="sf",                        # SF form; standard CFG 6.0
-      critic_steps_per_generator_step=5, last_step_only=False))
+  c.dmd = common.dmd_objective(guidance_scale=5.0)   # SF+ bidirectional: SF form 5.0 (standard 6.0)
   # Optimisers.
   c.generator = common.trainee(lr=2e-6, ema_decay=0.99, ema_start=200)
   c.critic = common.trainee(lr=4e-7)

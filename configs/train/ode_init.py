@@ -22,10 +22,7 @@ def get_config(arg=None):
   c.models = ml_collections.ConfigDict()
   c.models.generator = common.model(arg.model)
   # Objective: SF script list, warped at shift 8 (Quirk: §2.1, the DMD stage then uses shift 5).
-  c.dmd = ml_collections.ConfigDict(dict(
-      timesteps=(1000, 750, 500, 250), warp=True, shift=8.0, score_shift=5.0, min_t=20.0, max_t=980.0,
-      teacher_grid_shift=8.0, grid_lookup="reference", guidance_scale=3.0, cfg_form="sf",
-      critic_steps_per_generator_step=1, last_step_only=False))
+  c.dmd = common.dmd_objective(shift=8.0, critic_steps_per_generator_step=1)
   c.ode = ml_collections.ConfigDict(dict(frames_per_block=0))
   # Optimisers (CausVid: AdamW betas (0.9, 0.999), lr 2e-6, clip 10).
   c.generator = common.trainee(lr=2e-6, b1=0.9)

@@ -32,13 +32,7 @@ def get_config(arg=None):
   c.models.teacher = common.model(arg.teacher)
   c.models.critic = common.model(arg.model)
   # Objective (SF:configs/self_forcing_dmd.yaml over default_config.yaml).
-  c.dmd = ml_collections.ConfigDict(dict(
-      timesteps=(1000, 750, 500, 250), warp=True, shift=5.0,   # generator list and its grid shift
-      score_shift=5.0, min_t=20.0, max_t=980.0,                # score-timestep warp and clamp
-      teacher_grid_shift=8.0,        # teacher/critic wrappers' own grid (SF default timestep_shift 8)
-      grid_lookup="reference",       # Quirk: §0.3 nearest-grid sigma; "exact" uses sigma = t/1000
-      guidance_scale=3.0, cfg_form="sf",                        # SF form; standard CFG 4.0
-      critic_steps_per_generator_step=5, last_step_only=False))
+  c.dmd = common.dmd_objective(guidance_scale=3.0)   # SF form 3.0 (standard 4.0)
   c.rollout = ml_collections.ConfigDict(dict(
       kind="causal", frames_per_block=3,    # SF num_frame_per_block: 7 blocks of 3 latent frames
       context_noise=0.0,                    # t of the context pass (SF context_noise)
