@@ -6,13 +6,12 @@ atomically); `to_arrays` returns the converted tensors in memory (tests, small m
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from converters import table, transforms
 from wanjax.checkpoint import StreamingWriter
-from wanjax.fileio import publish
+from wanjax.fileio import atomic_open
 
 
 def to_arrays(source, steps, *, dtype=None, ignore=(), expected=None):
@@ -24,12 +23,8 @@ def to_arrays(source, steps, *, dtype=None, ignore=(), expected=None):
 
 
 def write_json_atomic(path, obj):
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-  with os.fdopen(fd, "w") as f:
+  with atomic_open(path, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
-  publish(tmp, path)
 
 
 def write_model(source, steps, out_dir, *, config: dict, dtype=None, ignore=(), expected=None,

@@ -33,12 +33,11 @@ Components are runners in `COMPONENTS` (name -> function(model_path, inputs, **o
 
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 from wanjax.errors import UsageError
-from wanjax.fileio import publish
+from wanjax.fileio import atomic_open
 
 DTYPES = {"float32": "float32", "bfloat16": "bf16"}
 
@@ -341,17 +340,8 @@ def load_inputs(path) -> dict:
 
 def save_outputs(path, outputs):
   """Writes an .npz atomically (temp file in the same folder + os.replace)."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **outputs)
-    publish(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with atomic_open(path, "wb") as f:
+    np.savez(f, **outputs)
 
 
 def forward(component, model, inputs_path, out_path, **options):

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 
 from absl import app, flags, logging
@@ -26,7 +25,7 @@ from ml_collections import config_flags
 from infer import demo
 from wanjax import sampling, sharding
 from wanjax.errors import UsageError
-from wanjax.fileio import publish
+from wanjax.fileio import atomic_open
 
 T2V_SIZE_MULTIPLE = 16   # VAE stride 8 × patch 2
 
@@ -427,29 +426,15 @@ class Pipeline:
 
 # ============================================================================================ outputs
 
-def _atomic_write(path, write_fn, suffix):
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=d)
-  os.close(fd)
-  try:
-    write_fn(tmp)
-    publish(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def save_npy(path, array):
   import numpy as np
-  _atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), array), ".npy")
+  with atomic_open(path, "wb") as f:
+    np.save(f, array)
 
 
 def save_json(path, obj):
-  def write(tmp):
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=True)
-  _atomic_write(path, write, ".json")
+  with atomic_open(path, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=True)
 
 
 # ============================================================================================ main

@@ -18,11 +18,11 @@ nothing is loaded until a clip is asked for.
 import collections
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from wanjax import checkpoint
+from wanjax.fileio import atomic_open
 from wanjax.errors import UsageError
 
 FORMAT = "wanjax-features"
@@ -35,19 +35,8 @@ KEY_ALIASES = {"latents": "latent", "latent": "latent", "context": "context", "c
 
 def write_json(path, obj):
   """Writes JSON atomically (temp file in the same folder + os.replace)."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=1, ensure_ascii=False)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the index is meant to be shared
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with atomic_open(path, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1, ensure_ascii=False)
 
 
 def read_index(folder):

@@ -15,7 +15,6 @@ two, drawn from `HELDOUT_SEED`) are excluded by text, so the held-out set is dis
 import dataclasses
 import json
 import os
-import tempfile
 
 import numpy as np
 
@@ -68,16 +67,8 @@ def scene_from_json(d: dict) -> world.Scene:
 
 
 def _atomic_write(path, write):
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    fileio.publish(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with fileio.atomic_open(path, "wb") as f:
+    write(f)
 
 
 def write_dataset(directory, n, seed=0, frames=17, size=64, *, fmt="mp4", exclude_heldout=True) -> list:

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -285,17 +284,8 @@ def format_table(report) -> str:
 
 
 def save_json(path, data):
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(data, f, indent=1)
-    fileio.publish(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with fileio.atomic_open(path, "w", encoding="utf-8") as f:
+    json.dump(data, f, indent=1)
 
 
 def main(argv) -> int:

@@ -13,7 +13,6 @@ world goes through exactly the same front end as the real umT5 tokenizer. The vo
 
 import json
 import os
-import tempfile
 
 from wanjax import fileio
 from wanjax.errors import UsageError
@@ -68,15 +67,8 @@ def write_tokenizer(folder) -> str:
   os.makedirs(folder, exist_ok=True)
   path = os.path.join(folder, "tokenizer.json")
   text = build_tokenizer().to_str(pretty=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tokenizer.", suffix=".json.tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    fileio.publish(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with fileio.atomic_open(path, "w", encoding="utf-8") as f:
+    f.write(text)
   return path
 
 
