@@ -228,12 +228,7 @@ def ode_step(state, batch, *, fn, tx, settings, frames_per_block, poison_steps):
                                       gen_grid=settings.gen_grid, frames_per_block=frames_per_block)
     return loop.poison(loss, state.step, poison_steps), m
 
-  old = state.generator
-  (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(old.params)
-  new, gnorm = st.apply_updates(old, grads, tx)
-  ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-  state = state.replace(generator=st.select_tree(ok, new, old), step=state.step + 1)
-  return state, dict(m, **{"loss/ode": loss, "grad_norm/generator": gnorm, "finite": ok})
+  return st.guarded_generator_step(state, loss_fn, tx, "loss/ode")
 
 
 def train_ode(c, workdir, mesh, rules):
@@ -242,16 +237,7 @@ def train_ode(c, workdir, mesh, rules):
   tx = optimizer(c.generator)
   fpb = int(c.ode.frames_per_block) or None
 
-  def make_state(loaded):
-    p = loaded if loaded is not None else built.random_init()
-    return st.TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(c.seed),
-                         generator=st.init_trainee(p, tx))
-
-  abstract_state = jax.eval_shape(make_state, built.abstract if built.weights else None)
-  shardings = st.state_shardings(abstract_state, mesh, generator=built.shardings, tx_generator=tx)
-
-  def create():
-    return jax.jit(make_state, out_shardings=shardings)(built.load(mesh, rules))
+  abstract_state, shardings, create = st.generator_only_state(built, tx, c.seed, mesh, rules)
 
   bsz = c.data.batch_size
   k = len(settings.timesteps) + 1

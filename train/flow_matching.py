@@ -13,7 +13,6 @@ import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from train import data, dmd, loop
@@ -33,12 +32,7 @@ def fm_step(state, batch, *, fn, tx, shift, poison_steps):
     loss, m = dmd.flow_matching_loss(denoise, params, batch["latents"], key, shift=shift)
     return loop.poison(loss, state.step, poison_steps), m
 
-  old = state.generator
-  (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(old.params)
-  new, gnorm = st.apply_updates(old, grads, tx)
-  ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-  state = state.replace(generator=st.select_tree(ok, new, old), step=state.step + 1)
-  return state, dict(m, **{"loss/flow": loss, "grad_norm/generator": gnorm, "finite": ok})
+  return st.guarded_generator_step(state, loss_fn, tx, "loss/flow")
 
 
 def _feature_folder(c) -> bool:
@@ -76,16 +70,7 @@ def train(c, workdir):
   built = build_dit(c.models.generator, seed=c.seed, mesh=mesh, rules=rules)
   tx = optimizer(c.generator)
 
-  def make_state(loaded):
-    p = loaded if loaded is not None else built.random_init()
-    return st.TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(c.seed),
-                         generator=st.init_trainee(p, tx))
-
-  abstract_state = jax.eval_shape(make_state, built.abstract if built.weights else None)
-  shardings = st.state_shardings(abstract_state, mesh, generator=built.shardings, tx_generator=tx)
-
-  def create():
-    return jax.jit(make_state, out_shardings=shardings)(built.load(mesh, rules))
+  abstract_state, shardings, create = st.generator_only_state(built, tx, c.seed, mesh, rules)
 
   if _feature_folder(c):   # a train.preprocess folder carries each clip's context and the uncond ones
     contexts, negative = feature_contexts(c.data.latents, built.cfg, c.flow.get("uncond", "negative"))

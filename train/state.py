@@ -86,6 +86,36 @@ def select_tree(ok, new, old):
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
+def generator_only_state(built, tx, seed, mesh, rules):
+  """State plumbing of a one-trainee trainer (ODE init, flow matching): returns (abstract state, its
+  shardings, create()) where create() builds the state inside jit, born sharded, from the loaded weights
+  (`built.load`) or a random init from the seed."""
+  def make_state(loaded):
+    p = loaded if loaded is not None else built.random_init()
+    return TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(seed),
+                      generator=init_trainee(p, tx))
+
+  abstract_state = jax.eval_shape(make_state, built.abstract if built.weights else None)
+  shardings = state_shardings(abstract_state, mesh, generator=built.shardings, tx_generator=tx)
+
+  def create():
+    return jax.jit(make_state, out_shardings=shardings)(built.load(mesh, rules))
+
+  return abstract_state, shardings, create
+
+
+def guarded_generator_step(state, loss_fn, tx, loss_name):
+  """One generator update from `loss_fn(params) -> (loss, metrics)`. A non-finite loss or gradient norm keeps
+  the old params and optimiser state (the step still advances; the loop counts and aborts on a streak).
+  Returns (state, metrics + {loss_name, grad_norm/generator, finite})."""
+  old = state.generator
+  (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(old.params)
+  new, gnorm = apply_updates(old, grads, tx)
+  ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+  state = state.replace(generator=select_tree(ok, new, old), step=state.step + 1)
+  return state, dict(m, **{loss_name: loss, "grad_norm/generator": gnorm, "finite": ok})
+
+
 def all_finite(*trees):
   leaves = [x for t in trees for x in jax.tree.leaves(t)]
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))

@@ -103,12 +103,7 @@ def vae_step(state, batch, *, fn, tx, loss_cfg, poison_steps):
     loss, m = vae_loss(fn, params, batch["video"], key, **loss_cfg)
     return loop.poison(loss, state.step, poison_steps), m
 
-  old = state.generator
-  (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(old.params)
-  new, gnorm = st.apply_updates(old, grads, tx)
-  ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-  state = state.replace(generator=st.select_tree(ok, new, old), step=state.step + 1)
-  return state, dict(m, **{"loss/vae": loss, "grad_norm/generator": gnorm, "finite": ok})
+  return st.guarded_generator_step(state, loss_fn, tx, "loss/vae")
 
 
 def build(c, mesh, rules):
