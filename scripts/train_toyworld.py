@@ -10,6 +10,9 @@ preprocessing resume from their folders, so a rerun continues where a stopped on
   features  python -m train.preprocess                 VAE latents + umT5 contexts of every clip
   teacher   python -m train.flow_matching              DiT teacher (configs/train/toyworld_teacher.py) -> OUT/teacher
   dmd       python -m train.distill                    4-step DMD student (configs/train/toyworld_dmd.py) -> OUT/dmd
+  odepairs  python -m train.make_ode_pairs             teacher ODE trajectories (48 Euler steps, CFG 4)
+  ode       python -m train.distill                    causal ODE-init regression (toyworld_ode_init.py) -> WORK/sf_ode
+  sf        python -m train.distill                    causal Self-Forcing student (toyworld_self_forcing.py) -> OUT/sf
   eval      infer.sample's Pipeline + python -m wanjax.toyworld.evaluate on held-out prompts
 
 Writes OUT/train_log.json (per stage: command, seconds, first/last logged losses; export summaries; scores) and
@@ -30,8 +33,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ("data", "vae", "text", "features", "teacher", "dmd", "eval")
-EVAL_MODELS = ("teacher", "teacher4", "dmd")
+sys.path.insert(0, REPO)     # the repo's packages, also without `pip install -e .`
+STAGES = ("data", "vae", "text", "features", "teacher", "dmd", "odepairs", "ode", "sf", "eval")
+EVAL_MODELS = ("teacher", "teacher4", "dmd", "sf")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -72,6 +76,7 @@ class Runner:
       with open(self.log_path) as f:
         self.log = json.load(f)
     self.losses = {}
+    self.touched, self.touched_eval = set(), set()
 
   def run(self, stage, argv):
     """Runs `python -m ...argv` from the repo root; raises on failure (its output is shown as it runs)."""
@@ -83,6 +88,7 @@ class Runner:
     sys.stdout.write(proc.stdout)
     if proc.returncode:
       raise SystemExit(f"stage {stage} failed (exit {proc.returncode}): {' '.join(cmd)}")
+    self.touched.add(stage)
     entry = self.log["stages"].setdefault(stage, {"commands": [], "seconds": 0.0})
     entry["commands"].append(" ".join(argv))
     entry["seconds"] = round(entry["seconds"] + time.perf_counter() - t0, 1)
@@ -102,6 +108,15 @@ class Runner:
     self.save()
 
   def save(self):
+    """Writes the log, merged with the file's current content: stages run by another process at the same time
+    (the SF stages run beside DMD) keep their entries."""
+    if os.path.exists(self.log_path):
+      with open(self.log_path) as f:
+        current = json.load(f)
+      mine = self.log["stages"]
+      self.log["stages"] = {**current.get("stages", {}), **{k: mine[k] for k in self.touched if k in mine}}
+      self.log["eval"] = {**current.get("eval", {}), **{k: v for k, v in self.log.get("eval", {}).items()
+                                                         if k in self.touched_eval}}
     _write_json(self.log_path, self.log)
 
 
@@ -127,14 +142,19 @@ def main():
   p.add_argument("--eval_prompts", type=int, default=0, help="held-out prompts sampled per model (default 32; "
                  "2 with --smoke)")
   p.add_argument("--eval_seed", type=int, default=0)
-  p.add_argument("--vae_crops", action="store_true", help="train the VAE on random 5-frame 32x32 windows "
-                 "(~15x cheaper per step; the CPU budget run, docs/toyworld.md)")
+  p.add_argument("--ode_pairs", type=int, default=0, help="teacher trajectories for the SF ODE init (default 1024; "
+                 "8 with --smoke)")
+  p.add_argument("--steps", default="", help="override training steps, e.g. vae=1500,teacher=4000,dmd=1000,ode=500,sf=600 "
+                 "(default: the configs' total_steps)")
+  p.add_argument("--vae_crops", action="store_true", help="train the VAE on random 32x32 crops of whole "
+                 "clips, batch 4 (~4x cheaper per step; the CPU budget run, docs/toyworld.md)")
   a = p.parse_args()
   a.work = os.path.abspath(a.work or ("/tmp/toyworld_smoke" if a.smoke else os.path.join(REPO, "runs", "toyworld")))
   a.out = os.path.abspath(a.out or (os.path.join(a.work, "checkpoints") if a.smoke else
                                     os.path.join(REPO, "wanjax", "toyworld", "checkpoints")))
   a.clips = a.clips or (8 if a.smoke else 4000)
   a.eval_prompts = a.eval_prompts or (2 if a.smoke else 32)
+  a.ode_pairs = a.ode_pairs or (8 if a.smoke else 1024)
   stages = [s.strip() for s in a.stages.split(",") if s.strip()]
   bad = sorted(set(stages) - set(STAGES))
   if bad:
@@ -142,9 +162,19 @@ def main():
   frames, size = (5, 32) if a.smoke else (17, 64)
   smoke = ":smoke=True" if a.smoke else ""
   data_dir, feat_dir = os.path.join(a.work, "data"), os.path.join(a.work, "features")
-  runs = {k: os.path.join(a.work, "runs", k) for k in ("vae", "teacher", "dmd")}
-  ckpt = {k: os.path.join(a.out, k) for k in ("vae", "umt5", "tokenizer", "teacher", "dmd")}
+  runs = {k: os.path.join(a.work, "runs", k) for k in ("vae", "teacher", "dmd", "ode", "sf")}
+  ckpt = {k: os.path.join(a.out, k) for k in ("vae", "umt5", "tokenizer", "teacher", "dmd", "sf")}
+  ckpt["sf_ode"] = os.path.join(a.work, "sf_ode")      # intermediate, not shipped
+  pairs_dir = os.path.join(a.work, "ode_pairs")
   cfg = {k: f"configs/train/toyworld_{k}.py{smoke}" for k in ("vae", "teacher", "dmd")}
+  cfg["ode"] = f"configs/train/toyworld_ode_init.py{smoke}"
+  cfg["sf"] = f"configs/train/toyworld_self_forcing.py{smoke}"
+  steps = {}
+  for item in filter(None, (x.strip() for x in a.steps.split(","))):
+    key, _, val = item.partition("=")
+    if key not in runs or not val.isdigit() or int(val) < 1:
+      p.error(f"--steps item {item!r}: expected NAME=STEPS with NAME in {', '.join(runs)} and STEPS >= 1")
+    steps[key] = [f"--config.total_steps={val}"]
   r = Runner(a)
   r.log.update(work=a.work, out=a.out, frames=frames, size=size, clips=a.clips)
   t_all = time.perf_counter()
@@ -153,9 +183,10 @@ def main():
     r.run("data", ["wanjax.toyworld.dataset", "--out", data_dir, "--n", str(a.clips), "--frames", str(frames),
                    "--size", str(size)])
   if "vae" in stages:
-    crops = ["--config.data.train_frames=5", "--config.data.train_size=32"] if a.vae_crops and not a.smoke else []
+    crops = (["--config.data.train_frames=17", "--config.data.train_size=32", "--config.data.batch_size=4",
+              "--config.data.max_clips=1500"] if a.vae_crops and not a.smoke else [])
     r.run("vae", ["train.vae", "--config", cfg["vae"], "--workdir", runs["vae"], f"--config.data.clips={data_dir}",
-                  *crops])
+                  *crops, *steps.get("vae", [])])
     r.record_losses("vae", runs["vae"])
     r.run("vae", ["train.export", "--config", cfg["vae"], "--workdir", runs["vae"], "--out", ckpt["vae"],
                   f"--config.data.clips={data_dir}"])
@@ -173,7 +204,7 @@ def main():
                        "--config.clips_per_shard=256"])
   if "teacher" in stages:
     r.run("teacher", ["train.flow_matching", "--config", cfg["teacher"], "--workdir", runs["teacher"],
-                      f"--config.data.latents={feat_dir}"])
+                      f"--config.data.latents={feat_dir}", *steps.get("teacher", [])])
     r.record_losses("teacher", runs["teacher"])
     r.run("teacher", ["train.export", "--config", cfg["teacher"], "--workdir", runs["teacher"], "--out",
                       ckpt["teacher"]])
@@ -181,9 +212,28 @@ def main():
     weights = [f"--config.models.{role}.weights={ckpt['teacher']}" for role in ("generator", "teacher", "critic")]
     r.run("dmd", ["train.distill", "--config", cfg["dmd"], "--workdir", runs["dmd"], *weights,
                   f"--config.data.prompts={data_dir}", f"--config.data.text_encoder={ckpt['umt5']}",
-                  f"--config.data.tokenizer={ckpt['tokenizer']}"])
+                  f"--config.data.tokenizer={ckpt['tokenizer']}", *steps.get("dmd", [])])
     r.record_losses("dmd", runs["dmd"])
     r.run("dmd", ["train.export", "--config", cfg["dmd"], "--workdir", runs["dmd"], "--out", ckpt["dmd"], "--ema"])
+  text = [f"--config.data.text_encoder={ckpt['umt5']}", f"--config.data.tokenizer={ckpt['tokenizer']}"]
+  if "odepairs" in stages:
+    r.run("odepairs", ["train.make_ode_pairs", "--config", cfg["ode"], "--output", pairs_dir,
+                       f"--config.models.generator.weights={ckpt['teacher']}", f"--config.data.prompts={data_dir}",
+                       *text, "--guidance=4", "--batch_size=16", "--dtype=float32",
+                       f"--num_samples={a.ode_pairs}", *(["--num_steps=8"] if a.smoke else [])])
+  if "ode" in stages:
+    r.run("ode", ["train.distill", "--config", cfg["ode"], "--workdir", runs["ode"],
+                  f"--config.models.generator.weights={ckpt['teacher']}", f"--config.data.trajectories={pairs_dir}",
+                  *steps.get("ode", [])])
+    r.record_losses("ode", runs["ode"])
+    r.run("ode", ["train.export", "--config", cfg["ode"], "--workdir", runs["ode"], "--out", ckpt["sf_ode"]])
+  if "sf" in stages:
+    weights = [f"--config.models.generator.weights={ckpt['sf_ode']}",
+               *(f"--config.models.{role}.weights={ckpt['teacher']}" for role in ("teacher", "critic"))]
+    r.run("sf", ["train.distill", "--config", cfg["sf"], "--workdir", runs["sf"], *weights,
+                 f"--config.data.prompts={data_dir}", *text, *steps.get("sf", [])])
+    r.record_losses("sf", runs["sf"])
+    r.run("sf", ["train.export", "--config", cfg["sf"], "--workdir", runs["sf"], "--out", ckpt["sf"], "--ema"])
   if "eval" in stages:
     evaluate(r, a, frames, size)
   r.log["total_seconds_this_run"] = round(time.perf_counter() - t_all, 1)
@@ -198,6 +248,10 @@ def evaluate(r, a, frames, size):
   prompts = list(HELDOUT_PROMPTS[:a.eval_prompts // 2] + HELDOUT_PROMPTS[16:16 + a.eval_prompts - a.eval_prompts // 2])
   scores = r.log.setdefault("eval", {})
   for model in EVAL_MODELS:
+    weights = os.path.join(a.out, "teacher" if model == "teacher4" else model)
+    if not os.path.exists(os.path.join(weights, "config.json")):
+      sys.stdout.write(f"[eval] {model}: no checkpoint at {weights}; skipped\n")
+      continue
     out = os.path.join(a.work, "eval", model)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_sample", model, a.out, out,
@@ -212,17 +266,18 @@ def evaluate(r, a, frames, size):
                    "--out", report])
     with open(report) as f:
       rep = json.load(f)
+    r.touched_eval.add(model)
     scores[model] = {"mean_score": rep.get("mean_score"), "accuracy": rep.get("accuracy"),
                      "mean_terms": rep.get("mean_terms"),
                      "seconds_per_video": timing["median_s"], "first_video_s": timing["first_s"],
-                     "prompts": len(prompts), "wall_s": round(time.perf_counter() - t0, 1)}
+                     "prompts": len(prompts), "wall_s": round(time.perf_counter() - t0, 1),
+                     "seed": a.eval_seed, "per_video": [round(v["score"], 4) for v in rep.get("videos", [])]}
     r.save()
 
 
 def sample_child(model, root, out, frames, size, seed, smoke, prompts):
   """Child process of `evaluate`: one Pipeline, every prompt; prints {"median_s", "first_s"}."""
   import numpy as np
-  sys.path.insert(0, REPO)
   from configs.sample import toyworld
   from infer import sample
   from wanjax import sharding
@@ -231,17 +286,44 @@ def sample_child(model, root, out, frames, size, seed, smoke, prompts):
   if int(smoke) and model == "teacher":
     c.num_steps = 3          # smoke: the 50-step row at 3 steps
   plan = sample.check(c)
-  pipe = sample.Pipeline(c, sharding.make_mesh(c.mesh))
+  mesh = sharding.make_mesh(c.mesh)
+  generate = ar_generator(c, plan, mesh) if model == "sf" else None
+  if generate is None:
+    pipe = sample.Pipeline(c, mesh)
+    generate = lambda seed: pipe.generate(c, plan, seed=seed)[0]
   os.makedirs(out, exist_ok=True)
   times = []
   for i, prompt in enumerate(json.loads(prompts)):
     c.prompt = prompt
     t0 = time.perf_counter()
-    video, _ = pipe.generate(c, plan, seed=int(seed) + i)
+    video = generate(int(seed) + i)
     times.append(time.perf_counter() - t0)
     np.save(os.path.join(out, f"{i:03d}.npy"), video)
   rest = times[1:] or times
   sys.stdout.write(json.dumps({"median_s": round(float(np.median(rest)), 3), "first_s": round(times[0], 3)}) + "\n")
+
+
+def ar_generator(c, plan, mesh):
+  """seed -> video [T, H, W, 3] with the block-wise AR sampler (as `infer.sample_ar.run_ar`, models loaded once;
+  the prompt is read from `c.prompt` at each call)."""
+  import jax
+  import numpy as np
+  from infer import sample
+  from infer.sample_ar import ar_options
+  from wanjax import sampling_ar
+  opts = ar_options(c)
+  dit, vae = sample.build_dit(c, plan, mesh), sample.build_vae(c, mesh)
+  shape = sample.latent_shape(plan)
+
+  def generate(seed):
+    context, _ = sample.encode_text(c, plan, mesh)
+    noise_key, loop_key = jax.random.split(jax.random.key(seed))
+    noise = jax.random.normal(noise_key, shape, jax.numpy.float32)
+    frames = []
+    sampling_ar.generate(dit, jax.numpy.asarray(context), noise, opts, rng=loop_key, vae=vae,
+                         on_frames=lambda x: frames.append(np.asarray(jax.device_get(x))[0]))
+    return np.concatenate(frames)
+  return generate
 
 
 if __name__ == "__main__":

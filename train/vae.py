@@ -79,8 +79,20 @@ def vae_config(v, latents_mean=None, latents_std=None) -> VAEConfig:
                    latents_mean=latents_mean or (0.0,) * z, latents_std=latents_std or (1.0,) * z)
 
 
-def vae_loss(fn, params, video, key, *, l1, l2, kl, sample_latent=True):
-  """video `[B, T, H, W, 3]` in [−1, 1] -> (loss, metrics). Raw (unnormalised) latents."""
+def foreground_weights(video, fg_weight, threshold=0.1):
+  """`[B, T, H, W, 1]` pixel weights 1 + fg_weight·[pixel differs from the clip's median colour by > threshold].
+
+  For plain-background data such as the toy world: small objects are a few % of the pixels, so an unweighted
+  loss learns the background first and the objects only after thousands of steps (docs/toyworld.md)."""
+  b = video.shape[0]
+  bg = jnp.median(video.reshape(b, -1, video.shape[-1]), axis=1)[:, None, None, None, :]
+  fg = jnp.max(jnp.abs(video - bg), axis=-1, keepdims=True) > threshold
+  return 1.0 + fg_weight * fg.astype(jnp.float32)
+
+
+def vae_loss(fn, params, video, key, *, l1, l2, kl, sample_latent=True, fg_weight=0.0):
+  """video `[B, T, H, W, 3]` in [−1, 1] -> (loss, metrics). Raw (unnormalised) latents. fg_weight > 0 weights
+  the reconstruction terms towards foreground pixels (`foreground_weights`, normalised to mean 1)."""
   vae = fn.module(params)
   z_dim = vae.cfg.z_dim
   h = vae.conv1(vae.encoder(video)).astype(jnp.float32)             # [B, F, h, w, 2z]
@@ -88,11 +100,18 @@ def vae_loss(fn, params, video, key, *, l1, l2, kl, sample_latent=True):
   z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape) if sample_latent else mu
   rec = vae.decoder(vae.conv2(z.astype(vae.policy.compute_dtype))).astype(jnp.float32)
   err = rec - video
+  if fg_weight:
+    w = foreground_weights(video, fg_weight)
+    w = w / jnp.mean(w)
+    werr = err * jnp.sqrt(w)
+    rec_l1, rec_l2 = jnp.mean(jnp.abs(err) * w), jnp.mean(werr ** 2)
+  else:
+    rec_l1, rec_l2 = jnp.mean(jnp.abs(err)), jnp.mean(err ** 2)
   m = {"loss/l1": jnp.mean(jnp.abs(err)), "loss/l2": jnp.mean(err ** 2),
        "loss/kl": 0.5 * jnp.mean(mu ** 2 + jnp.exp(logvar) - 1.0 - logvar),
        "latent/mu_std": jnp.std(mu), "latent/sigma_mean": jnp.mean(jnp.exp(0.5 * logvar))}
   m["psnr"] = 10.0 * jnp.log10(4.0 / jnp.maximum(m["loss/l2"], 1e-10))   # peak-to-peak 2 in [−1, 1]
-  loss = l1 * m["loss/l1"] + l2 * m["loss/l2"] + kl * m["loss/kl"]
+  loss = l1 * rec_l1 + l2 * rec_l2 + kl * m["loss/kl"]
   return loss, m
 
 
@@ -163,7 +182,8 @@ def train(c, workdir):
   shape = (bsz, tf, sf, sf, 3)
   video_sharding = jax.sharding.NamedSharding(mesh, shd.spec_for(("batch", None, None, None, None), shape, mesh,
                                                                  rules))
-  loss_cfg = dict(l1=c.loss.l1, l2=c.loss.l2, kl=c.loss.kl, sample_latent=c.loss.sample_latent)
+  loss_cfg = dict(l1=c.loss.l1, l2=c.loss.l2, kl=c.loss.kl, sample_latent=c.loss.sample_latent,
+                  fg_weight=c.loss.get("fg_weight", 0.0))
   step = jax.jit(functools.partial(vae_step, fn=fn, tx=tx, loss_cfg=loss_cfg,
                                    poison_steps=tuple(c.debug.nonfinite_steps)),
                  donate_argnums=0, out_shardings=(shardings, None))

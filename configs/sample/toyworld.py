@@ -4,18 +4,19 @@
   python -m infer.sample --config configs/sample/toyworld.py:model=teacher --config.prompt="a large red circle \
 moves left quickly"
 Variants: model=dmd (4-step student, CFG off; default) | teacher (50-step UniPC, CFG 4) | teacher4 (teacher at the
-student's 4 UniPC steps); root=DIR reads the checkpoints from another folder (e.g. a smoke run's).
+student's 4 UniPC steps) | sf (causal Self-Forcing student: 5 blocks of 1 latent frame, 4 steps, streamed); root=DIR reads the checkpoints from another folder (e.g. a smoke run's).
 Checkpoints: scripts/train_toyworld.py writes them (docs/toyworld.md).
 """
 
 import os
 
 from configs import common
+from configs.sample import self_forcing
 from wanjax.toyworld.dataset import HELDOUT_PROMPTS
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "wanjax",
                     "toyworld", "checkpoints")
-MODELS = ("dmd", "teacher", "teacher4")
+MODELS = ("dmd", "teacher", "teacher4", "sf")
 
 
 def get_config(arg=None):
@@ -25,7 +26,7 @@ def get_config(arg=None):
   root = arg.root or ROOT
   c = common.sample_defaults(arg)
   c.model = "toyworld"                      # DiT preset: text_dim 32, text_len 32
-  c.weights = os.path.join(root, "dmd" if arg.model == "dmd" else "teacher")
+  c.weights = os.path.join(root, "teacher" if arg.model.startswith("teacher") else arg.model)
   c.text_encoder = os.path.join(root, "umt5")
   c.tokenizer = os.path.join(root, "tokenizer")
   c.vae = os.path.join(root, "vae")
@@ -34,7 +35,18 @@ def get_config(arg=None):
   c.size = "64*64"
   c.frames = 17
   c.shift = 5.0
-  if arg.model == "dmd":
+  if arg.model == "sf":
+    c.distilled = True
+    c.sampler = "ar"                        # block-wise autoregressive with the static KV cache
+    c.solver = "consistency"
+    c.timesteps = (1000, 750, 500, 250)
+    c.num_steps = 4
+    c.cfg_scale = 1.0
+    c.ar = self_forcing.ar_defaults(nfpb=1)
+    c.ar.cache_frames = 5                   # the whole clip (17 frames -> 5 latent frames)
+    c.renoise = ""
+    c.stream = True
+  elif arg.model == "dmd":
     c.distilled = True
     c.solver = "consistency"                # fresh noise between steps, as DMD trains
     c.timesteps = (1000, 750, 500, 250)     # warped by shift 5 to the trained list (1000, 937.5, 833.3, 625)
@@ -42,6 +54,5 @@ def get_config(arg=None):
   else:
     c.num_steps = 50 if arg.model == "teacher" else 4
     c.cfg_scale = 4.0                       # standard form of the DMD teacher's SF-form guidance 3.0
-  c.output_name = f"toyworld_{arg.model}"
   c.compilation_cache = ""
   return c

@@ -20,8 +20,11 @@ def get_config(arg=None):
   c.vae = ml_collections.ConfigDict(dict(
       dim=16, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=1, temperal_downsample=(False, True, True),
       precision="float32"))
-  # Objective: per-element means; z = mu + sigma * eps while training (the encoder at inference uses mu).
-  c.loss = ml_collections.ConfigDict(dict(l1=1.0, l2=1.0, kl=1e-3, sample_latent=True))
+  # Objective: per-element means; the decoder sees mu, as at inference (sampling z = mu + sigma*eps left the
+  # posterior sigma at ~1 and the reconstructions at ~16 dB PSNR after 400 steps: docs/toyworld.md). The KL term
+  # then only keeps mu small; export normalises the latents to unit std anyway.
+  # fg_weight: pixels off the clip's median colour weigh 1 + 10 (small objects are ~3 % of the pixels).
+  c.loss = ml_collections.ConfigDict(dict(l1=1.0, l2=1.0, kl=1e-3, sample_latent=False, fg_weight=10.0))
   # Optimiser.
   c.generator = common.trainee(lr=5e-4, b1=0.9, b2=0.99, weight_decay=0.0, clip=1.0)
   # Cadence.

@@ -4,7 +4,7 @@
   reconstruction loss, and its export loads with `load_vae` with the fitted latent statistics.
 - Export: a DiT train state exported by `train.export` loads with `load_dit` and reproduces the trained params.
 - Slow: `scripts/train_toyworld.py --smoke` runs every stage (dataset, VAE, text encoder, preprocessing,
-  teacher, DMD, eval) and `infer.sample --config configs/sample/toyworld.py:root=<smoke checkpoints>` writes
+  teacher, DMD, ODE pairs, ODE init, Self-Forcing, eval) and `infer.sample --config configs/sample/toyworld.py:root=<smoke checkpoints>` writes
   an mp4.
 """
 
@@ -100,11 +100,12 @@ def test_smoke_pipeline_and_sample_cli(tmp_path):
   ckpt = work / "checkpoints"
   with open(ckpt / "train_log.json") as f:
     log = json.load(f)
-  for stage in ("data", "vae", "text", "features", "teacher", "dmd", "eval"):
+  for stage in ("data", "vae", "text", "features", "teacher", "dmd", "odepairs", "ode", "sf", "eval"):
     assert stage in log["stages"], stage
-  for stage, key in (("vae", "loss/vae"), ("teacher", "loss/flow"), ("dmd", "loss/critic")):
+  for stage, key in (("vae", "loss/vae"), ("teacher", "loss/flow"), ("dmd", "loss/critic"), ("ode", "loss/ode"),
+                     ("sf", "loss/critic")):
     assert np.isfinite(log["stages"][stage]["losses"][key]["last"])
-  assert set(log["eval"]) == {"teacher", "teacher4", "dmd"}
+  assert set(log["eval"]) == {"teacher", "teacher4", "dmd", "sf"}
   assert all(0.0 <= r["mean_score"] <= 1.0 for r in log["eval"].values())
 
   out = tmp_path / "sample"
@@ -116,3 +117,16 @@ def test_smoke_pipeline_and_sample_cli(tmp_path):
   from wanjax.video import read_video
   frames, _ = read_video(str(out / "clip.mp4"))
   assert frames.shape == (5, 32, 32, 3)
+
+
+def test_foreground_weights_mark_pixels_off_the_background():
+  import jax.numpy as jnp
+  from train.vae import foreground_weights
+  video = np.full((2, 3, 8, 8, 3), -1.0, np.float32)          # black background
+  video[1] = np.array([0.0, -0.5, 0.2], np.float32)            # another clip: another plain colour
+  video[0, :, 2:4, 5:7] = np.array([1.0, 1.0, -1.0])           # a yellow object (8 % of the pixels)
+  video[1, 1, 0, 0] += np.array([0.05, 0.0, 0.0])              # below the 0.1 threshold: background
+  w = np.asarray(foreground_weights(jnp.asarray(video), 10.0))[..., 0]
+  want = np.ones(w.shape, np.float32)
+  want[0, :, 2:4, 5:7] = 11.0
+  np.testing.assert_array_equal(w, want)

@@ -1,0 +1,40 @@
+"""Toy-world causal Self-Forcing student (spec distillation.md §1, §4): DMD with backward simulation through the
+KV cache, 1 latent frame per block, from the toy-world ODE-init checkpoint; teacher and critic are the toy-world
+teacher. Same objective settings as the bidirectional toy student (`toyworld_dmd.py`).
+
+  python -m train.distill --config configs/train/toyworld_self_forcing.py --workdir runs/toyworld/sf \
+      --config.models.generator.weights=ckpt/sf_ode --config.models.teacher.weights=ckpt/teacher \
+      --config.models.critic.weights=ckpt/teacher --config.data.prompts=data/toyworld \
+      --config.data.text_encoder=ckpt/umt5 --config.data.tokenizer=ckpt/tokenizer
+  python -m train.export --config configs/train/toyworld_self_forcing.py --workdir runs/toyworld/sf --out ckpt/sf --ema
+Smoke: configs/train/toyworld_self_forcing.py:smoke=True. Whole pipeline: scripts/train_toyworld.py.
+"""
+
+from configs import train_common as common
+from configs.train import self_forcing
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, smoke=False)
+  c = self_forcing.get_config("model=toyworld,teacher=toyworld")
+  for role in ("generator", "teacher", "critic"):
+    c.models[role].precision, c.models[role].remat = "float32", "none"
+  c.rollout.frames_per_block = 1            # 5 latent frames -> 5 blocks
+  c.dmd.guidance_scale = 3.0                # SF form (standard 4.0), as the teacher samples
+  c.dmd.critic_steps_per_generator_step = 5
+  c.generator = common.trainee(lr=2e-5, ema_decay=0.99, ema_start=100)
+  c.critic = common.trainee(lr=2e-5)
+  c.total_steps = 1000
+  c.checkpoint_every = 500
+  c.log_every = 25
+  c.data.batch_size = 8
+  c.data.latent_shape = (5, 8, 8)
+  c.mesh = "data=-1"
+  if arg.smoke:
+    c.total_steps, c.checkpoint_every, c.log_every, c.keep_checkpoints = 6, 3, 1, 2
+    c.async_checkpoints = False
+    c.dmd.critic_steps_per_generator_step = 3
+    c.generator.ema_start = 3
+    c.data.batch_size = 2
+    c.data.latent_shape = (2, 4, 4)
+  return c
