@@ -6,7 +6,8 @@ and LightX2V's 4-step runner (`distillation.md` §5):
   python -m infer.sample --config configs/sample/t2v_14b.py --config.weights=/ckpt/Wan2.1-T2V-14B \
     --config.text_encoder=/ckpt/umt5 --config.tokenizer=/ckpt/tokenizer --config.vae=/ckpt/vae \
     --config.prompt="A cat surfing a wave at sunset" --config.mesh="data=2"
-  python -m infer.sample --config configs/sample/tiny.py --config.output_dir=/tmp/out    # CPU demo
+  python -m infer.sample                                                 # toy-world 4-step student, CPU
+  python -m infer.sample --config configs/sample/tiny.py --config.output_dir=/tmp/out    # random tiny models
 
 Every user error is found before anything is compiled or written and printed as one line (exit code 2).
 Outputs, all atomic: `<output_dir>/<name>.mp4`, `<name>.json` (every setting, the seed, shapes and timings),
@@ -504,5 +505,6 @@ if __name__ == "__main__":
   # Defined here, not at import, so tests and tools can import this module without claiming the flag name.
   config_flags.DEFINE_config_file(
       "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "sample",
-                             "tiny.py"), "Sampling preset (configs/sample/<preset>.py[:arg]).", lock_config=True)
+                             "toyworld.py"), "Sampling preset (configs/sample/<preset>.py[:arg]); default: the "
+      "embedded toy-world 4-step student.", lock_config=True)
   app.run(main)

@@ -113,10 +113,11 @@ class Runner:
     if os.path.exists(self.log_path):
       with open(self.log_path) as f:
         current = json.load(f)
-      mine = self.log["stages"]
-      self.log["stages"] = {**current.get("stages", {}), **{k: mine[k] for k in self.touched if k in mine}}
-      self.log["eval"] = {**current.get("eval", {}), **{k: v for k, v in self.log.get("eval", {}).items()
-                                                         if k in self.touched_eval}}
+      for key, touched in (("stages", self.touched), ("eval", self.touched_eval)):
+        mine = self.log.setdefault(key, {})          # updated in place: callers hold references into it
+        merged = {**current.get(key, {}), **{k: mine[k] for k in touched if k in mine}}
+        mine.clear()
+        mine.update(merged)
     _write_json(self.log_path, self.log)
 
 
@@ -142,6 +143,7 @@ def main():
   p.add_argument("--eval_prompts", type=int, default=0, help="held-out prompts sampled per model (default 32; "
                  "2 with --smoke)")
   p.add_argument("--eval_seed", type=int, default=0)
+  p.add_argument("--eval_models", default=",".join(EVAL_MODELS), help="models the eval stage samples")
   p.add_argument("--ode_pairs", type=int, default=0, help="teacher trajectories for the SF ODE init (default 1024; "
                  "8 with --smoke)")
   p.add_argument("--steps", default="", help="override training steps, e.g. vae=1500,teacher=4000,dmd=1000,ode=500,sf=600 "
@@ -247,7 +249,9 @@ def evaluate(r, a, frames, size):
   from wanjax.toyworld.dataset import HELDOUT_PROMPTS
   prompts = list(HELDOUT_PROMPTS[:a.eval_prompts // 2] + HELDOUT_PROMPTS[16:16 + a.eval_prompts - a.eval_prompts // 2])
   scores = r.log.setdefault("eval", {})
-  for model in EVAL_MODELS:
+  for model in [m.strip() for m in a.eval_models.split(",") if m.strip()]:
+    if model not in EVAL_MODELS:
+      raise SystemExit(f"--eval_models: unknown model {model!r}; valid: {', '.join(EVAL_MODELS)}")
     weights = os.path.join(a.out, "teacher" if model == "teacher4" else model)
     if not os.path.exists(os.path.join(weights, "config.json")):
       sys.stdout.write(f"[eval] {model}: no checkpoint at {weights}; skipped\n")
