@@ -57,6 +57,7 @@ class PostRunner(Runner):
       with open(self.log_path) as f:
         self.log = json.load(f)
     self.losses = {}
+    self.touched, self.touched_eval = set(), set()
 
   def save(self):   # one process writes this log: no merge (Runner.save merges concurrent stage runs)
     _write_json(self.log_path, self.log)
