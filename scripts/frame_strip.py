@@ -25,21 +25,11 @@ def main():
   p.add_argument("--scale", type=int, default=2)
   a = p.parse_args()
   import imageio.v3 as iio
-  from configs.sample import toyworld
-  from infer import sample
-  from train_toyworld import ar_generator
-  from wanjax import sharding
+  from train_toyworld import toyworld_generator
   from wanjax.toyworld.dataset import HELDOUT_PROMPTS
   rows, labels = [], []
   for model in a.models.split(","):
-    c = toyworld.get_config(f"model={model}")
-    plan = sample.check(c)
-    mesh = sharding.make_mesh(c.mesh)
-    if model == "sf":
-      generate = ar_generator(c, plan, mesh)
-    else:
-      pipe = sample.Pipeline(c, mesh)
-      generate = lambda s, c=c, plan=plan, pipe=pipe: pipe.generate(c, plan, seed=s)[0]
+    c, generate = toyworld_generator(model)
     for i in (int(x) for x in a.prompts.split(",")):
       c.prompt = HELDOUT_PROMPTS[i]
       video = np.asarray(generate(a.seed + i))                    # [T, H, W, 3] in [-1, 1]

@@ -50,14 +50,7 @@ class PostRunner(Runner):
   """`Runner` of train_toyworld.py writing OUT/post_train_log.json (losses.json stays in WORK)."""
 
   def __init__(self, args):
-    self.args = args
-    self.log_path = os.path.join(args.out, "post_train_log.json")
-    self.log = {"smoke": args.smoke, "stages": {}}
-    if os.path.exists(self.log_path):
-      with open(self.log_path) as f:
-        self.log = json.load(f)
-    self.losses = {}
-    self.touched, self.touched_eval = set(), set()
+    super().__init__(args, log_name="post_train_log.json")
 
   def save(self):   # one process writes this log: no merge (Runner.save merges concurrent stage runs)
     _write_json(self.log_path, self.log)

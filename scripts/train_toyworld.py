@@ -68,9 +68,9 @@ def loss_summary(scalars) -> dict:
 
 
 class Runner:
-  def __init__(self, args):
+  def __init__(self, args, log_name="train_log.json"):
     self.args = args
-    self.log_path = os.path.join(args.out, "train_log.json")
+    self.log_path = os.path.join(args.out, log_name)
     self.log = {"smoke": args.smoke, "stages": {}}
     if os.path.exists(self.log_path):
       with open(self.log_path) as f:
@@ -279,22 +279,30 @@ def evaluate(r, a, frames, size):
     r.save()
 
 
-def sample_child(model, root, out, frames, size, seed, smoke, prompts):
-  """Child process of `evaluate`: one Pipeline, every prompt; prints {"median_s", "first_s"}."""
-  import numpy as np
+def toyworld_generator(model, root="", **overrides):
+  """(config, generate(seed) -> video [T, H, W, 3]) for a `configs/sample/toyworld.py` model with config
+  `overrides`, models loaded once; the prompt is read from `config.prompt` at each call. Used by the eval stage,
+  the frame strip and the tests."""
   from configs.sample import toyworld
   from infer import sample
   from wanjax import sharding
-  c = toyworld.get_config(f"model={model},root={root}")
-  c.frames, c.size = int(frames), f"{size}*{size}"
-  if int(smoke) and model == "teacher":
-    c.num_steps = 3          # smoke: the 50-step row at 3 steps
+  c = toyworld.get_config(f"model={model}" + (f",root={root}" if root else ""))
+  c.update(overrides)
   plan = sample.check(c)
   mesh = sharding.make_mesh(c.mesh)
-  generate = ar_generator(c, plan, mesh) if model == "sf" else None
-  if generate is None:
-    pipe = sample.Pipeline(c, mesh)
-    generate = lambda seed: pipe.generate(c, plan, seed=seed)[0]
+  if model == "sf":
+    return c, ar_generator(c, plan, mesh)
+  pipe = sample.Pipeline(c, mesh)
+  return c, lambda seed: pipe.generate(c, plan, seed=seed)[0]
+
+
+def sample_child(model, root, out, frames, size, seed, smoke, prompts):
+  """Child process of `evaluate`: one generator, every prompt; prints {"median_s", "first_s"}."""
+  import numpy as np
+  overrides = dict(frames=int(frames), size=f"{size}*{size}")
+  if int(smoke) and model == "teacher":
+    overrides["num_steps"] = 3          # smoke: the 50-step row at 3 steps
+  c, generate = toyworld_generator(model, root, **overrides)
   os.makedirs(out, exist_ok=True)
   times = []
   for i, prompt in enumerate(json.loads(prompts)):

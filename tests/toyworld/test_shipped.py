@@ -46,17 +46,8 @@ def subset_indices():
 
 def sample_scores(model, seed):
   """Scores of the subset prompts sampled with `model` (seeds as in the table)."""
-  from infer import sample
-  from wanjax import sharding
-  c = toyworld.get_config(f"model={model}")
-  plan = sample.check(c)
-  mesh = sharding.make_mesh(c.mesh)
-  if model == "sf":
-    from train_toyworld import ar_generator
-    generate = ar_generator(c, plan, mesh)
-  else:
-    pipe = sample.Pipeline(c, mesh)
-    generate = lambda s: pipe.generate(c, plan, seed=s)[0]
+  from train_toyworld import toyworld_generator
+  c, generate = toyworld_generator(model)
   scores = {}
   for i in subset_indices():
     c.prompt = HELDOUT_PROMPTS[i]
