@@ -54,6 +54,7 @@ def train_defaults(arg):
   c.log_every = 10
   c.max_consecutive_nonfinite = 5
   c.async_checkpoints = True
+  c.max_train_seconds = 0.0     # > 0: wall-clock budget; stops and saves at the first step past it
   # Data.
   c.data = ml_collections.ConfigDict(dict(
       prompts="",               # a .txt file (one prompt per line) or a folder of .txt files (one prompt each)

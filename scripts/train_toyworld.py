@@ -148,6 +148,11 @@ def main():
                  "8 with --smoke)")
   p.add_argument("--steps", default="", help="override training steps, e.g. vae=1500,teacher=4000,dmd=1000,ode=500,sf=600 "
                  "(default: the configs' total_steps)")
+  p.add_argument("--max_seconds", default="", help="wall-clock budget per trainer, e.g. vae=170,teacher=100: the "
+                 "run stops and saves at the first step past it (config max_train_seconds); the steps reached "
+                 "are in the log")
+  p.add_argument("--data_format", choices=("mp4", "npy"), default="mp4", help="clip files of the data stage: "
+                 "mp4 (H.264, small) or npy (lossless float32, 835 KB per clip, needs no ffmpeg)")
   p.add_argument("--vae_crops", action="store_true", help="train the VAE on random 32x32 crops of whole "
                  "clips, batch 4 (~4x cheaper per step; the CPU budget run, docs/toyworld.md)")
   a = p.parse_args()
@@ -177,13 +182,22 @@ def main():
     if key not in runs or not val.isdigit() or int(val) < 1:
       p.error(f"--steps item {item!r}: expected NAME=STEPS with NAME in {', '.join(runs)} and STEPS >= 1")
     steps[key] = [f"--config.total_steps={val}"]
+  for item in filter(None, (x.strip() for x in a.max_seconds.split(","))):
+    key, _, val = item.partition("=")
+    try:
+      seconds = float(val)
+    except ValueError:
+      seconds = -1.0
+    if key not in runs or seconds <= 0:
+      p.error(f"--max_seconds item {item!r}: expected NAME=SECONDS with NAME in {', '.join(runs)} and SECONDS > 0")
+    steps.setdefault(key, []).append(f"--config.max_train_seconds={seconds:g}")
   r = Runner(a)
   r.log.update(work=a.work, out=a.out, frames=frames, size=size, clips=a.clips)
   t_all = time.perf_counter()
 
   if "data" in stages:
     r.run("data", ["wanjax.toyworld.dataset", "--out", data_dir, "--n", str(a.clips), "--frames", str(frames),
-                   "--size", str(size)])
+                   "--size", str(size), "--format", a.data_format])
   if "vae" in stages:
     crops = (["--config.data.train_frames=17", "--config.data.train_size=32", "--config.data.batch_size=4",
               "--config.data.max_clips=1500"] if a.vae_crops and not a.smoke else [])

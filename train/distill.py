@@ -12,8 +12,10 @@ The generator's rollout follows `config.rollout` (`train/causal.py`): bidirectio
   python -m train.distill --config configs/train/self_forcing.py:smoke=True --workdir /tmp/sf
 """
 
+import dataclasses
 import functools
 import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -140,7 +142,25 @@ def dmd_step(state, batch, *, fns, settings, tx_g, tx_c, gcfg, ratio, latent_sha
   return state, metrics
 
 
-def train_dmd(c, workdir, mesh, rules):
+@dataclasses.dataclass
+class DMDSetup:
+  """Everything a DMD run needs, built without running it (`train_dmd` runs it; `benchmarks/dmd_step.py` times
+  it). `create()` builds the state born sharded (call it under `shd.activate`); `gen_step` / `critic_step` are
+  the jitted counter steps `(state, batch) -> (state, metrics)` with the state donated; `batch_for(step)` is the
+  device batch of a counter step."""
+  built: dict                # role -> BuiltModel
+  settings: dmd.DMDSettings
+  ratio: int                 # critic updates per generator update
+  abstract_state: st.TrainState
+  shardings: st.TrainState
+  create: Callable
+  gen_step: Callable
+  critic_step: Callable
+  batch_for: Callable
+
+
+def build_dmd(c, workdir, mesh, rules) -> DMDSetup:
+  """Models, state plumbing, batches and jitted steps of a DMD config (`workdir` only holds the prompt cache)."""
   built = {r: build_dit(c.models[r], seed=c.seed, mesh=mesh, rules=rules) for r in ROLES}
   settings = dmd_settings(c.dmd)
   tx_g, tx_c = optimizer(c.generator), optimizer(c.critic)
@@ -208,11 +228,18 @@ def train_dmd(c, workdir, mesh, rules):
   jit = functools.partial(jax.jit, donate_argnums=0, out_shardings=(shardings, None))
   gen_step = jit(functools.partial(dmd_step, with_generator=True, **common))
   critic_step = jit(functools.partial(dmd_step, with_generator=False, **common))
+  return DMDSetup(built=built, settings=settings, ratio=ratio, abstract_state=abstract_state,
+                  shardings=shardings, create=create, gen_step=gen_step, critic_step=critic_step,
+                  batch_for=batch_for)
+
+
+def train_dmd(c, workdir, mesh, rules):
+  s = build_dmd(c, workdir, mesh, rules)
 
   def step_fn_for(step):
-    return gen_step if dmd.is_generator_step(step, ratio) else critic_step
+    return s.gen_step if dmd.is_generator_step(step, s.ratio) else s.critic_step
 
-  return _run(c, workdir, abstract_state, shardings, create, step_fn_for, batch_for,
+  return _run(c, workdir, s.abstract_state, s.shardings, s.create, step_fn_for, s.batch_for,
               lrs=(("generator", c.generator.lr), ("critic", c.critic.lr)), mesh=mesh, rules=rules)
 
 

@@ -40,6 +40,7 @@ class LoopSettings:
   learning_rates: tuple = ()         # ((name, lr), ...) logged as constants
   sleep_per_step: float = 0.0        # debug only: widens the window of the kill/resume test
   async_checkpoints: bool = True
+  max_seconds: float = 0.0           # > 0: stop (and save) at the first step end past this wall time
 
   def __post_init__(self):
     if not self.workdir:
@@ -48,6 +49,8 @@ class LoopSettings:
                  "max_consecutive_nonfinite"):
       if getattr(self, name) < 1:
         raise UsageError(f"{name}={getattr(self, name)} must be >= 1")
+    if self.max_seconds < 0:
+      raise UsageError(f"max_train_seconds={self.max_seconds} must be >= 0 (0 = no wall-clock limit)")
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -108,12 +111,16 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
   params and optimiser state stay; step and RNG advance) and counted here; after
   `max_consecutive_nonfinite` in a row this raises `NonFiniteError` without saving, so the last good
   checkpoint stays the latest. No checkpoint is written while a non-finite streak is running.
+
+  Wall-clock budget: with `max_seconds > 0` the loop stops after the first step that ends past that many
+  seconds (counted from entry, so the first step's compile counts too) and saves that step, so a budgeted run
+  ends like a finished one and `train.export` picks it up. A resume continues towards `total_steps`.
   """
   writer = _writer(settings.workdir)
   streak, skipped_total, last_good_step = 0, 0, start_step
   pbar = tqdm.tqdm(total=settings.total_steps, initial=start_step, desc="train", unit="step",
                    disable=jax.process_index() != 0)
-  t_last = time.perf_counter()
+  t_last = t_start = time.perf_counter()
   try:
     for step in range(start_step, settings.total_steps):
       batch = batch_for(step)
@@ -149,12 +156,19 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
         writer.flush()
       pbar.update(1)
       pbar.set_postfix({k: f"{float(np.asarray(v)):.4g}" for k, v in metrics.items() if k.startswith("loss")})
-      if streak == 0 and (done % settings.checkpoint_every == 0 or done == settings.total_steps):
+      out_of_time = settings.max_seconds > 0 and now - t_start >= settings.max_seconds
+      if streak == 0 and (done % settings.checkpoint_every == 0 or done == settings.total_steps or out_of_time):
         save(manager, done, state)
         if on_save is not None:
           on_save(done, state)
       if settings.sleep_per_step:
         time.sleep(settings.sleep_per_step)
+      if out_of_time and streak == 0:
+        logging.info("stopped at step %d of %d: max_train_seconds=%g reached", done, settings.total_steps,
+                     settings.max_seconds)
+        if writer is not None:
+          writer.add_scalar("perf/stopped_by_time_limit", 1.0, done)
+        break
   finally:
     pbar.close()
     manager.wait_until_finished()
@@ -171,7 +185,7 @@ def settings_from_config(c, workdir, *, samples_per_step, learning_rates=()) -> 
                       keep_checkpoints=c.keep_checkpoints, log_every=c.log_every,
                       max_consecutive_nonfinite=c.max_consecutive_nonfinite, samples_per_step=samples_per_step,
                       learning_rates=tuple(learning_rates), sleep_per_step=c.debug.sleep_per_step,
-                      async_checkpoints=c.async_checkpoints)
+                      async_checkpoints=c.async_checkpoints, max_seconds=c.get("max_train_seconds", 0.0))
 
 
 def poison(loss, step, steps):

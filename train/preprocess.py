@@ -11,7 +11,8 @@ sharded over the mesh, and resumes: clips already in the index are not read agai
       --config.vae=ckpt/Wan2.1_VAE.pth --config.text_encoder=ckpt/umt5 --config.tokenizer=ckpt/tokenizer
   python -m train.preprocess --config configs/data/toyworld.py --input data/toyworld --output /tmp/feat
 
-Inputs: a folder of videos (mp4/webm/gif/mov/mkv) with `<name>.txt` caption sidecars; a `.csv` (columns
+Inputs: a folder of videos (mp4/webm/gif/mov/mkv, or lossless `.npy` clips as `wanjax.toyworld.dataset
+--format npy` writes them) with `<name>.txt` caption sidecars; a `.csv` (columns
 video|path|file and caption|prompt|text) or `.json`/`.jsonl` index (objects with the same keys, or {path:
 caption}); or a `.txt` of prompts, one per line (prompt embeddings only, for the data-free DMD trainers).
 """
@@ -37,7 +38,7 @@ from train import features
 from wanjax import sharding as shd
 from wanjax.errors import UsageError
 
-VIDEO_EXTS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi", ".m4v")
+VIDEO_EXTS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi", ".m4v", ".npy")
 VIDEO_COLUMNS = ("video", "path", "file", "filename")
 CAPTION_COLUMNS = ("caption", "prompt", "text")
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
@@ -222,6 +223,8 @@ def frame_indices(num_frames, fps, src_fps):
 def read_clip(path, *, num_frames, fps, sizes, max_aspect_change):
   """(uint8 `[num_frames, H0, W0, 3]` sampled frames, bucket (h, w), source info); raises Skip with the reason.
   Decoding streams and stops after the last needed frame, so long videos are never held in memory."""
+  if path.lower().endswith(".npy"):
+    return read_npy_clip(path, num_frames=num_frames, sizes=sizes, max_aspect_change=max_aspect_change)
   import imageio_ffmpeg
   try:
     gen = imageio_ffmpeg.read_frames(path)
@@ -253,6 +256,30 @@ def read_clip(path, *, num_frames, fps, sizes, max_aspect_change):
     gen.close()
   info = {"source_frames_read": n, "source_fps": src_fps, "source_size": [int(w0), int(h0)]}
   return np.stack([kept[int(i)] for i in idx]), bucket, info
+
+
+def read_npy_clip(path, *, num_frames, sizes, max_aspect_change):
+  """A lossless `.npy` clip: `[T, H, W, 3]` uint8, or float in [−1, 1] (the toy-world dataset's format). It
+  carries no frame rate, so its frames are taken as already at the target fps: the first `num_frames` are used.
+  Needs no ffmpeg."""
+  try:
+    v = np.load(path, mmap_mode="r", allow_pickle=False)
+  except Exception as e:  # noqa: BLE001 - any read failure is a property of the file
+    raise Skip(f"unreadable .npy: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") \
+        from None
+  if v.ndim != 4 or v.shape[-1] != 3 or v.shape[1] < 1 or v.shape[2] < 1:
+    raise Skip(f"unreadable .npy: shape {tuple(v.shape)}, expected [frames, height, width, 3]")
+  if v.dtype != np.uint8 and v.dtype.kind != "f":
+    raise Skip(f"unreadable .npy: dtype {v.dtype}, expected uint8 or float in [-1, 1]")
+  if v.shape[0] < num_frames:
+    raise Skip(f"too short: {v.shape[0]} frames in the .npy clip; {num_frames} are needed")
+  h0, w0 = int(v.shape[1]), int(v.shape[2])
+  bucket = pick_bucket(h0, w0, sizes, max_aspect_change)
+  frames = np.asarray(v[:num_frames])
+  if frames.dtype != np.uint8:
+    frames = np.round((np.clip(frames, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+  info = {"source_frames_read": num_frames, "source_fps": None, "source_size": [w0, h0]}
+  return frames, bucket, info
 
 
 # ------------------------------------------------------------------------------------------------ encoders

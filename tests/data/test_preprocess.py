@@ -159,3 +159,25 @@ def test_input_errors(tmp_path):
     pp.list_inputs(str(tmp_path / "i.csv"))
   with pytest.raises(UsageError, match="multiples of 16"):
     pp.parse_size("830*480")
+
+
+def test_npy_clips_are_read_losslessly_without_ffmpeg(tmp_path):
+  # Float clips in [-1, 1] (wanjax.toyworld.dataset --format npy) and uint8 clips; the first num_frames are used.
+  rng = np.random.default_rng(0)
+  u8 = rng.integers(0, 256, (7, 16, 32, 3), dtype=np.uint8)
+  np.save(tmp_path / "a.npy", u8.astype(np.float32) / 127.5 - 1.0)
+  np.save(tmp_path / "b.npy", u8)
+  (tmp_path / "a.txt").write_text("a red circle")
+  (tmp_path / "b.txt").write_text("a blue square")
+  items, skips = pp.list_inputs(str(tmp_path))
+  assert [os.path.basename(it.source) for it in items] == ["a.npy", "b.npy"] and not skips
+  for it in items:
+    frames, bucket, info = pp.read_clip(it.source, num_frames=5, fps=16, sizes=[(32, 32), (16, 32)],
+                                        max_aspect_change=0.1)
+    assert frames.dtype == np.uint8 and bucket == (16, 32) and info["source_size"] == [32, 16]
+    np.testing.assert_array_equal(frames, u8[:5])
+  with pytest.raises(pp.Skip, match="too short: 7 frames"):
+    pp.read_clip(str(tmp_path / "b.npy"), num_frames=9, fps=16, sizes=[(16, 32)], max_aspect_change=0.1)
+  np.save(tmp_path / "c.npy", u8[..., 0])
+  with pytest.raises(pp.Skip, match=r"shape \(7, 16, 32\)"):
+    pp.read_clip(str(tmp_path / "c.npy"), num_frames=5, fps=16, sizes=[(16, 32)], max_aspect_change=0.1)
