@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # One prepared GPU session (run on a lent H100/H200 by the device tool): installs the wheels the device image
-# lacks (prepare them here with ../shared/tools/device-wheels), then runs the benchmarks in order of importance,
-# each under its own timeout, teeing full logs to $OUT.
+# lacks (prepare them here with: bash ../shared/tools/device-wheels tensorboardX), then runs the benchmarks in
+# order of importance, each under its own timeout (T_<NAME> seconds; 0 skips it), teeing full logs to $OUT
+# (the device tool returns at most 8 files). Figures go to docs/bench/ and the closing note, with the card.
+# The defaults run what is still unmeasured or changed since the last session (docs/bench/ has the rest, with dates):
+#   bash benchmarks/gpu_session.sh                   # end to end with the bf16 VAE; VAE decode memory (compiled)
+#   T_DMD=150 T_AR=90 T_T5=60 T_DIT13=150 T_DIT14=140 bash benchmarks/gpu_session.sh   # also the others
 set -o pipefail
 python3 -m pip install -q --no-deps --no-index --find-links .device-wheels ml_collections diffusers tensorboardX \
   2>&1 | tail -2
@@ -9,6 +13,20 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import jax, flax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__)"
-timeout ${T_DIT13:-150} python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5 2>&1 | tee "$OUT/dit_1_3b.txt" | grep -vi warn
-timeout ${T_SAMPLE:-130} python3 benchmarks/sample.py 2>&1 | tee "$OUT/sample.txt" | grep -v "^\s*$" | grep -vi warn | tail -30
-timeout ${T_DIT14:-140} python3 benchmarks/dit_forward.py --model t2v_14b --bf16-weights --iters 3 2>&1 | tee "$OUT/dit_14b.txt" | grep -vi warn
+
+bench() {  # bench NAME SECONDS CMD...: full log to $OUT/NAME.txt, the filtered tail to the console
+  local name=$1 t=$2; shift 2
+  [ "$t" = 0 ] && return
+  echo "== $name (timeout ${t} s): $*"
+  local t0=$SECONDS
+  timeout "$t" "$@" 2>&1 | tee "$OUT/$name.txt" | grep -av "^[IW][0-9]\{4\} \|%|" | grep -avi "warn" | tail -n 12
+  echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
+}
+bench sample "${T_SAMPLE:-130}" python3 benchmarks/sample.py --vae-policy bf16
+bench vae_decode "${T_VAE:-120}" python3 benchmarks/vae_decode.py --modes chunked,tiled --iters 2
+bench vae_decode_bf16 "${T_VAEBF16:-0}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked,tiled --iters 2
+bench dmd_step "${T_DMD:-0}" python3 benchmarks/dmd_step.py --iters 1
+bench ar_sample "${T_AR:-0}" python3 benchmarks/ar_sample.py --iters 2
+bench t5_encode "${T_T5:-0}" python3 benchmarks/t5_encode.py --batches 1,2 --iters 5
+bench dit_1_3b "${T_DIT13:-0}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5
+bench dit_14b "${T_DIT14:-0}" python3 benchmarks/dit_forward.py --model t2v_14b --bf16-weights --iters 3

@@ -1,6 +1,7 @@
 """End-to-end sampling benchmark: T2V-1.3B with random weights, umT5 encode, denoise, VAE decode.
 
   python benchmarks/sample.py                      # 81x480x832, bf16: 4-step distilled + CFG UniPC steps
+  python benchmarks/sample.py --vae-policy bf16    # the same with a bf16 VAE (`config.vae_dtype=bf16`)
   python benchmarks/sample.py --small              # tiny models on CPU (smoke test)
 
 Measures, on the default device:
@@ -8,7 +9,8 @@ Measures, on the default device:
 - the 4-step CFG-free consistency sampler (LightX2V step list, shift 5): compile time and denoise time;
 - the UniPC + CFG loop (batch of two) for `--cfg-steps` steps: seconds per step (the loop is linear in the
   number of steps, so the 50-step time is 50 x this);
-- Wan VAE decode of the final latent (chunked scan), compile apart from steady state;
+- Wan VAE decode of the final latent (chunked scan) under `--vae-policy` (float32 by default, as the reference
+  and `infer.sample`; bf16 is `--config.vae_dtype=bf16` there), compile apart from steady state;
 - peak device memory. Prints one JSON line.
 """
 
@@ -50,7 +52,9 @@ def main():
   p.add_argument("--height", type=int, default=480)
   p.add_argument("--width", type=int, default=832)
   p.add_argument("--cfg-steps", type=int, default=10)
-  p.add_argument("--policy", default="bf16")
+  p.add_argument("--policy", default="bf16", help="DiT precision policy")
+  p.add_argument("--vae-policy", default="float32", choices=("float32", "bf16"),
+                 help="VAE precision policy (infer.sample's config.vae_dtype)")
   p.add_argument("--skip-t5", action="store_true")
   p.add_argument("--skip-vae", action="store_true")
   p.add_argument("--small", action="store_true")
@@ -79,7 +83,8 @@ def main():
   H, W = args.height // 8, args.width // 8
   res = _Results()
   res.update(device=jax.devices()[0].device_kind, model=args.model, frames=args.frames,
-             size=f"{args.width}x{args.height}", latent=[F, H, W], policy=args.policy)
+             size=f"{args.width}x{args.height}", latent=[F, H, W], policy=args.policy,
+             vae_policy=args.vae_policy)
   print(dict(res), flush=True)
 
   # ---- text encoder
@@ -132,7 +137,7 @@ def main():
 
   # ---- VAE decode
   if not args.skip_vae:
-    vae = create_vae(vcfg)
+    vae = create_vae(vcfg, policy=args.vae_policy)
     latent = latent[..., :vcfg.z_dim]
     vgd, vst = nnx.split(vae)
     dec = jax.jit(lambda st, z: decode_latent(nnx.merge(vgd, st), z))
@@ -143,7 +148,11 @@ def main():
     res["video_shape"] = list(video.shape)
   stats = jax.devices()[0].memory_stats() or {}
   res["peak_gb"] = stats.get("peak_bytes_in_use", 0) / 2**30
-  res["e2e_4step_warm_s"] = (res.get("t5_encode_s", 0) + res["4step_denoise_s"] + res.get("vae_decode_s", 0))
+  e2e = res.get("t5_encode_s", 0) + res["4step_denoise_s"] + res.get("vae_decode_s", 0)
+  dict.__setitem__(res, "e2e_4step_warm_s", e2e)
+  parts = ["umT5 encode" if not args.skip_t5 else "", "4 DiT steps",
+           f"{args.vae_policy} VAE decode" if not args.skip_vae else ""]
+  print(f"{'e2e_4step_warm_s':>22}: {e2e:.3f}  ({' + '.join(x for x in parts if x)}, warm)", flush=True)
   print(json.dumps(res))
 
 

@@ -64,6 +64,7 @@ def sample_defaults(arg=None):
   c.vae = ""                   # converted VAE dir (or raw Wan2.1_VAE.pth)
   c.clip = ""                  # I2V only: converted CLIP image encoder dir
   c.dtype = "bf16"             # DiT precision policy: bf16 | float32 | bf16_weights
+  c.vae_dtype = "float32"      # float32 (reference, fp32) | bf16: 81x480x832 decode 9.16 s -> 1.40 s on H200
   c.attn_impl = "auto"
   c.lora = ""                  # 'a.safetensors:0.8,b.safetensors' merged into the DiT at load (strength default 1)
   c.lora_allow_unmatched = False   # LoRA keys that match no DiT parameter: warn instead of failing

@@ -148,6 +148,7 @@ def check(c) -> Plan:
     logging.warning("cfg_scale=%s on the step-distilled preset %r: distilled models are sampled without CFG "
                     "(cfg_scale=1); CFG > 1 tends to blur the video", c.cfg_scale, c.model)
   parse_mesh(c.mesh)
+  vae_policy(c)
   image = None
   if dit_cfg.has_image_input:
     if dit_cfg.model_type != "i2v":
@@ -185,6 +186,17 @@ def check(c) -> Plan:
     if p and not p.endswith(".npy"):
       raise UsageError(f"save_latents={p!r} must end in .npy")
   return plan
+
+
+VAE_DTYPES = ("float32", "bf16")   # the choices of `config.vae_dtype`
+
+
+def vae_policy(c):
+  """The VAE precision policy name from `config.vae_dtype` (float32 when a config predates the field)."""
+  name = c.get("vae_dtype", "float32")
+  if name not in VAE_DTYPES:
+    raise UsageError(f"config.vae_dtype={name!r} is not valid; valid: {', '.join(VAE_DTYPES)}")
+  return name
 
 
 def use_cfg(c):
@@ -293,14 +305,16 @@ def build_dit(c, plan, mesh):
 
 
 def build_vae(c, mesh):
+  """The VAE (converted weights, or random tiny for the demo) under the `config.vae_dtype` policy."""
   from flax import nnx
+  policy = vae_policy(c)
   if c.random_init:
     from wanjax.vae.config import get_config
     from wanjax.vae.model import WanVAE
-    return demo.random_model(lambda: WanVAE(get_config("tiny"), rngs=nnx.Rngs(0)), c.seed + 1)
+    return demo.random_model(lambda: WanVAE(get_config("tiny"), policy=policy, rngs=nnx.Rngs(0)), c.seed + 1)
   from infer.models import resolve_model
   from wanjax.vae.load import load_vae
-  return load_vae(resolve_model(os.path.expanduser(c.vae), family="vae"), mesh=mesh)
+  return load_vae(resolve_model(os.path.expanduser(c.vae), family="vae"), policy=policy, mesh=mesh)
 
 
 def build_clip(c, plan, mesh):
@@ -480,7 +494,7 @@ def run(c):
       "config": c.to_dict(), "seed": seed, "model_type": plan.model_type, "width": plan.width,
       "height": plan.height, "frames": int(frames.shape[0]), "latent_shape": list(shape),
       "sigmas": [float(s) for s in plan.sigmas], "timesteps": [float(t) for t in plan.timesteps],
-      "cfg": cfg_on, "guidance": float(c.get("guidance", 0.0)),
+      "cfg": cfg_on, "guidance": float(c.get("guidance", 0.0)), "vae_dtype": vae_policy(c),
       "timings": {k: round(v, 4) for k, v in timings.items()}, "outputs": outputs,
       "devices": [str(d) for d in jax.devices()][:8], "mesh": dict(mesh.shape),
       "dit_weight_bytes": weight_bytes(pipeline.dit),

@@ -145,6 +145,7 @@ def run_ar(c):
       "config": c.to_dict(), "seed": seed, "model_type": plan.model_type, "width": plan.width,
       "height": plan.height, "frames": int(frames.shape[0]), "latent_shape": list(res.latents.shape),
       "sigmas": [float(s) for s in sig], "timesteps": [float(t) for t in t_s], "cfg": False,
+      "vae_dtype": S.vae_policy(c),
       "model_calls": res.stats["model_calls"], "blocks": res.stats["blocks"],
       "fps": round(frames.shape[0] / res.stats["total_s"], 3),
       "timings": {k: round(v, 4) for k, v in timings.items()}, "outputs": outputs,
