@@ -55,8 +55,9 @@ def sample_scores(model, seed):
   return scores
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 goals not met by the shipped CPU-budget models: the VAE caps every "
-                   "score near 0.23 (README, Distillation table)")
+@pytest.mark.xfail(strict=True, reason="issue 8 goals not all met by the shipped models: the "
+                   "teacher at 4 steps is not clearly below the 50-step teacher, and the AR student is not trained "
+                   "(README, Distillation table)")
 def test_table_meets_the_issue_goals(table):
   teacher = table["teacher"]["mean_score"]
   assert table["dmd"]["mean_score"] >= STUDENT_RATIO * teacher, table
