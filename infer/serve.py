@@ -5,7 +5,8 @@ process: the models of a sampling preset (`configs/sample/<preset>.py`) are load
 shape compiled, once at start; requests become jobs in a bounded queue that one worker runs one at a time on
 the device group (every device, the preset's mesh) through `infer.sample.Pipeline` — the CLI's code path.
 
-  python -m infer.serve --config configs/sample/tiny.py --port 8000         # CPU demo, random tiny models
+  python -m infer.serve                                                     # CPU demo: the embedded toy world
+  python -m infer.serve --config configs/sample/tiny.py --port 8000         # random tiny full-architecture models
   python -m infer.serve --config configs/sample/t2v_1_3b.py --config.weights=/ckpt/t2v_1_3b \
     --config.text_encoder=/ckpt/umt5 --config.tokenizer=/ckpt/tokenizer --config.vae=/ckpt/vae --max_queue=16
 
@@ -573,7 +574,7 @@ def main(argv):
 if __name__ == "__main__":
   config_flags.DEFINE_config_file(
       "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "sample",
-                             "tiny.py"), "Sampling preset (configs/sample/<preset>.py[:arg]).", lock_config=True)
+                             "toyworld.py"), "Sampling preset (configs/sample/<preset>.py[:arg]).", lock_config=True)
   flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (loopback by default).")
   flags.DEFINE_integer("port", 8000, "TCP port.")
   flags.DEFINE_integer("max_queue", 8, "Pending jobs before the server answers 429.")

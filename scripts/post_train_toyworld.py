@@ -83,7 +83,8 @@ def parse_args(argv=None):
   p.add_argument("--eval_seed", type=int, default=0)
   p.add_argument("--eval_w", default="4,2", help="guidance scales of the CFG-distillation rows (the step and "
                  "reward rows use 4, the toy teacher's)")
-  p.add_argument("--lora_strength", type=float, default=1.0, help="LoRA strength at evaluation")
+  p.add_argument("--lora_strength", default="1", help="LoRA strength(s) at evaluation, comma-separated (one "
+                 "reward_lora row each), e.g. 0.5,1")
   a = p.parse_args(argv)
   a.root, a.work = os.path.abspath(a.root), os.path.abspath(a.work)
   a.out = os.path.abspath(a.out or a.work)
@@ -107,6 +108,12 @@ def parse_args(argv=None):
     p.error(f"--eval_w {a.eval_w!r}: expected comma-separated numbers, e.g. 4,2")
   if not a.eval_w or min(a.eval_w) < 1:
     p.error(f"--eval_w {a.eval_w}: give guidance scales >= 1")
+  try:
+    a.lora_strength = [float(x) for x in a.lora_strength.split(",") if x.strip()]
+  except ValueError:
+    p.error(f"--lora_strength {a.lora_strength!r}: expected comma-separated numbers, e.g. 0.5,1")
+  if not a.lora_strength or min(a.lora_strength) <= 0:
+    p.error(f"--lora_strength {a.lora_strength}: give strengths > 0")
   for name, path in (("--root", a.root), ("--features", a.features), ("--data", a.data)):
     if not os.path.isdir(path):
       p.error(f"{name} {path!r} is not a folder")
@@ -158,9 +165,13 @@ def eval_settings(a, ckpt):
   s[f"cfgd_w{GUIDANCE:g}_{FULL_STEPS}"] = (ckpt["cfgd"], FULL_STEPS, 1.0, GUIDANCE, "")
   s[f"cfgd_w{GUIDANCE:g}_{HALF_STEPS}"] = (ckpt["cfgd"], HALF_STEPS, 1.0, GUIDANCE, "")
   s[f"half2_w{GUIDANCE:g}_{HALF_STEPS}"] = (ckpt["half2"], HALF_STEPS, 1.0, GUIDANCE, "")
-  s[f"half2_lora_w{GUIDANCE:g}_{HALF_STEPS}"] = (ckpt["half2"], HALF_STEPS, 1.0, GUIDANCE,
-                                                 f"{ckpt['lora']}:{a.lora_strength:g}")
+  for strength in a.lora_strength:
+    s[lora_name(strength)] = (ckpt["half2"], HALF_STEPS, 1.0, GUIDANCE, f"{ckpt['lora']}:{strength:g}")
   return s
+
+
+def lora_name(strength):
+  return f"half2_lora{strength:g}_w{GUIDANCE:g}_{HALF_STEPS}"
 
 
 def eval_prompts(n):
@@ -270,8 +281,8 @@ def evaluate(r, a):
   row("step_distill", f"half2 student, {HALF_STEPS} steps", f"half2_w{GUIDANCE:g}_{HALF_STEPS}", ref)
   base = f"half2_w{GUIDANCE:g}_{HALF_STEPS}"
   row("reward_lora", f"half2, {HALF_STEPS} steps, no LoRA", base)
-  row("reward_lora", f"half2 + reward LoRA ({a.lora_strength:g}), {HALF_STEPS} steps",
-      f"half2_lora_w{GUIDANCE:g}_{HALF_STEPS}", base)
+  for strength in a.lora_strength:
+    row("reward_lora", f"half2 + reward LoRA ({strength:g}), {HALF_STEPS} steps", lora_name(strength), base)
   r.save()
   sys.stdout.write("\n" + format_table(ev["table"]) + "\n")
 
