@@ -174,6 +174,13 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
     logging.info("%s: all %d shards already written", output, num_shards)
     return {"output": output, "samples": n, "shards_written": 0, "shards": num_shards}
 
+  encoder = None
+  if prompts is not None:   # loaded once, off the mesh (prompt encoding runs outside `activate`, below)
+    from wanjax.text.encode import load_text_encoder
+    if not c.data.text_encoder or not c.data.tokenizer:
+      raise UsageError("config.data.text_encoder and config.data.tokenizer are required to encode prompts "
+                       "(or set config.data.random_contexts > 0 for a smoke run)")
+    encoder = load_text_encoder(c.data.text_encoder, c.data.tokenizer, policy="bf16", max_length=cfg.text_len)
   with shd.activate(mesh, rules):
     params = built.load(mesh, rules)
     if params is None:
@@ -183,18 +190,19 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
     noise_sh = batch_sharding(mesh, rules, (batch_size,) + latent, ("batch", "frames", "height", "width", "channels"))
     key = jax.random.PRNGKey(c.seed)
     draw = jax.jit(lambda i: jax.random.normal(jax.random.fold_in(key, i), latent, jnp.float32))
-    out_dtype = DTYPES[dtype]
-    bar = tqdm(total=sum(min(n, (k + 1) * samples_per_shard) - k * samples_per_shard for k in todo),
-               desc="ode pairs", unit="sample", disable=None)
-    for k in todo:
-      ids = np.arange(k * samples_per_shard, min(n, (k + 1) * samples_per_shard))
-      if prompts is None:
-        ctx_all, neg = contexts[ids], negative
-      else:
-        ctx_all, neg = data.encode_prompts(
-            [prompts[i] for i in ids], c.data.negative_prompt, text_encoder=c.data.text_encoder,
-            tokenizer=c.data.tokenizer, text_len=cfg.text_len,
-            cache_dir=c.data.prompt_cache or os.path.join(output, "prompt_cache"))
+  out_dtype = DTYPES[dtype]
+  bar = tqdm(total=sum(min(n, (k + 1) * samples_per_shard) - k * samples_per_shard for k in todo),
+             desc="ode pairs", unit="sample", disable=None)
+  for k in todo:
+    ids = np.arange(k * samples_per_shard, min(n, (k + 1) * samples_per_shard))
+    if prompts is None:
+      ctx_all, neg = contexts[ids], negative
+    else:
+      ctx_all, neg = data.encode_prompts(
+          [prompts[i] for i in ids], c.data.negative_prompt, text_encoder=c.data.text_encoder,
+          tokenizer=c.data.tokenizer, text_len=cfg.text_len, encoder=encoder,
+          cache_dir=c.data.prompt_cache or os.path.join(output, "prompt_cache"))
+    with shd.activate(mesh, rules):
       ctx_sh = batch_sharding(mesh, rules, (batch_size,) + ctx_all.shape[1:], ("batch", "text_length", "act_embed"))
       trajs = []
       for s in range(0, len(ids), batch_size):
@@ -205,14 +213,14 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
                         jnp.asarray(sigmas), jnp.asarray(timesteps), jnp.asarray(slots), jnp.float32(guidance))
         trajs.append(np.asarray(jax.device_get(traj))[:len(sel)])
         bar.update(len(sel))
-      name = f"shard-{k:05d}.safetensors"
-      checkpoint.save_tensors(os.path.join(output, name), {
-          "latents": np.concatenate(trajs).astype(out_dtype), "context": ctx_all.astype(out_dtype),
-          "prompt_index": ids.astype(np.int64)}, metadata={"format": FORMAT})
-      index["shards"] = sorted(index["shards"] + [{"file": name, "start": int(ids[0]), "count": len(ids)}],
-                               key=lambda r: r["file"])
-      features.write_json(os.path.join(output, INDEX), index)   # after the shard: never names a missing file
-    bar.close()
+    name = f"shard-{k:05d}.safetensors"
+    checkpoint.save_tensors(os.path.join(output, name), {
+        "latents": np.concatenate(trajs).astype(out_dtype), "context": ctx_all.astype(out_dtype),
+        "prompt_index": ids.astype(np.int64)}, metadata={"format": FORMAT})
+    index["shards"] = sorted(index["shards"] + [{"file": name, "start": int(ids[0]), "count": len(ids)}],
+                             key=lambda r: r["file"])
+    features.write_json(os.path.join(output, INDEX), index)   # after the shard: never names a missing file
+  bar.close()
   return {"output": output, "samples": n, "shards_written": len(todo), "shards": num_shards}
 
 
