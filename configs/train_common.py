@@ -74,6 +74,24 @@ def train_defaults(arg):
   return c
 
 
+def toyworld(c, smoke, *, batch_size, smoke_batch_size=2, roles=("generator", "teacher", "critic")):
+  """The toy world's shared training settings (docs/toyworld.md): fp32 and no remat for the DiT `roles` present
+  (1.25 M parameters), 5×8×8 latents (64×64×17), one data-parallel mesh. With `smoke`: 6 steps (checkpoints
+  at 3 and 6, synchronous), `smoke_batch_size` at 2×4×4 latents. Call it after the config's own settings."""
+  for role in roles:
+    if role in c.models:
+      c.models[role].precision, c.models[role].remat = "float32", "none"
+  c.data.batch_size = batch_size
+  c.data.latent_shape = (5, 8, 8)
+  c.mesh = "data=-1"
+  if smoke:
+    c.total_steps, c.checkpoint_every, c.log_every, c.keep_checkpoints = 6, 3, 1, 2
+    c.async_checkpoints = False
+    c.data.batch_size = smoke_batch_size
+    c.data.latent_shape = (2, 4, 4)
+  return c
+
+
 def maybe_smoke(c, smoke):
   """Shrinks a config to tiny random models, a few steps on CPU (< 2 minutes); tests run exactly this."""
   if not smoke:

@@ -22,9 +22,7 @@ from configs.train import cfg_distill
 def get_config(arg=None):
   arg = common.parse_arg(arg, smoke=False)
   c = cfg_distill.get_config("model=toyworld")
-  # Models: fp32, no remat (1.25 M params); weights = the exported toy teacher (set by the pipeline script).
-  for role in ("teacher", "generator"):
-    c.models[role].precision, c.models[role].remat = "float32", "none"
+  # Models: fp32, no remat (common.toyworld, below); weights = the exported toy teacher (set by the pipeline script).
   # Objective: the reference's w ~ U{1..8}, 50-point Euler grid at the teacher's shift 5.
   c.cfg_distill.shift = 5.0
   # Optimiser: scaled up from the 14B recipe's 1e-6 for a 1.25 M-parameter model; EMA off as the reference.
@@ -34,12 +32,4 @@ def get_config(arg=None):
   c.checkpoint_every = 200
   c.log_every = 25
   # Data: feature folder (latents) paired by index with its own captions; 5×8×8 latents (64×64×17).
-  c.data.batch_size = 16
-  c.data.latent_shape = (5, 8, 8)
-  c.mesh = "data=-1"
-  if arg.smoke:
-    c.total_steps, c.checkpoint_every, c.log_every, c.keep_checkpoints = 6, 3, 1, 2
-    c.async_checkpoints = False
-    c.data.batch_size = 4
-    c.data.latent_shape = (2, 4, 4)
-  return c
+  return common.toyworld(c, arg.smoke, batch_size=16, smoke_batch_size=4)

@@ -19,9 +19,7 @@ from configs.train import dmd_bidirectional
 def get_config(arg=None):
   arg = common.parse_arg(arg, smoke=False)
   c = dmd_bidirectional.get_config("model=toyworld")
-  # Models: fp32, no remat (tiny); weights = the exported teacher (set by the pipeline script).
-  for role in ("generator", "teacher", "critic"):
-    c.models[role].precision, c.models[role].remat = "float32", "none"
+  # Models: fp32, no remat (common.toyworld, below); weights = the exported teacher (set by the pipeline script).
   # Objective: the 14B recipe's warped 4-step list and SF-form CFG; guidance 3.0 (standard 4.0).
   c.dmd.guidance_scale = 3.0
   # Optimisers: the student starts from the (50-step) teacher, not from an ODE-init few-step model, so it must
@@ -34,15 +32,7 @@ def get_config(arg=None):
   c.total_steps = 300
   c.checkpoint_every = 100
   c.log_every = 25
-  # Data: caption folder (one .txt per clip) and the toy umT5; 5×8×8 latents (64×64×17).
-  c.data.batch_size = 8
-  c.data.latent_shape = (5, 8, 8)
-  c.mesh = "data=-1"
   if arg.smoke:
-    c.total_steps, c.checkpoint_every, c.log_every, c.keep_checkpoints = 6, 3, 1, 2
-    c.async_checkpoints = False
-    c.dmd.critic_steps_per_generator_step = 3
     c.generator.ema_start = 3
-    c.data.batch_size = 2
-    c.data.latent_shape = (2, 4, 4)
-  return c
+  # Data: caption folder (one .txt per clip) and the toy umT5; 5×8×8 latents (64×64×17).
+  return common.toyworld(c, arg.smoke, batch_size=8)

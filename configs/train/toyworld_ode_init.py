@@ -21,7 +21,6 @@ from configs.train import ode_init
 def get_config(arg=None):
   arg = common.parse_arg(arg, smoke=False)
   c = ode_init.get_config("model=toyworld")
-  c.models.generator.precision, c.models.generator.remat = "float32", "none"
   # Objective: the student's 4-step list at shift 5 (see the docstring), block-causal with 1 frame per block.
   c.dmd.shift = 5.0
   c.ode.frames_per_block = 1
@@ -32,12 +31,4 @@ def get_config(arg=None):
   c.checkpoint_every = 500
   c.log_every = 25
   # Data: 5x8x8 latents (64x64x17); the pairs' contexts come from the toy umT5.
-  c.data.batch_size = 16
-  c.data.latent_shape = (5, 8, 8)
-  c.mesh = "data=-1"
-  if arg.smoke:
-    c.total_steps, c.checkpoint_every, c.log_every, c.keep_checkpoints = 6, 3, 1, 2
-    c.async_checkpoints = False
-    c.data.batch_size = 2
-    c.data.latent_shape = (2, 4, 4)
-  return c
+  return common.toyworld(c, arg.smoke, batch_size=16)   # fp32, no remat, 5x8x8 latents, smoke sizes

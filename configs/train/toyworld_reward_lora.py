@@ -28,7 +28,6 @@ def get_config(arg=None):
   c = reward_lora.get_config("model=toyworld,reward=toy")
   # Models: the half2 student (guidance embedded, fp32) and the toy VAE (weights set by the pipeline script;
   # the VAE's config comes with its weights).
-  c.models.generator.precision, c.models.generator.remat = "float32", "none"
   # Objective: the student's own sampler (25 UniPC steps, shift 5, guidance 4); gradients through the last 2
   # steps and the decode of the first latent frame.
   r = c.reward_lora
@@ -46,13 +45,8 @@ def get_config(arg=None):
   c.checkpoint_every = 50
   c.log_every = 10
   # Data: the caption folder (one .txt per clip) encoded with the toy umT5; 5×8×8 latents.
-  c.data.batch_size = 4
-  c.data.latent_shape = (5, 8, 8)
-  c.mesh = "data=-1"
+  common.toyworld(c, arg.smoke, batch_size=4, roles=("generator",))   # fp32, no remat, 5x8x8, smoke sizes
   if arg.smoke:
-    c.total_steps, c.checkpoint_every, c.log_every, c.keep_checkpoints = 4, 2, 1, 2
-    c.async_checkpoints = False
+    c.total_steps, c.checkpoint_every = 4, 2
     r.sample_steps, r.backprop_steps = 3, 2
-    c.data.batch_size = 2
-    c.data.latent_shape = (2, 4, 4)
   return c

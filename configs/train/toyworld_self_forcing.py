@@ -17,8 +17,6 @@ from configs.train import self_forcing
 def get_config(arg=None):
   arg = common.parse_arg(arg, smoke=False)
   c = self_forcing.get_config("model=toyworld,teacher=toyworld")
-  for role in ("generator", "teacher", "critic"):
-    c.models[role].precision, c.models[role].remat = "float32", "none"
   c.rollout.frames_per_block = 1            # 5 latent frames -> 5 blocks
   c.dmd.guidance_scale = 3.0                # SF form (standard 4.0), as the teacher samples
   c.dmd.critic_steps_per_generator_step = 5
@@ -27,14 +25,7 @@ def get_config(arg=None):
   c.total_steps = 1000
   c.checkpoint_every = 500
   c.log_every = 25
-  c.data.batch_size = 8
-  c.data.latent_shape = (5, 8, 8)
-  c.mesh = "data=-1"
   if arg.smoke:
-    c.total_steps, c.checkpoint_every, c.log_every, c.keep_checkpoints = 6, 3, 1, 2
-    c.async_checkpoints = False
     c.dmd.critic_steps_per_generator_step = 3
     c.generator.ema_start = 3
-    c.data.batch_size = 2
-    c.data.latent_shape = (2, 4, 4)
-  return c
+  return common.toyworld(c, arg.smoke, batch_size=8)   # fp32, no remat, 5x8x8 latents, smoke sizes

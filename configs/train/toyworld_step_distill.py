@@ -21,9 +21,8 @@ from configs.train import step_distill
 def get_config(arg=None):
   arg = common.parse_arg(arg, smoke=False)
   c = step_distill.get_config("model=toyworld,mode=half2")
-  # Models: fp32, no remat; teacher = the exported CFG-distilled toy model (set by the pipeline script).
-  for role in ("teacher", "generator"):
-    c.models[role].precision, c.models[role].remat = "float32", "none"
+  # Models: fp32, no remat (common.toyworld, below); teacher = the exported CFG-distilled toy model (set by the
+  # pipeline script).
   # Objective: teacher grid 50 -> student grid 25 at the toy shift 5; w ~ U{2..6}.
   c.step_distill.shift = 5.0
   c.step_distill.student_steps = 25
@@ -35,12 +34,4 @@ def get_config(arg=None):
   c.checkpoint_every = 200
   c.log_every = 25
   # Data: as toyworld_cfg_distill (feature folder + its captions); 5×8×8 latents.
-  c.data.batch_size = 16
-  c.data.latent_shape = (5, 8, 8)
-  c.mesh = "data=-1"
-  if arg.smoke:
-    c.total_steps, c.checkpoint_every, c.log_every, c.keep_checkpoints = 6, 3, 1, 2
-    c.async_checkpoints = False
-    c.data.batch_size = 4
-    c.data.latent_shape = (2, 4, 4)
-  return c
+  return common.toyworld(c, arg.smoke, batch_size=16, smoke_batch_size=4)

@@ -32,12 +32,4 @@ def get_config(arg=None):
   c.log_every = 50
   # Data: feature folder (latents + contexts); prompts come with it.
   c.data.latents = ""
-  c.data.batch_size = 32
-  c.data.latent_shape = (5, 8, 8)
-  c.mesh = "data=-1"
-  if arg.smoke:
-    c.total_steps, c.checkpoint_every, c.log_every, c.keep_checkpoints = 6, 3, 1, 2
-    c.async_checkpoints = False
-    c.data.batch_size = 4
-    c.data.latent_shape = (2, 4, 4)
-  return c
+  return common.toyworld(c, arg.smoke, batch_size=32, smoke_batch_size=4)
