@@ -35,6 +35,9 @@ ROLES = ("generator", "teacher", "critic")
 
 # ------------------------------------------------------------------------------------------------ helpers
 
+TEACHER_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def dmd_settings(d) -> dmd.DMDSettings:
   """Typed DMD settings from `config.dmd` (warping the step list when asked)."""
   steps = tuple(float(s) for s in d.timesteps if s != 0)   # a trailing 0 is dropped, as the reference does
@@ -171,13 +174,20 @@ def build_dmd(c, workdir, mesh, rules) -> DMDSetup:
   gcfg = built["generator"].cfg
   if c.data.batch_size < 1:
     raise UsageError(f"data.batch_size={c.data.batch_size} must be >= 1")
+  name = c.dmd.get("teacher_param_dtype", "float32")
+  if name not in TEACHER_DTYPES:
+    raise UsageError(f"dmd.teacher_param_dtype={name!r}; valid: {', '.join(TEACHER_DTYPES)}")
+
+  def frozen(x):   # the teacher is never updated: its floating params may be held in a narrower dtype
+    narrow = name != "float32" and jnp.issubdtype(x.dtype, jnp.floating)
+    return x.astype(TEACHER_DTYPES[name]) if narrow else jnp.copy(x)
 
   def make_state(loaded):
     p = {r: loaded[r] if loaded[r] is not None else built[r].random_init() for r in ROLES}
     return st.TrainState(
         step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(c.seed),
         generator=st.init_trainee(p["generator"], tx_g, ema=ema),
-        critic=st.init_trainee(p["critic"], tx_c), teacher=jax.tree.map(jnp.copy, p["teacher"]))
+        critic=st.init_trainee(p["critic"], tx_c), teacher=jax.tree.map(frozen, p["teacher"]))
 
   abstract_loaded = {r: built[r].abstract if built[r].weights else None for r in ROLES}
   abstract_state = jax.eval_shape(make_state, abstract_loaded)
