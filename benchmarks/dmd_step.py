@@ -251,37 +251,31 @@ def main():
     r["bytes_limit_gib"] = limit / GIB
     batches = [setup.batch_for(s) for s in range(max(args.iters, 1) + 1)]
 
-    t0 = time.perf_counter()
-    gen_c = setup.gen_step.lower(state, batches[0]).compile()
-    r["gen_compile_s"] = time.perf_counter() - t0
-    r["gen_temp_gib"] = temp_bytes(gen_c) / GIB
-    r["cudnn_fmha_calls_in_gen_step"] = gen_c.as_text().count("__cudnn$fmha")
-    r["xla_flops_gen_step"] = xla_flops(gen_c)
-    state, first_g, _, _ = time_calls(gen_c, state, batches, 1)
-    r["gen_first_call_s"] = first_g[0]
-    state, gen_s, gen_exits, gen_ok = time_calls(gen_c, state, batches, args.iters)
-    r["gen_step_s"] = float(np.median(gen_s))
-    r["gen_step_s_all"] = [round(s, 4) for s in gen_s]
-    r["gen_exits_timed"] = gen_exits
-    gen_meas = [step_flops(f1, True, jg, jc, remat) for jg, jc in gen_exits]
-    r["gen_mfu"] = util([m for m, _ in gen_meas], gen_s)
-    r["gen_hfu"] = util([hw for _, hw in gen_meas], gen_s)
-    r["after_gen_peak_gib"] = memory(dev)[1] / GIB
+    def measure(prefix, step, state, flops_of):
+      """Compile, first call and `--iters` timed calls of one jitted step; records `<prefix>_*` figures."""
+      t0 = time.perf_counter()
+      compiled = step.lower(state, batches[0]).compile()
+      r[f"{prefix}_compile_s"] = time.perf_counter() - t0
+      r[f"{prefix}_temp_gib"] = temp_bytes(compiled) / GIB
+      r[f"xla_flops_{prefix}_step"] = xla_flops(compiled)
+      state, first, _, _ = time_calls(compiled, state, batches, 1)
+      r[f"{prefix}_first_call_s"] = first[0]
+      state, secs, exits, ok = time_calls(compiled, state, batches, args.iters)
+      r[f"{prefix}_step_s"] = float(np.median(secs))
+      r[f"{prefix}_step_s_all"] = [round(s, 4) for s in secs]
+      meas = [flops_of(jg, jc) for jg, jc in exits]
+      r[f"{prefix}_mfu"] = util([m for m, _ in meas], secs)
+      r[f"{prefix}_hfu"] = util([hw for _, hw in meas], secs)
+      return state, compiled, exits, ok
 
-    t0 = time.perf_counter()
-    crit_c = setup.critic_step.lower(state, batches[0]).compile()
-    r["critic_compile_s"] = time.perf_counter() - t0
-    r["critic_temp_gib"] = temp_bytes(crit_c) / GIB
-    r["xla_flops_critic_step"] = xla_flops(crit_c)
-    state, first_c, _, _ = time_calls(crit_c, state, batches, 1)
-    r["critic_first_call_s"] = first_c[0]
-    state, crit_s, crit_exits, crit_ok = time_calls(crit_c, state, batches, args.iters)
-    r["critic_step_s"] = float(np.median(crit_s))
-    r["critic_step_s_all"] = [round(s, 4) for s in crit_s]
+    state, gen_c, gen_exits, gen_ok = measure("gen", setup.gen_step, state,
+                                              lambda jg, jc: step_flops(f1, True, jg, jc, remat))
+    r["cudnn_fmha_calls_in_gen_step"] = gen_c.as_text().count("__cudnn$fmha")
+    r["gen_exits_timed"] = gen_exits
+    r["after_gen_peak_gib"] = memory(dev)[1] / GIB
+    state, _, crit_exits, crit_ok = measure("critic", setup.critic_step, state,
+                                            lambda _, jc: step_flops(f1, False, 0, jc, remat))
     r["critic_exits_timed"] = [jc for _, jc in crit_exits]
-    crit_meas = [step_flops(f1, False, 0, jc, remat) for _, jc in crit_exits]
-    r["critic_mfu"] = util([m for m, _ in crit_meas], crit_s)
-    r["critic_hfu"] = util([hw for _, hw in crit_meas], crit_s)
     jax.block_until_ready(state)
   peak = memory(dev)[1]
   r["peak_gib"] = peak / GIB

@@ -50,17 +50,22 @@ def random_contexts(seed, n, text_len, text_dim):
   return ctx[:n], ctx[n]
 
 
+def prompt_encoder(text_encoder, tokenizer, *, text_len, policy="bf16"):
+  """The `TextEncoder` of `config.data.text_encoder` / `tokenizer`. Load and use it outside `sharding.activate`:
+  its weights live on the default device, not on the training mesh."""
+  from wanjax.text.encode import load_text_encoder
+  if not text_encoder or not tokenizer:
+    raise UsageError("config.data.text_encoder and config.data.tokenizer are required to encode prompts "
+                     "(or set config.data.random_contexts > 0 for a smoke run)")
+  return load_text_encoder(text_encoder, tokenizer, policy=policy, max_length=text_len)
+
+
 def encode_prompts(prompts, negative, *, text_encoder, tokenizer, cache_dir, text_len, policy="bf16",
                    encoder=None):
   """Encodes prompts and the negative prompt once (cached on disk). Returns ([n, S, D], [S, D]) float32.
-  `encoder`: an already loaded `TextEncoder` (callers that encode in chunks load it once); call this outside
-  `sharding.activate`: the encoder's weights live on the default device, not on the training mesh."""
+  `encoder`: one from `prompt_encoder`, for callers that encode in chunks (loaded once)."""
   from wanjax.text.cache import PromptCache
-  from wanjax.text.encode import load_text_encoder
-  if encoder is None and (not text_encoder or not tokenizer):
-    raise UsageError("config.data.text_encoder and config.data.tokenizer are required to encode prompts "
-                     "(or set config.data.random_contexts > 0 for a smoke run)")
-  enc = encoder or load_text_encoder(text_encoder, tokenizer, policy=policy, max_length=text_len)
+  enc = encoder or prompt_encoder(text_encoder, tokenizer, text_len=text_len, policy=policy)
   cache = PromptCache(cache_dir)
   rows = []
   for i in range(0, len(prompts), 16):

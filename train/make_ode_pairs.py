@@ -174,13 +174,9 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
     logging.info("%s: all %d shards already written", output, num_shards)
     return {"output": output, "samples": n, "shards_written": 0, "shards": num_shards}
 
-  encoder = None
-  if prompts is not None:   # loaded once, off the mesh (prompt encoding runs outside `activate`, below)
-    from wanjax.text.encode import load_text_encoder
-    if not c.data.text_encoder or not c.data.tokenizer:
-      raise UsageError("config.data.text_encoder and config.data.tokenizer are required to encode prompts "
-                       "(or set config.data.random_contexts > 0 for a smoke run)")
-    encoder = load_text_encoder(c.data.text_encoder, c.data.tokenizer, policy="bf16", max_length=cfg.text_len)
+  # Loaded once, off the mesh: prompt encoding runs outside `activate`, below.
+  encoder = (None if prompts is None else
+             data.prompt_encoder(c.data.text_encoder, c.data.tokenizer, text_len=cfg.text_len))
   with shd.activate(mesh, rules):
     params = built.load(mesh, rules)
     if params is None:

@@ -103,8 +103,7 @@ def vae_loss(fn, params, video, key, *, l1, l2, kl, sample_latent=True, fg_weigh
   if fg_weight:
     w = foreground_weights(video, fg_weight)
     w = w / jnp.mean(w)
-    werr = err * jnp.sqrt(w)
-    rec_l1, rec_l2 = jnp.mean(jnp.abs(err) * w), jnp.mean(werr ** 2)
+    rec_l1, rec_l2 = jnp.mean(jnp.abs(err) * w), jnp.mean(err ** 2 * w)
   else:
     rec_l1, rec_l2 = jnp.mean(jnp.abs(err)), jnp.mean(err ** 2)
   m = {"loss/l1": jnp.mean(jnp.abs(err)), "loss/l2": jnp.mean(err ** 2),
