@@ -3,6 +3,8 @@
   python benchmarks/sample.py                      # 81x480x832, bf16: 4-step distilled + CFG UniPC steps
   python benchmarks/sample.py --vae-policy bf16    # the same with a bf16 VAE (`config.vae_dtype=bf16`)
   python benchmarks/sample.py --small              # tiny models on CPU (smoke test)
+  python benchmarks/sample.py --compilation-cache /tmp/jc   # twice: the second run's compile_total_s is the
+                                                            # warm-cache start-up (infer.sample's default cache)
 
 Measures, on the default device:
 - umT5-XXL encode of prompt + negative prompt (random bf16 weights), compile apart from steady state;
@@ -11,7 +13,8 @@ Measures, on the default device:
   number of steps, so the 50-step time is 50 x this);
 - Wan VAE decode of the final latent (chunked scan) under `--vae-policy` (float32 by default, as the reference
   and `infer.sample`; bf16 is `--config.vae_dtype=bf16` there), compile apart from steady state;
-- peak device memory. Prints one JSON line.
+- peak device memory; compile_total_s, the sum of the four compiles above (the DiT and umT5 random inits are
+  reported apart: converted weights are loaded, not initialised, in `infer.sample`). Prints one JSON line.
 """
 
 import argparse
@@ -58,6 +61,10 @@ def main():
   p.add_argument("--skip-t5", action="store_true")
   p.add_argument("--skip-vae", action="store_true")
   p.add_argument("--small", action="store_true")
+  p.add_argument("--compilation-cache", default="", help="JAX persistent compilation cache dir (as "
+                 "infer.sample's config.compilation_cache); run twice to time a warm start")
+  p.add_argument("--cache-min-compile-s", type=float, default=1.0, help="cache only programs that took at "
+                 "least this long to compile (JAX's default 1 s; 0 caches everything, e.g. for --small)")
   args = p.parse_args()
 
   import dataclasses
@@ -72,6 +79,13 @@ def main():
   from wanjax.vae import config as vae_config
   from wanjax.vae.model import create_vae, decode_latent
 
+  cache_entries = None
+  if args.compilation_cache:
+    os.makedirs(args.compilation_cache, exist_ok=True)
+    cache_entries = len(os.listdir(args.compilation_cache))
+    jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", args.cache_min_compile_s)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   if args.small:
     args.model, args.frames, args.height, args.width, args.cfg_steps = "tiny", 5, 32, 48, 2
   cfg = get_config(args.model)
@@ -84,7 +98,8 @@ def main():
   res = _Results()
   res.update(device=jax.devices()[0].device_kind, model=args.model, frames=args.frames,
              size=f"{args.width}x{args.height}", latent=[F, H, W], policy=args.policy,
-             vae_policy=args.vae_policy)
+             vae_policy=args.vae_policy, compilation_cache=args.compilation_cache or None,
+             cache_entries_at_start=cache_entries)
   print(dict(res), flush=True)
 
   # ---- text encoder
@@ -146,6 +161,10 @@ def main():
     res["vae_compile_s"] = time.perf_counter() - t0
     video, res["vae_decode_s"] = _timed(dec_c, vst, latent, reps=2)
     res["video_shape"] = list(video.shape)
+  res["compile_total_s"] = sum(res.get(k, 0.0) for k in ("t5_compile_s", "4step_compile_s", "cfg_compile_s",
+                                                         "vae_compile_s"))
+  if args.compilation_cache:
+    res["cache_entries_at_end"] = len(os.listdir(args.compilation_cache))
   stats = jax.devices()[0].memory_stats() or {}
   res["peak_gb"] = stats.get("peak_bytes_in_use", 0) / 2**30
   e2e = res.get("t5_encode_s", 0) + res["4step_denoise_s"] + res.get("vae_decode_s", 0)

@@ -3,7 +3,8 @@
 # packs the exported checkpoints, the log and the losses into $OUT. The DMD / SF students and the evaluation
 # then run on CPU from those checkpoints (scripts/train_toyworld.py --stages dmd,eval). Prepare the wheels
 # first (bash ../shared/tools/device-wheels tensorboardX) and carry .device-wheels. Budgets (seconds) can be
-# set with VAE_S, TEACHER_S; CLIPS sets the dataset size.
+# set with VAE_S, TEACHER_S; CLIPS sets the dataset size; VAE_PRECISION=bf16 trains the VAE with bf16 compute
+# (fp32 params; the fp32 convolutions are what limit the VAE's steps per second on the GPU).
 set -o pipefail
 python3 -m pip install -q --no-deps --no-index --find-links .device-wheels ml_collections diffusers tensorboardX \
   2>&1 | tail -2
@@ -13,7 +14,7 @@ W=${W:-/tmp/toyworld_gpu}; C=$W/ckpt; mkdir -p "$C"
 cp -r wanjax/toyworld/checkpoints/umt5 wanjax/toyworld/checkpoints/tokenizer "$C/"   # frozen umT5 + vocab
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 scripts/train_toyworld.py --work "$W" --out "$C" --clips "${CLIPS:-4000}" --data_format npy \
-  --stages data,vae,features,teacher --steps vae=100000,teacher=100000 \
+  --stages data,vae,features,teacher --steps vae=100000,teacher=100000 --vae_precision "${VAE_PRECISION:-float32}" \
   --max_seconds "vae=${VAE_S:-150},teacher=${TEACHER_S:-90}" 2>&1 | tr '\r' '\n' | tee "$OUT/toyworld_gpu.log" \
   | grep -av "^[IW][0-9]\{4\} \|%|" | grep -avi "warn"
 for m in vae teacher; do [ -d "$C/$m" ] && tar -C "$C" -cf "$OUT/$m.tar" "$m"; done

@@ -10,6 +10,7 @@ preprocessing resume from their folders, so a rerun continues where a stopped on
   features  python -m train.preprocess                 VAE latents + umT5 contexts of every clip
   teacher   python -m train.flow_matching              DiT teacher (configs/train/toyworld_teacher.py) -> OUT/teacher
   dmd       python -m train.distill                    4-step DMD student (configs/train/toyworld_dmd.py) -> OUT/dmd
+  dmd1      python -m train.distill                    1-step DMD student (configs/train/toyworld_dmd1.py) -> OUT/dmd1
   odepairs  python -m train.make_ode_pairs             teacher ODE trajectories (48 Euler steps, CFG 4)
   ode       python -m train.distill                    causal ODE-init regression (toyworld_ode_init.py) -> WORK/sf_ode
   sf        python -m train.distill                    causal Self-Forcing student (toyworld_self_forcing.py) -> OUT/sf
@@ -27,6 +28,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -34,8 +36,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)     # the repo's packages, also without `pip install -e .`
-STAGES = ("data", "vae", "text", "features", "teacher", "dmd", "odepairs", "ode", "sf", "eval")
-EVAL_MODELS = ("teacher", "teacher4", "dmd", "sf")
+STAGES = ("data", "vae", "text", "features", "teacher", "dmd", "dmd1", "odepairs", "ode", "sf", "eval")
+EVAL_MODELS = ("teacher", "teacher4", "teacher1", "dmd", "dmd1", "sf")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -143,6 +145,9 @@ def main():
   p.add_argument("--eval_prompts", type=int, default=0, help="held-out prompts sampled per model (default 32; "
                  "2 with --smoke)")
   p.add_argument("--eval_seed", type=int, default=0)
+  p.add_argument("--eval_seeds", type=int, default=1, help="videos per held-out prompt: seed eval_seed + i + "
+                 "1000 k for k < eval_seeds (k = 0 alone is the 32-video table; 4 gives the 128-video table with "
+                 "tighter paired standard errors)")
   p.add_argument("--eval_models", default=",".join(EVAL_MODELS), help="models the eval stage samples")
   p.add_argument("--ode_pairs", type=int, default=0, help="teacher trajectories for the SF ODE init (default 1024; "
                  "8 with --smoke)")
@@ -153,6 +158,8 @@ def main():
                  "are in the log")
   p.add_argument("--data_format", choices=("mp4", "npy"), default="mp4", help="clip files of the data stage: "
                  "mp4 (H.264, small) or npy (lossless float32, 835 KB per clip, needs no ffmpeg)")
+  p.add_argument("--vae_precision", choices=("float32", "bf16"), default="float32", help="VAE training compute "
+                 "(bf16: fp32 params, bf16 convolutions, several times faster on a GPU; the shipped VAE is float32)")
   p.add_argument("--vae_crops", action="store_true", help="train the VAE on random 32x32 crops of whole "
                  "clips, batch 4 (~4x cheaper per step; the CPU budget run, docs/toyworld.md)")
   a = p.parse_args()
@@ -161,6 +168,8 @@ def main():
                                     os.path.join(REPO, "wanjax", "toyworld", "checkpoints")))
   a.clips = a.clips or (8 if a.smoke else 4000)
   a.eval_prompts = a.eval_prompts or (2 if a.smoke else 32)
+  if a.eval_seeds < 1:
+    p.error(f"--eval_seeds={a.eval_seeds}: must be >= 1 (videos per held-out prompt)")
   a.ode_pairs = a.ode_pairs or (8 if a.smoke else 1024)
   stages = [s.strip() for s in a.stages.split(",") if s.strip()]
   bad = sorted(set(stages) - set(STAGES))
@@ -169,11 +178,11 @@ def main():
   frames, size = (5, 32) if a.smoke else (17, 64)
   smoke = ":smoke=True" if a.smoke else ""
   data_dir, feat_dir = os.path.join(a.work, "data"), os.path.join(a.work, "features")
-  runs = {k: os.path.join(a.work, "runs", k) for k in ("vae", "teacher", "dmd", "ode", "sf")}
-  ckpt = {k: os.path.join(a.out, k) for k in ("vae", "umt5", "tokenizer", "teacher", "dmd", "sf")}
+  runs = {k: os.path.join(a.work, "runs", k) for k in ("vae", "teacher", "dmd", "dmd1", "ode", "sf")}
+  ckpt = {k: os.path.join(a.out, k) for k in ("vae", "umt5", "tokenizer", "teacher", "dmd", "dmd1", "sf")}
   ckpt["sf_ode"] = os.path.join(a.work, "sf_ode")      # intermediate, not shipped
   pairs_dir = os.path.join(a.work, "ode_pairs")
-  cfg = {k: f"configs/train/toyworld_{k}.py{smoke}" for k in ("vae", "teacher", "dmd")}
+  cfg = {k: f"configs/train/toyworld_{k}.py{smoke}" for k in ("vae", "teacher", "dmd", "dmd1")}
   cfg["ode"] = f"configs/train/toyworld_ode_init.py{smoke}"
   cfg["sf"] = f"configs/train/toyworld_self_forcing.py{smoke}"
   steps = {}
@@ -201,8 +210,9 @@ def main():
   if "vae" in stages:
     crops = (["--config.data.train_frames=17", "--config.data.train_size=32", "--config.data.batch_size=4",
               "--config.data.max_clips=1500"] if a.vae_crops and not a.smoke else [])
+    precision = [f"--config.vae.precision={a.vae_precision}"] if a.vae_precision != "float32" else []
     r.run("vae", ["train.vae", "--config", cfg["vae"], "--workdir", runs["vae"], f"--config.data.clips={data_dir}",
-                  *crops, *steps.get("vae", [])])
+                  *crops, *precision, *steps.get("vae", [])])
     r.record_losses("vae", runs["vae"])
     r.run("vae", ["train.export", "--config", cfg["vae"], "--workdir", runs["vae"], "--out", ckpt["vae"],
                   f"--config.data.clips={data_dir}"])
@@ -224,13 +234,15 @@ def main():
     r.record_losses("teacher", runs["teacher"])
     r.run("teacher", ["train.export", "--config", cfg["teacher"], "--workdir", runs["teacher"], "--out",
                       ckpt["teacher"]])
-  if "dmd" in stages:
+  for dmd in ("dmd", "dmd1"):   # the 4-step and the 1-step DMD students, both from the teacher
+    if dmd not in stages:
+      continue
     weights = [f"--config.models.{role}.weights={ckpt['teacher']}" for role in ("generator", "teacher", "critic")]
-    r.run("dmd", ["train.distill", "--config", cfg["dmd"], "--workdir", runs["dmd"], *weights,
-                  f"--config.data.prompts={data_dir}", f"--config.data.text_encoder={ckpt['umt5']}",
-                  f"--config.data.tokenizer={ckpt['tokenizer']}", *steps.get("dmd", [])])
-    r.record_losses("dmd", runs["dmd"])
-    r.run("dmd", ["train.export", "--config", cfg["dmd"], "--workdir", runs["dmd"], "--out", ckpt["dmd"], "--ema"])
+    r.run(dmd, ["train.distill", "--config", cfg[dmd], "--workdir", runs[dmd], *weights,
+                f"--config.data.prompts={data_dir}", f"--config.data.text_encoder={ckpt['umt5']}",
+                f"--config.data.tokenizer={ckpt['tokenizer']}", *steps.get(dmd, [])])
+    r.record_losses(dmd, runs[dmd])
+    r.run(dmd, ["train.export", "--config", cfg[dmd], "--workdir", runs[dmd], "--out", ckpt[dmd], "--ema"])
   text = [f"--config.data.text_encoder={ckpt['umt5']}", f"--config.data.tokenizer={ckpt['tokenizer']}"]
   if "odepairs" in stages:
     r.run("odepairs", ["train.make_ode_pairs", "--config", cfg["ode"], "--output", pairs_dir,
@@ -264,21 +276,25 @@ def evaluate(r, a, frames, size):
   prompts = list(HELDOUT_PROMPTS[:a.eval_prompts // 2] + HELDOUT_PROMPTS[16:16 + a.eval_prompts - a.eval_prompts // 2])
   scores = r.log.setdefault("eval", {})
   for model in [m.strip() for m in a.eval_models.split(",") if m.strip()]:
-    if model not in EVAL_MODELS:
-      raise SystemExit(f"--eval_models: unknown model {model!r}; valid: {', '.join(EVAL_MODELS)}")
-    weights = os.path.join(a.out, "teacher" if model == "teacher4" else model)
+    if model not in EVAL_MODELS and not re.fullmatch(r"teacher[1-9][0-9]*", model):
+      raise SystemExit(f"--eval_models: unknown model {model!r}; valid: {', '.join(EVAL_MODELS)}, or teacherN "
+                       f"(the teacher at N steps)")
+    weights = os.path.join(a.out, "teacher" if model.startswith("teacher") else model)
     if not os.path.exists(os.path.join(weights, "config.json")):
       sys.stdout.write(f"[eval] {model}: no checkpoint at {weights}; skipped\n")
       continue
     out = os.path.join(a.work, "eval", model)
+    for stale in glob.glob(os.path.join(out, "*.npy")):   # a previous eval's clips (the file count may differ)
+      os.remove(stale)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_sample", model, a.out, out,
-                           str(frames), str(size), str(a.eval_seed), str(int(a.smoke)), json.dumps(prompts)],
+                           str(frames), str(size), str(a.eval_seed), str(int(a.smoke)), json.dumps(prompts),
+                           str(a.eval_seeds)],
                           cwd=REPO, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
       raise SystemExit(f"eval sampling of {model} failed (exit {proc.returncode})")
     timing = json.loads(proc.stdout.strip().splitlines()[-1])
-    _write_json(os.path.join(out, "prompts.json"), {"prompts": prompts})
+    _write_json(os.path.join(out, "prompts.json"), {"prompts": prompts * a.eval_seeds})
     report = os.path.join(out, "scores.json")
     r.run("eval", ["wanjax.toyworld.evaluate", "--videos", out, "--prompts", os.path.join(out, "prompts.json"),
                    "--out", report])
@@ -288,9 +304,32 @@ def evaluate(r, a, frames, size):
     scores[model] = {"mean_score": rep.get("mean_score"), "accuracy": rep.get("accuracy"),
                      "mean_terms": rep.get("mean_terms"),
                      "seconds_per_video": timing["median_s"], "first_video_s": timing["first_s"],
-                     "prompts": len(prompts), "wall_s": round(time.perf_counter() - t0, 1),
+                     "prompts": len(prompts), "seeds_per_prompt": a.eval_seeds,
+                     "wall_s": round(time.perf_counter() - t0, 1),
                      "seed": a.eval_seed, "per_video": [round(v["score"], 4) for v in rep.get("videos", [])]}
     r.save()
+  paired_vs_teacher(scores)
+  r.save()
+
+
+def paired_vs_teacher(scores):
+  """Adds to every eval row scored on the teacher's videos' (prompt, seed) pairs its paired difference from the
+  50-step teacher: mean, standard error over videos, and the ratio of means. The rows share prompts and seeds,
+  so the prompt-to-prompt spread (most of the variance) cancels."""
+  import numpy as np
+  base = scores.get("teacher")
+  if not base:
+    return
+  t = np.asarray(base["per_video"], np.float64)
+  for name, row in scores.items():
+    v = np.asarray(row["per_video"], np.float64)
+    if name == "teacher" or len(v) != len(t) or row.get("seed") != base.get("seed"):
+      row.pop("vs_teacher", None)
+      continue
+    d = v - t
+    row["vs_teacher"] = {"mean_diff": round(float(d.mean()), 4),
+                         "se_diff": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4) if len(d) > 1 else None,
+                         "ratio": round(float(v.mean() / t.mean()), 4) if t.mean() else None}
 
 
 def toyworld_generator(model, root="", **overrides):
@@ -310,8 +349,9 @@ def toyworld_generator(model, root="", **overrides):
   return c, lambda seed: pipe.generate(c, plan, seed=seed)[0]
 
 
-def sample_child(model, root, out, frames, size, seed, smoke, prompts):
-  """Child process of `evaluate`: one generator, every prompt; prints {"median_s", "first_s"}."""
+def sample_child(model, root, out, frames, size, seed, smoke, prompts, seeds="1"):
+  """Child process of `evaluate`: one generator, every prompt × `seeds` seeds (video k·n + i: prompt i, seed
+  seed + i + 1000 k); prints {"median_s", "first_s"}."""
   import numpy as np
   overrides = dict(frames=int(frames), size=f"{size}*{size}")
   if int(smoke) and model == "teacher":
@@ -319,12 +359,14 @@ def sample_child(model, root, out, frames, size, seed, smoke, prompts):
   c, generate = toyworld_generator(model, root, **overrides)
   os.makedirs(out, exist_ok=True)
   times = []
-  for i, prompt in enumerate(json.loads(prompts)):
-    c.prompt = prompt
-    t0 = time.perf_counter()
-    video = generate(int(seed) + i)
-    times.append(time.perf_counter() - t0)
-    np.save(os.path.join(out, f"{i:03d}.npy"), video)
+  prompts = json.loads(prompts)
+  for k in range(int(seeds)):
+    for i, prompt in enumerate(prompts):
+      c.prompt = prompt
+      t0 = time.perf_counter()
+      video = generate(int(seed) + i + 1000 * k)
+      times.append(time.perf_counter() - t0)
+      np.save(os.path.join(out, f"{k * len(prompts) + i:04d}.npy"), video)
   rest = times[1:] or times
   sys.stdout.write(json.dumps({"median_s": round(float(np.median(rest)), 3), "first_s": round(times[0], 3)}) + "\n")
 

@@ -3,12 +3,15 @@
   python -m infer.sample --config configs/sample/toyworld.py --config.output_dir=/tmp/out
   python -m infer.sample --config configs/sample/toyworld.py:model=teacher --config.prompt="a large red circle \
 moves left quickly"
-Variants: model=dmd (4-step student, CFG off; default) | teacher (50-step UniPC, CFG 4) | teacher4 (teacher at the
-student's 4 UniPC steps) | sf (causal Self-Forcing student: 5 blocks of 1 latent frame, 4 steps, streamed); root=DIR reads the checkpoints from another folder (e.g. a smoke run's).
+Variants (model=...): dmd (4-step student, CFG off; default) | dmd1 (1-step DMD student) | teacher (50-step
+UniPC, CFG 4) | teacher4 (the teacher at the student's 4 UniPC steps; teacherN: at N steps, e.g. teacher2) | sf
+(causal Self-Forcing student: 5 blocks of 1 latent frame, 4 steps, streamed). root=DIR reads the checkpoints from
+another folder (e.g. a smoke run's).
 Checkpoints: scripts/train_toyworld.py writes them (docs/toyworld.md).
 """
 
 import os
+import re
 
 from configs import common
 from configs.sample import self_forcing
@@ -16,13 +19,15 @@ from wanjax.toyworld.dataset import HELDOUT_PROMPTS
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "wanjax",
                     "toyworld", "checkpoints")
-MODELS = ("dmd", "teacher", "teacher4", "sf")
+MODELS = ("dmd", "dmd1", "teacher", "teacher4", "sf")   # and teacherN for any N >= 1 (the teacher at N UniPC steps)
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, model="dmd", root="")
-  if arg.model not in MODELS:
-    raise common.UsageError(f"toyworld model={arg.model!r}; valid: {', '.join(MODELS)}")
+  few = re.fullmatch(r"teacher([1-9][0-9]*)", arg.model)
+  if arg.model not in MODELS and not few:
+    raise common.UsageError(f"toyworld model={arg.model!r}; valid: {', '.join(MODELS)}, or teacherN (the teacher "
+                            f"at N steps, e.g. teacher2)")
   root = arg.root or ROOT
   c = common.sample_defaults(arg)
   c.model = "toyworld"                      # DiT preset: text_dim 32, text_len 32
@@ -46,13 +51,16 @@ def get_config(arg=None):
     c.ar.cache_frames = 5                   # the whole clip (17 frames -> 5 latent frames)
     c.renoise = ""
     c.stream = True
-  elif arg.model == "dmd":
+  elif arg.model in ("dmd", "dmd1"):
     c.distilled = True
     c.solver = "consistency"                # fresh noise between steps, as DMD trains
     c.timesteps = (1000, 750, 500, 250)     # warped by shift 5 to the trained list (1000, 937.5, 833.3, 625)
+    if arg.model == "dmd1":
+      c.timesteps = (1000,)                 # one step from pure noise (configs/train/toyworld_dmd1.py)
+      c.num_steps = 1
     c.cfg_scale = 1.0
   else:
-    c.num_steps = 50 if arg.model == "teacher" else 4
+    c.num_steps = int(few.group(1)) if few else 50
     c.cfg_scale = 4.0                       # standard form of the DMD teacher's SF-form guidance 3.0
   c.compilation_cache = ""
   return c

@@ -95,18 +95,22 @@ def test_dit_export_loads_with_load_dit(tmp_path):
 def test_smoke_pipeline_and_sample_cli(tmp_path):
   work = tmp_path / "tw"
   proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train_toyworld.py"), "--smoke",
-                         "--work", str(work)], cwd=REPO, capture_output=True, text=True, timeout=1500)
+                         "--work", str(work), "--eval_seeds", "2"], cwd=REPO, capture_output=True, text=True,
+                        timeout=1500)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   ckpt = work / "checkpoints"
   with open(ckpt / "train_log.json") as f:
     log = json.load(f)
-  for stage in ("data", "vae", "text", "features", "teacher", "dmd", "odepairs", "ode", "sf", "eval"):
+  for stage in ("data", "vae", "text", "features", "teacher", "dmd", "dmd1", "odepairs", "ode", "sf", "eval"):
     assert stage in log["stages"], stage
-  for stage, key in (("vae", "loss/vae"), ("teacher", "loss/flow"), ("dmd", "loss/critic"), ("ode", "loss/ode"),
-                     ("sf", "loss/critic")):
+  for stage, key in (("vae", "loss/vae"), ("teacher", "loss/flow"), ("dmd", "loss/critic"),
+                     ("dmd1", "loss/critic"), ("ode", "loss/ode"), ("sf", "loss/critic")):
     assert np.isfinite(log["stages"][stage]["losses"][key]["last"])
-  assert set(log["eval"]) == {"teacher", "teacher4", "dmd", "sf"}
-  assert all(0.0 <= r["mean_score"] <= 1.0 for r in log["eval"].values())
+  assert set(log["eval"]) == {"teacher", "teacher4", "teacher1", "dmd", "dmd1", "sf"}
+  for name, row in log["eval"].items():
+    assert 0.0 <= row["mean_score"] <= 1.0, name
+    assert row["seeds_per_prompt"] == 2 and len(row["per_video"]) == 2 * row["prompts"], name
+    assert name == "teacher" or np.isfinite(row["vs_teacher"]["mean_diff"]), name
 
   out = tmp_path / "sample"
   proc = subprocess.run([sys.executable, "-m", "infer.sample", "--config",
@@ -130,3 +134,57 @@ def test_foreground_weights_mark_pixels_off_the_background():
   want = np.ones(w.shape, np.float32)
   want[0, :, 2:4, 5:7] = 11.0
   np.testing.assert_array_equal(w, want)
+
+
+def test_paired_vs_teacher_statistics():
+  from train_toyworld import paired_vs_teacher
+  t = [0.5, 0.4, 0.3, 0.6]
+  scores = {"teacher": {"per_video": t, "seed": 0},
+            "dmd": {"per_video": [0.6, 0.4, 0.5, 0.6], "seed": 0},
+            "other_seed": {"per_video": [0.6, 0.4, 0.5, 0.6], "seed": 7},
+            "short": {"per_video": [0.6, 0.4], "seed": 0}}
+  paired_vs_teacher(scores)
+  d = np.array([0.1, 0.0, 0.2, 0.0])
+  got = scores["dmd"]["vs_teacher"]
+  assert got["mean_diff"] == pytest.approx(d.mean(), abs=1e-4)
+  assert got["se_diff"] == pytest.approx(d.std(ddof=1) / 2.0, abs=1e-4)
+  assert got["ratio"] == pytest.approx(2.1 / 1.8, abs=1e-4)
+  # Rows not sampled on the teacher's (prompt, seed) pairs get no paired statistics.
+  assert "vs_teacher" not in scores["other_seed"] and "vs_teacher" not in scores["short"]
+  assert "vs_teacher" not in scores["teacher"]
+
+
+def test_toyworld_preset_step_variants():
+  from configs.sample import toyworld
+  from wanjax.errors import UsageError
+  for model, steps in (("teacher", 50), ("teacher4", 4), ("teacher2", 2), ("teacher1", 1)):
+    c = toyworld.get_config(f"model={model}")
+    assert (c.num_steps, c.cfg_scale, os.path.basename(c.weights)) == (steps, 4.0, "teacher"), model
+  c = toyworld.get_config("model=dmd1")
+  assert (tuple(c.timesteps), c.cfg_scale, c.solver, os.path.basename(c.weights)) == ((1000,), 1.0, "consistency",
+                                                                                       "dmd1")
+  for bad in ("teacher0", "teacher04", "dmd2", "teach"):
+    with pytest.raises(UsageError, match="teacherN"):
+      toyworld.get_config(f"model={bad}")
+
+
+def test_toyworld_table_lists_rows_in_order_with_paired_deltas():
+  from toyworld_table import table
+  terms = dict(colour=0.5, shape=0.25, direction=0.75, sharpness=0.125)
+  row = lambda score, **kw: dict(mean_score=score, accuracy=0.0, mean_terms=terms, seconds_per_video=0.5, **kw)  # noqa: E731
+  ev = {"sf": row(0.3, vs_teacher=dict(mean_diff=0.1, se_diff=0.02, ratio=1.5)), "teacher": row(0.2),
+        "dmd1": row(0.19, vs_teacher=dict(mean_diff=-0.01, se_diff=0.005, ratio=0.95))}
+  lines = table(ev).splitlines()
+  assert len(lines) == 5 and lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
+  assert lines[2].startswith("| teacher, 50-step") and "| 100 % | — |" in lines[2]
+  assert lines[3].startswith("| DMD student, 1 step") and "| 95 % | -0.010 ± 0.005 |" in lines[3]
+  assert lines[4].startswith("| Self-Forcing") and "| 150 % | +0.100 ± 0.020 |" in lines[4]
+  assert "| 0.50 | 0.25 | 0.75 | 0.12 | 0.50 |" in lines[4]
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+def test_dmd1_config_is_the_dmd_recipe_with_one_step(smoke):
+  from configs.train import toyworld_dmd, toyworld_dmd1
+  one, four = (json.loads(m.get_config(f"smoke={smoke}").to_json()) for m in (toyworld_dmd1, toyworld_dmd))
+  assert one["dmd"].pop("timesteps") == [1000] and four["dmd"].pop("timesteps") == [1000, 750, 500, 250]
+  assert one == four

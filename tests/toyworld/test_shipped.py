@@ -1,15 +1,17 @@
 """The shipped toy-world checkpoints (`wanjax/toyworld/checkpoints/`, issue 8) against the distillation table.
 
 The table (README; `checkpoints/train_log.json` → `eval`) was measured by `scripts/train_toyworld.py` on the 32
-held-out prompts, prompt i with seed `eval_seed + i`. Here the first SUBSET prompts of each half (one-object and
-two-object) are sampled again with the same seeds through the same `infer.sample` code, on CPU, and scored with
-`score_video`:
+held-out prompts × `seeds_per_prompt` seeds: video k·32 + i is prompt i with seed `eval_seed + i + 1000 k`. Here
+the first SUBSET prompts of each half (one-object and two-object) are sampled again with the k = 0 seeds through
+the same `infer.sample` code, on CPU, and scored with `score_video`:
 
 - each model's per-video scores reproduce the table's (|Δ| ≤ SCORE_TOL: CPU kernels may differ slightly
   between machines, which can move a detection by a pixel);
 - the thresholds of the issue hold on the full table (4-step DMD student ≥ 95 % of the 50-step teacher, the
-  teacher at 4 steps clearly lower, the AR student ≥ 90 %), and the student ≥ 95 % of the teacher on the
-  subset too, minus the subset's sampling noise (SUBSET_MARGIN).
+  teacher at 4 steps clearly lower, the AR student ≥ 90 %), and the students ≥ their ratios on the subset too,
+  minus the subset's sampling noise (SUBSET_MARGIN);
+- the same contrast one step down: the teacher at 1 step is clearly lower (paired over the table's videos) and the
+  1-step DMD student is not.
 """
 
 import json
@@ -31,6 +33,9 @@ SCORE_TOL = 0.03            # per-video score vs. the table's
 STUDENT_RATIO = 0.95        # DMD 4-step / teacher 50-step (issue 8)
 AR_RATIO = 0.90             # Self-Forcing AR / teacher 50-step
 TEACHER4_GAP = 0.05         # teacher at 4 steps scores at least this much below the 50-step teacher
+CLEARLY_LOWER = 0.10        # teacher at 1 step: ratio at most 1 - this, and 2 paired standard errors below
+MODELS = ("teacher", "teacher4", "teacher1", "dmd", "dmd1", "sf")
+RESAMPLED = ("teacher", "dmd", "dmd1", "sf")
 SUBSET_MARGIN = 0.05        # subset ratio check: student ≥ STUDENT_RATIO · teacher − SUBSET_MARGIN
 
 
@@ -55,28 +60,40 @@ def sample_scores(model, seed):
   return scores
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 goals not all met by the shipped models: the "
-                   "teacher at 4 steps is not clearly below the 50-step teacher (README, Distillation table)")
-def test_table_meets_the_issue_goals(table):
+@pytest.mark.xfail(strict=True, reason="issue 8 goal not met by the shipped models: this teacher's ODE is "
+                   "nearly straight, so its 4-step samples match its 50-step ones (README, Distillation table)")
+def test_teacher_at_4_steps_is_clearly_lower(table):
+  assert table["teacher4"]["mean_score"] <= table["teacher"]["mean_score"] - TEACHER4_GAP, table["teacher4"]
+
+
+def test_students_meet_their_ratios_on_the_table(table):
   teacher = table["teacher"]["mean_score"]
-  assert table["dmd"]["mean_score"] >= STUDENT_RATIO * teacher, table
-  assert table["teacher4"]["mean_score"] <= teacher - TEACHER4_GAP, table
-  assert "sf" in table and table["sf"]["mean_score"] >= AR_RATIO * teacher, table
+  for model, ratio in (("dmd", STUDENT_RATIO), ("dmd1", STUDENT_RATIO), ("sf", AR_RATIO)):
+    assert table[model]["mean_score"] >= ratio * teacher, (model, table[model]["mean_score"], teacher)
+
+
+def test_one_step_teacher_is_clearly_lower(table):
+  few = table["teacher1"]["vs_teacher"]
+  assert few["ratio"] <= 1.0 - CLEARLY_LOWER and few["mean_diff"] + 2 * few["se_diff"] < 0, few
 
 
 def test_table_covers_the_heldout_set(table):
-  assert {"teacher", "teacher4", "dmd", "sf"} <= set(table)
+  assert set(MODELS) <= set(table)
+  t = np.asarray(table["teacher"]["per_video"])
   for m, row in table.items():
-    assert row["prompts"] == len(HELDOUT_PROMPTS) == len(row["per_video"]), m
+    assert row["prompts"] == len(HELDOUT_PROMPTS), m
+    assert len(row["per_video"]) == row["prompts"] * row.get("seeds_per_prompt", 1), m
     assert abs(np.mean(row["per_video"]) - row["mean_score"]) <= 1e-3, m
+    if m != "teacher":   # paired statistics recomputable from the per-video scores
+      assert abs(np.mean(np.asarray(row["per_video"]) - t) - row["vs_teacher"]["mean_diff"]) <= 1e-3, m
 
 
 @pytest.fixture(scope="module")
 def resampled(table):
-  return {m: sample_scores(m, table[m]["seed"]) for m in ("teacher", "dmd", "sf")}
+  return {m: sample_scores(m, table[m]["seed"]) for m in RESAMPLED}
 
 
-@pytest.mark.parametrize("model", ["teacher", "dmd", "sf"])
+@pytest.mark.parametrize("model", RESAMPLED)
 def test_scores_reproduce_the_table(table, resampled, model):
   want = table[model]["per_video"]
   for i, got in resampled[model].items():
@@ -85,7 +102,6 @@ def test_scores_reproduce_the_table(table, resampled, model):
 
 def test_students_hold_their_ratios_on_the_subset(resampled):
   teacher = np.mean(list(resampled["teacher"].values()))
-  student = np.mean(list(resampled["dmd"].values()))
-  ar = np.mean(list(resampled["sf"].values()))
-  assert student >= STUDENT_RATIO * teacher - SUBSET_MARGIN, (student, teacher)
-  assert ar >= AR_RATIO * teacher - SUBSET_MARGIN, (ar, teacher)
+  for model, ratio in (("dmd", STUDENT_RATIO), ("dmd1", STUDENT_RATIO), ("sf", AR_RATIO)):
+    student = np.mean(list(resampled[model].values()))
+    assert student >= ratio * teacher - SUBSET_MARGIN, (model, student, teacher)

@@ -1,0 +1,32 @@
+"""`benchmarks/sample.py --small` end to end, twice over one persistent compilation cache (issue 10's warm start).
+
+The second run must compile nothing new: every program is read back from the cache the first run wrote, so the
+cache holds the same entries afterwards. Timing is not asserted (the benchmark prints the figures); what is
+checked is that the cache is written, hit, and reported.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(cache):
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "sample.py"), "--small", "--skip-t5",
+                         "--skip-vae", "--compilation-cache", str(cache), "--cache-min-compile-s", "0"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_sample_benchmark_cold_then_warm_cache(tmp_path):
+  cache = tmp_path / "jax_cache"
+  cold = _run(cache)
+  assert cold["cache_entries_at_start"] == 0 and cold["cache_entries_at_end"] > 0, cold
+  assert cold["compile_total_s"] == cold["4step_compile_s"] + cold["cfg_compile_s"] > 0, cold
+  assert all(k in cold for k in ("4step_denoise_s", "cfg_sec_per_step", "e2e_4step_warm_s")), cold
+  warm = _run(cache)
+  assert warm["cache_entries_at_start"] == warm["cache_entries_at_end"] == cold["cache_entries_at_end"], warm
+  assert len(os.listdir(cache)) == cold["cache_entries_at_end"]
