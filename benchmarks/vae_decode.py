@@ -21,8 +21,9 @@ Memory is reported two ways so that state, compilation and execution can be told
   `state_in_use_gb + xla_temp_gb + xla_output_gb` means the peak came from compilation, not from decoding
   (cross-check: XLA_FLAGS=--xla_gpu_autotune_level=0 turns the autotuner off).
 On CPU (compile only, 2026-11-26) the plan for the full 21x60x104 latent is: chunked temp 6.76 GiB fp32 / 4.38
-bf16, tiled (32,32)/8 1.70 / 1.56 GiB, tiled (16,16)/4 1.03 GiB, whole-sequence "full" 46.5 GiB; arguments
-0.28 GiB, output 0.36 GiB in every mode.
+bf16, tiled (32,32)/8 1.16 / 0.98 GiB, tiled (16,16)/4 0.30 GiB fp32, whole-sequence "full" 46.5 GiB; arguments
+0.28 GiB, output 0.36 GiB in every mode. (Tiled was 1.70 / 1.56 and 1.03 GiB while the tile outputs were stacked
+before blending; each tile is now added into the output as it is decoded.)
 """
 
 import argparse

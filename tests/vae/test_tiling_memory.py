@@ -1,9 +1,9 @@
 """Spatial tiling bounds the VAE decode's working set: XLA's memory plan (`compiled.memory_analysis()`, compile
 only, no weights) for the chunked decode with and without tiles.
 
-Tiles run one after another under `lax.map` (wanjax/vae/tiling.py), so the tiled program's scratch is one tile's
-decode plus the stacked tile outputs that are blended at the end; were the tiles decoded together (vmapped or
-unrolled), it would be about n_tiles times one tile's decode.
+Tiles run one after another in a `lax.scan` that adds each weighted tile into the output in place
+(wanjax/vae/tiling.py), so the tiled program's scratch is about one tile's decode; were the tiles decoded
+together (vmapped or unrolled), or their outputs stacked before blending, it would grow with the tile count.
 """
 
 import jax
@@ -17,10 +17,10 @@ from wanjax.vae import VAEConfig, WanVAE, decode_latent, tiling
 CFG = VAEConfig(dim=8, z_dim=6, dim_mult=(1, 2, 3, 3), num_res_blocks=1)
 LATENT = (1, 2, 24, 32, 6)        # -> video 5 x 192 x 256
 TILE, OVERLAP = (8, 8), 2         # 4 x 5 = 20 tiles
-# Measured on CPU (jax 0.10.2): untiled 33.4 MiB, tiled 7.5 MiB (4.4x less); one 8x8 tile alone 2.66 MiB, and
-# the tiled scratch minus the stacked tile outputs (4.69 MiB) is 1.06x that.
-UNTILED_OVER_TILED = 3.0          # untiled temp / tiled temp at least this
-ONE_TILE_FACTOR = 2.0             # (tiled temp - stacked tile outputs) / one tile's temp at most this
+# Measured on CPU (jax 0.10.2): untiled 33.4 MiB, tiled 2.91 MiB (11.5x less); one 8x8 tile alone 2.66 MiB.
+# (With the tile outputs stacked and blended at the end, as before session 4, tiled was 7.5 MiB: 2.8x a tile.)
+UNTILED_OVER_TILED = 8.0          # untiled temp / tiled temp at least this
+ONE_TILE_FACTOR = 1.5             # tiled temp / one tile's temp at most this (20 tiles)
 
 
 def _temp_bytes(latent_shape, **kw):
@@ -44,6 +44,4 @@ def test_tiles_are_decoded_one_at_a_time(temps):
   b, f, h, w, _ = LATENT
   n_tiles = len(tiling.tile_starts(h, TILE[0], OVERLAP)) * len(tiling.tile_starts(w, TILE[1], OVERLAP))
   assert n_tiles == 20
-  s = CFG.spatial_factor
-  stacked_outputs = n_tiles * b * (1 + CFG.temporal_factor * (f - 1)) * TILE[0] * s * TILE[1] * s * 3 * 4  # fp32
-  assert temps["tiled"] - stacked_outputs <= ONE_TILE_FACTOR * temps["one_tile"], (temps, stacked_outputs)
+  assert temps["tiled"] <= ONE_TILE_FACTOR * temps["one_tile"], temps

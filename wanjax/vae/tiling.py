@@ -2,7 +2,8 @@
 
 Plays the role of diffusers `AutoencoderKLWan.tiled_decode` (not in the original Wan repo), with our own
 layout: all tiles have the same shape (the last tile in each direction is aligned to the far edge), so one
-compiled decode runs them under `lax.map` and peak memory is that of one tile. Blending: each tile's pixels get
+compiled decode runs them in a `lax.scan` that adds each blended tile into the output as it goes: peak memory
+is the output plus one tile's decode. Blending: each tile's pixels get
 a weight that ramps linearly from 0 to 1 across the `overlap` band on every side that has a neighbour (1 at the
 image border), and the output is the weight-normalised sum.
 
@@ -59,21 +60,32 @@ def _ramp(start, length, total, band):
 
 def decode_tiled(decode_fn, z, tile, overlap, scale):
   """Decodes `z [B, F, h, w, C]` tile by tile with `decode_fn` (latent tile -> video tile, spatial ×`scale`)
-  and blends the results. Returns `[B, T, h·scale, w·scale, 3]` float32."""
-  b, f, h, w, _ = z.shape
+  and blends the results. Returns `[B, T, h·scale, w·scale, 3]` float32.
+
+  One `lax.scan` over the tiles carries the weighted sum: each step decodes one tile and adds its weighted
+  pixels in place, so the working set is the output plus one tile (no stack of every tile's pixels)."""
+  b, f, h, w, c = z.shape
   th, tw = tile
   ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
   origins = [(y, x) for y in ys for x in xs]
-  tiles = jnp.stack([z[:, :, y:y + th, x:x + tw] for y, x in origins])       # [n, B, F, th, tw, C]
-  outs = jax.lax.map(decode_fn, tiles)                                        # [n, B, T, th·s, tw·s, 3]
   band = max(overlap * scale, 1)
   total = np.zeros((h * scale, w * scale))
-  video = jnp.zeros(outs.shape[1:3] + (h * scale, w * scale, outs.shape[-1]), jnp.float32)
-  for i, (y, x) in enumerate(origins):
-    wy = _ramp(y * scale, th * scale, h * scale, band)
-    wx = _ramp(x * scale, tw * scale, w * scale, band)
-    wt = np.outer(wy, wx)
+  weights = []
+  for y, x in origins:
+    wt = np.outer(_ramp(y * scale, th * scale, h * scale, band), _ramp(x * scale, tw * scale, w * scale, band))
     total[y * scale:(y + th) * scale, x * scale:(x + tw) * scale] += wt
-    wt = jnp.asarray(wt, jnp.float32)[None, None, :, :, None]
-    video = video.at[:, :, y * scale:(y + th) * scale, x * scale:(x + tw) * scale].add(outs[i] * wt)
+    weights.append(wt)
+  out = jax.eval_shape(decode_fn, jax.ShapeDtypeStruct((b, f, th, tw, c), z.dtype))   # [B, T, th·s, tw·s, 3]
+  zero = jnp.zeros((), jnp.int32)
+
+  def add_tile(video, xs_i):
+    (y, x), wt = xs_i
+    zt = jax.lax.dynamic_slice(z, (zero, zero, y, x, zero), (b, f, th, tw, c))
+    pix = decode_fn(zt).astype(jnp.float32) * wt[None, None, :, :, None]
+    at = (zero, zero, y * scale, x * scale, zero)
+    return jax.lax.dynamic_update_slice(video, jax.lax.dynamic_slice(video, at, pix.shape) + pix, at), None
+
+  video = jnp.zeros((b, out.shape[1], h * scale, w * scale, out.shape[-1]), jnp.float32)
+  video, _ = jax.lax.scan(add_tile, video, (jnp.asarray(origins, jnp.int32),
+                                            jnp.asarray(np.stack(weights), jnp.float32)))
   return video / jnp.asarray(total, jnp.float32)[None, None, :, :, None]
