@@ -188,3 +188,16 @@ def test_dmd1_config_is_the_dmd_recipe_with_one_step(smoke):
   one, four = (json.loads(m.get_config(f"smoke={smoke}").to_json()) for m in (toyworld_dmd1, toyworld_dmd))
   assert one["dmd"].pop("timesteps") == [1000] and four["dmd"].pop("timesteps") == [1000, 750, 500, 250]
   assert one == four
+
+
+def test_denoise_error_script_on_the_shipped_teacher():
+  """scripts/denoise_error.py: x0 error grows with σ and the prompt's context beats the negative prompt's at high
+  σ (the shipped teacher reads its text)."""
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "denoise_error.py"), "--prompts", "4",
+                         "--sigmas", "0.3,0.98"], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  low, high = out["rows"]
+  assert out["clips"] == 4 and (low["sigma"], high["sigma"]) == (0.3, 0.98)
+  assert 0.0 < low["x0_mse"] < high["x0_mse"] < out["latent_variance"], out
+  assert high["x0_mse"] < high["x0_mse_negative"], out
