@@ -308,28 +308,33 @@ def evaluate(r, a, frames, size):
                      "wall_s": round(time.perf_counter() - t0, 1),
                      "seed": a.eval_seed, "per_video": [round(v["score"], 4) for v in rep.get("videos", [])]}
     r.save()
-  paired_vs_teacher(scores)
+  r.touched_eval.update(paired_vs_teacher(scores))   # rows whose paired statistics changed are written too
   r.save()
 
 
 def paired_vs_teacher(scores):
   """Adds to every eval row scored on the teacher's videos' (prompt, seed) pairs its paired difference from the
   50-step teacher: mean, standard error over videos, and the ratio of means. The rows share prompts and seeds,
-  so the prompt-to-prompt spread (most of the variance) cancels."""
+  so the prompt-to-prompt spread (most of the variance) cancels. Returns the names of the rows it changed."""
   import numpy as np
   base = scores.get("teacher")
   if not base:
-    return
+    return set()
   t = np.asarray(base["per_video"], np.float64)
+  changed = set()
   for name, row in scores.items():
+    old = row.get("vs_teacher")
     v = np.asarray(row["per_video"], np.float64)
     if name == "teacher" or len(v) != len(t) or row.get("seed") != base.get("seed"):
       row.pop("vs_teacher", None)
-      continue
-    d = v - t
-    row["vs_teacher"] = {"mean_diff": round(float(d.mean()), 4),
-                         "se_diff": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4) if len(d) > 1 else None,
-                         "ratio": round(float(v.mean() / t.mean()), 4) if t.mean() else None}
+    else:
+      d = v - t
+      row["vs_teacher"] = {"mean_diff": round(float(d.mean()), 4),
+                           "se_diff": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4) if len(d) > 1 else None,
+                           "ratio": round(float(v.mean() / t.mean()), 4) if t.mean() else None}
+    if row.get("vs_teacher") != old:
+      changed.add(name)
+  return changed
 
 
 def toyworld_generator(model, root="", **overrides):

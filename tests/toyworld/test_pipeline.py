@@ -143,7 +143,7 @@ def test_paired_vs_teacher_statistics():
             "dmd": {"per_video": [0.6, 0.4, 0.5, 0.6], "seed": 0},
             "other_seed": {"per_video": [0.6, 0.4, 0.5, 0.6], "seed": 7},
             "short": {"per_video": [0.6, 0.4], "seed": 0}}
-  paired_vs_teacher(scores)
+  assert paired_vs_teacher(scores) == {"dmd"}        # the only row whose statistics changed
   d = np.array([0.1, 0.0, 0.2, 0.0])
   got = scores["dmd"]["vs_teacher"]
   assert got["mean_diff"] == pytest.approx(d.mean(), abs=1e-4)
@@ -152,6 +152,11 @@ def test_paired_vs_teacher_statistics():
   # Rows not sampled on the teacher's (prompt, seed) pairs get no paired statistics.
   assert "vs_teacher" not in scores["other_seed"] and "vs_teacher" not in scores["short"]
   assert "vs_teacher" not in scores["teacher"]
+  assert paired_vs_teacher(scores) == set()           # unchanged on a second pass
+  scores["teacher"]["per_video"] = [0.4, 0.4, 0.3, 0.6]   # a re-evaluated teacher updates the other rows
+  assert paired_vs_teacher(scores) == {"dmd"} and scores["dmd"]["vs_teacher"]["ratio"] == pytest.approx(2.1 / 1.7,
+                                                                                                        abs=1e-4)
+  assert paired_vs_teacher({"dmd": scores["dmd"]}) == set()   # no teacher row: nothing to pair with
 
 
 def test_toyworld_preset_step_variants():
