@@ -70,7 +70,6 @@ def main():
   import dataclasses
   import jax
   import jax.numpy as jnp
-  import numpy as np
   from flax import nnx
   from wanjax import sampling, schedules
   from wanjax.dit.config import get_config
@@ -79,13 +78,12 @@ def main():
   from wanjax.vae import config as vae_config
   from wanjax.vae.model import create_vae, decode_latent
 
+  from infer.models import use_compilation_cache
   cache_entries = None
-  if args.compilation_cache:
+  if args.compilation_cache:   # the same call infer.sample makes for config.compilation_cache
     os.makedirs(args.compilation_cache, exist_ok=True)
     cache_entries = len(os.listdir(args.compilation_cache))
-    jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", args.cache_min_compile_s)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    use_compilation_cache(args.compilation_cache, min_compile_s=args.cache_min_compile_s)
   if args.small:
     args.model, args.frames, args.height, args.width, args.cfg_steps = "tiny", 5, 32, 48, 2
   cfg = get_config(args.model)

@@ -23,6 +23,20 @@ from wanjax.errors import UsageError
 from wanjax.fileio import publish
 
 
+def use_compilation_cache(path, *, min_compile_s=None):
+  """Points JAX's persistent compilation cache at `path` (`config.compilation_cache`; '' leaves it off), so a
+  later process with the same shapes reads its programs back instead of compiling. `min_compile_s`: cache only
+  programs that took at least this long to compile (None keeps JAX's default, 1 s). Returns the expanded path."""
+  if not path:
+    return ""
+  import jax
+  path = os.path.expanduser(path)
+  jax.config.update("jax_compilation_cache_dir", path)
+  if min_compile_s is not None:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_s))
+  return path
+
+
 def default_cache_dir() -> str:
   root = os.environ.get("WANJAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "wanjax")
   return os.path.join(root, "converted")

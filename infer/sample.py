@@ -465,8 +465,8 @@ def run(c):
     from infer.sample_ar import run_ar
     return run_ar(c)
   plan = check(c)
-  if c.compilation_cache:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(c.compilation_cache))
+  from infer.models import use_compilation_cache
+  use_compilation_cache(c.compilation_cache)
   seed = c.seed if c.seed >= 0 else int(np.random.SeedSequence().entropy % (2**31))
   name = c.output_name or f"{c.model}_{seed}_{time.strftime('%Y%m%d_%H%M%S')}"
   out_dir = os.path.expanduser(c.output_dir)

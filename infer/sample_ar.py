@@ -87,8 +87,8 @@ def run_ar(c):
     raise UsageError(f"AR sampling supports t2v models; model={c.model!r} is {plan.model_type}")
   if c.cfg_scale != 1.0:
     raise UsageError(f"cfg_scale={c.cfg_scale}: the AR samplers are CFG-free (distilled); use cfg_scale=1")
-  if c.compilation_cache:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(c.compilation_cache))
+  from infer.models import use_compilation_cache
+  use_compilation_cache(c.compilation_cache)
   seed = c.seed if c.seed >= 0 else int(np.random.SeedSequence().entropy % (2**31))
   name = c.output_name or f"{c.model}_ar_{seed}_{time.strftime('%Y%m%d_%H%M%S')}"
   out_dir = os.path.expanduser(c.output_dir)

@@ -554,9 +554,8 @@ def main(argv):
   f = flags.FLAGS
   c = f.config
   try:
-    if c.compilation_cache:
-      import jax
-      jax.config.update("jax_compilation_cache_dir", os.path.expanduser(c.compilation_cache))
+    from infer.models import use_compilation_cache
+    use_compilation_cache(c.compilation_cache)
     options = ServeOptions(max_queue=f.max_queue, max_body_bytes=int(f.max_upload_mb * 2**20),
                            max_area=f.max_area, max_frames=f.max_frames, max_steps=f.max_steps,
                            output_dir=f.output_dir, warmup=f.warmup)

@@ -28,7 +28,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import struct
 import subprocess
 import sys
@@ -148,7 +147,8 @@ def main():
   p.add_argument("--eval_seeds", type=int, default=1, help="videos per held-out prompt: seed eval_seed + i + "
                  "1000 k for k < eval_seeds (k = 0 alone is the 32-video table; 4 gives the 128-video table with "
                  "tighter paired standard errors)")
-  p.add_argument("--eval_models", default=",".join(EVAL_MODELS), help="models the eval stage samples")
+  p.add_argument("--eval_models", default=",".join(EVAL_MODELS), help="models the eval stage samples "
+                 "(those of configs/sample/toyworld.py; teacherN is the teacher at N steps)")
   p.add_argument("--ode_pairs", type=int, default=0, help="teacher trajectories for the SF ODE init (default 1024; "
                  "8 with --smoke)")
   p.add_argument("--steps", default="", help="override training steps, e.g. vae=1500,teacher=4000,dmd=1000,ode=500,sf=600 "
@@ -272,14 +272,16 @@ def main():
 def evaluate(r, a, frames, size):
   """Samples `eval_prompts` held-out prompts with each model (one process, models loaded once), saves
   lossless .npy clips and scores them with the evaluator CLI."""
+  from configs.sample import toyworld
+  from wanjax.errors import UsageError
   from wanjax.toyworld.dataset import HELDOUT_PROMPTS
   prompts = list(HELDOUT_PROMPTS[:a.eval_prompts // 2] + HELDOUT_PROMPTS[16:16 + a.eval_prompts - a.eval_prompts // 2])
   scores = r.log.setdefault("eval", {})
   for model in [m.strip() for m in a.eval_models.split(",") if m.strip()]:
-    if model not in EVAL_MODELS and not re.fullmatch(r"teacher[1-9][0-9]*", model):
-      raise SystemExit(f"--eval_models: unknown model {model!r}; valid: {', '.join(EVAL_MODELS)}, or teacherN "
-                       f"(the teacher at N steps)")
-    weights = os.path.join(a.out, "teacher" if model.startswith("teacher") else model)
+    try:   # the sampling preset knows the models (teacherN included) and where each one's weights are
+      weights = toyworld.get_config(f"model={model},root={a.out}").weights
+    except UsageError as e:
+      raise SystemExit(f"--eval_models: {e}") from None
     if not os.path.exists(os.path.join(weights, "config.json")):
       sys.stdout.write(f"[eval] {model}: no checkpoint at {weights}; skipped\n")
       continue
