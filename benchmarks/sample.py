@@ -3,6 +3,8 @@
   python benchmarks/sample.py                      # 81x480x832, bf16: 4-step distilled + CFG UniPC steps
   python benchmarks/sample.py --vae-policy bf16    # the same with a bf16 VAE (`config.vae_dtype=bf16`)
   python benchmarks/sample.py --small              # tiny models on CPU (smoke test)
+  python benchmarks/sample.py --model t2v_14b --policy bf16_weights --quant int8 --cfg-steps 0   # 14B, int8 blocks
+  python benchmarks/sample.py --model t2v_14b --policy bf16_weights --cfg-steps 0   # 14B 4-step, bf16 weights
   python benchmarks/sample.py --compilation-cache /tmp/jc   # twice: the second run's compile_total_s is the
                                                             # warm-cache start-up (infer.sample's default cache)
 
@@ -10,7 +12,10 @@ Measures, on the default device:
 - umT5-XXL encode of prompt + negative prompt (random bf16 weights), compile apart from steady state;
 - the 4-step CFG-free consistency sampler (LightX2V step list, shift 5): compile time and denoise time;
 - the UniPC + CFG loop (batch of two) for `--cfg-steps` steps: seconds per step (the loop is linear in the
-  number of steps, so the 50-step time is 50 x this);
+  number of steps, so the 50-step time is 50 x this); `--cfg-steps 0` skips it;
+- `--quant int8|fp8`: the DiT's block matmuls weight-only quantised as `infer.sample`'s `config.quant` does
+  (`wanjax.quant.quantize_model`, inside the jitted random init so no float copy of the blocks outlives it);
+  the DiT's parameter bytes are printed as `dit_weight_gb`;
 - Wan VAE decode of the final latent (chunked scan) under `--vae-policy` (float32 by default, as the reference
   and `infer.sample`; bf16 is `--config.vae_dtype=bf16` there), compile apart from steady state;
 - peak device memory; compile_total_s, the sum of the four compiles above (the DiT and umT5 random inits are
@@ -54,8 +59,11 @@ def main():
   p.add_argument("--frames", type=int, default=81)
   p.add_argument("--height", type=int, default=480)
   p.add_argument("--width", type=int, default=832)
-  p.add_argument("--cfg-steps", type=int, default=10)
-  p.add_argument("--policy", default="bf16", help="DiT precision policy")
+  p.add_argument("--cfg-steps", type=int, default=None, help="UniPC + CFG steps timed (default 10, "
+                 "2 with --small; 0 skips the CFG loop)")
+  p.add_argument("--policy", default="bf16", help="DiT precision policy (bf16_weights: bf16 storage, for 14B)")
+  p.add_argument("--quant", default="none", choices=("none", "int8", "fp8"),
+                 help="weight-only quantisation of the DiT block matmuls (infer.sample's config.quant)")
   p.add_argument("--vae-policy", default="float32", choices=("float32", "bf16"),
                  help="VAE precision policy (infer.sample's config.vae_dtype)")
   p.add_argument("--skip-t5", action="store_true")
@@ -71,6 +79,7 @@ def main():
   import jax
   import jax.numpy as jnp
   from flax import nnx
+  from wanjax import quant as quantlib
   from wanjax import sampling, schedules
   from wanjax.dit.config import get_config
   from wanjax.dit.model import WanDiT
@@ -78,14 +87,16 @@ def main():
   from wanjax.vae import config as vae_config
   from wanjax.vae.model import create_vae, decode_latent
 
-  from infer.models import use_compilation_cache
+  from infer.models import use_compilation_cache, weight_bytes
   cache_entries = None
   if args.compilation_cache:   # the same call infer.sample makes for config.compilation_cache
     os.makedirs(args.compilation_cache, exist_ok=True)
     cache_entries = len(os.listdir(args.compilation_cache))
     use_compilation_cache(args.compilation_cache, min_compile_s=args.cache_min_compile_s)
   if args.small:
-    args.model, args.frames, args.height, args.width, args.cfg_steps = "tiny", 5, 32, 48, 2
+    args.model, args.frames, args.height, args.width = "tiny", 5, 32, 48
+  if args.cfg_steps is None:
+    args.cfg_steps = 2 if args.small else 10
   cfg = get_config(args.model)
   t5_cfg = umt5.get_config("tiny" if args.small else "umt5_xxl")
   if args.small:
@@ -96,7 +107,7 @@ def main():
   res = _Results()
   res.update(device=jax.devices()[0].device_kind, model=args.model, frames=args.frames,
              size=f"{args.width}x{args.height}", latent=[F, H, W], policy=args.policy,
-             vae_policy=args.vae_policy, compilation_cache=args.compilation_cache or None,
+             quant=args.quant, vae_policy=args.vae_policy, compilation_cache=args.compilation_cache or None,
              cache_entries_at_start=cache_entries)
   print(dict(res), flush=True)
 
@@ -123,10 +134,13 @@ def main():
 
   # ---- DiT
   t0 = time.perf_counter()
-  make = lambda: WanDiT(cfg, policy=args.policy, rngs=nnx.Rngs(0))  # noqa: E731
+  def make():
+    m = WanDiT(cfg, policy=args.policy, rngs=nnx.Rngs(0))
+    return m if args.quant == "none" else quantlib.quantize_model(m, args.quant)
   gd, _ = nnx.split(nnx.eval_shape(make))
   model = nnx.merge(gd, jax.jit(lambda: nnx.split(make())[1])())
   res["dit_init_s"] = time.perf_counter() - t0
+  res["dit_weight_gb"] = weight_bytes(model) / 2**30
   denoise, params = sampling.model_denoiser(model)
   noise = jax.random.normal(key, (1, F, H, W, cfg.out_dim), jnp.float32)
   cond, uncond = {"context": ctx[:1]}, {"context": ctx[1:]}
@@ -138,15 +152,17 @@ def main():
   res["4step_compile_s"] = time.perf_counter() - t0
   latent, res["4step_denoise_s"] = _timed(run4, *a4, reps=2)
 
-  sig, ts = schedules.unipc_sigmas(args.cfg_steps, 5.0)
-  t0 = time.perf_counter()
-  runc, ac = sampling.compile_sample(denoise, noise, sigmas=sig, timesteps=ts, solver="unipc", cfg_scale=5.0,
-                                     cond=cond, uncond=uncond, params=params)
-  res["cfg_compile_s"] = time.perf_counter() - t0
-  _, tc = _timed(runc, *ac, reps=1)
-  res["cfg_sec_per_step"] = tc / args.cfg_steps
-  res["cfg_50_steps_s_est"] = 50 * res["cfg_sec_per_step"]
-  del model, params, runc, run4
+  if args.cfg_steps > 0:
+    sig, ts = schedules.unipc_sigmas(args.cfg_steps, 5.0)
+    t0 = time.perf_counter()
+    runc, ac = sampling.compile_sample(denoise, noise, sigmas=sig, timesteps=ts, solver="unipc", cfg_scale=5.0,
+                                       cond=cond, uncond=uncond, params=params)
+    res["cfg_compile_s"] = time.perf_counter() - t0
+    _, tc = _timed(runc, *ac, reps=1)
+    res["cfg_sec_per_step"] = tc / args.cfg_steps
+    res["cfg_50_steps_s_est"] = 50 * res["cfg_sec_per_step"]
+    del runc, ac
+  del model, params, run4, a4
 
   # ---- VAE decode
   if not args.skip_vae:

@@ -30,3 +30,20 @@ def test_sample_benchmark_cold_then_warm_cache(tmp_path):
   warm = _run(cache)
   assert warm["cache_entries_at_start"] == warm["cache_entries_at_end"] == cold["cache_entries_at_end"], warm
   assert len(os.listdir(cache)) == cold["cache_entries_at_end"]
+
+
+def test_sample_benchmark_int8_four_steps_only():
+  """`--quant int8 --cfg-steps 0` (the 14B recipe of gpu_session.sh, here on the tiny model): the DiT is built
+  quantised, only the 4-step sampler is compiled, and the int8 weights are smaller than the float ones."""
+  def run(*extra):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "sample.py"), "--small", "--skip-t5",
+                           "--skip-vae", "--cfg-steps", "0", *extra], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+  q = run("--quant", "int8")
+  f = run()
+  assert q["quant"] == "int8" and f["quant"] == "none"
+  assert "cfg_compile_s" not in q and q["compile_total_s"] == q["4step_compile_s"] > 0, q
+  # fp32 block kernels become 1 byte per value; the tiny model's embeddings and head stay float (0.61x here).
+  assert 0 < q["dit_weight_gb"] < 0.75 * f["dit_weight_gb"], (q["dit_weight_gb"], f["dit_weight_gb"])
