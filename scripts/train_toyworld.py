@@ -20,6 +20,7 @@ Writes OUT/train_log.json (per stage: command, seconds, first/last logged losses
 WORK/losses.json (every logged scalar). `--smoke` runs every stage for a few steps at 32×32×5 (CPU, minutes).
 
   python scripts/train_toyworld.py                       # full run -> wanjax/toyworld/checkpoints/
+  python scripts/train_toyworld.py --cpu --out /tmp/tw_cpu   # every model on a 2-core CPU in about 2 h
   python scripts/train_toyworld.py --smoke --work /tmp/tw_smoke
   python scripts/train_toyworld.py --stages teacher,dmd,eval   # rerun some stages
 """
@@ -35,6 +36,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)     # the repo's packages, also without `pip install -e .`
+# `--cpu`: wall-clock budgets (seconds) of the two trainers that dominate a CPU run; the other stages run their
+# configs' steps (measured: docs/toyworld.md, "The CPU-only run").
+CPU_BUDGET_S = {"vae": 2400, "teacher": 1800}
 STAGES = ("data", "vae", "text", "features", "teacher", "dmd", "dmd1", "odepairs", "ode", "sf", "eval")
 EVAL_MODELS = ("teacher", "teacher4", "teacher1", "dmd", "dmd1", "sf")
 
@@ -132,7 +136,8 @@ def _write_json(path, obj):
 
 # ------------------------------------------------------------------------------------------------ stages
 
-def main():
+def parse_args(argv=None):
+  """The parsed command line with the defaults that depend on --smoke / --cpu filled in; returns (args, parser)."""
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--smoke", action="store_true", help="every stage for a few steps at 32x32x5 (CPU, minutes)")
   p.add_argument("--work", default="", help="data, features and training runs (default runs/toyworld, or "
@@ -140,7 +145,10 @@ def main():
   p.add_argument("--out", default="", help="exported model dirs + train_log.json (default "
                  "wanjax/toyworld/checkpoints, or WORK/checkpoints with --smoke)")
   p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
-  p.add_argument("--clips", type=int, default=0, help="dataset size (default 4000; 8 with --smoke)")
+  p.add_argument("--cpu", action="store_true", help="the CPU recipe: --vae_crops, 3000 lossless npy clips and "
+                 "wall-clock budgets vae=2400,teacher=1800 (items given in --max_seconds win); about 2 h on a "
+                 "2-core CPU (docs/toyworld.md)")
+  p.add_argument("--clips", type=int, default=0, help="dataset size (default 4000, 3000 with --cpu; 8 with --smoke)")
   p.add_argument("--eval_prompts", type=int, default=0, help="held-out prompts sampled per model (default 32; "
                  "2 with --smoke)")
   p.add_argument("--eval_seed", type=int, default=0)
@@ -156,21 +164,35 @@ def main():
   p.add_argument("--max_seconds", default="", help="wall-clock budget per trainer, e.g. vae=170,teacher=100: the "
                  "run stops and saves at the first step past it (config max_train_seconds); the steps reached "
                  "are in the log")
-  p.add_argument("--data_format", choices=("mp4", "npy"), default="mp4", help="clip files of the data stage: "
-                 "mp4 (H.264, small) or npy (lossless float32, 835 KB per clip, needs no ffmpeg)")
+  p.add_argument("--data_format", choices=("mp4", "npy"), default=None, help="clip files of the data stage: "
+                 "mp4 (H.264, small; the default) or npy (lossless float32, 835 KB per clip, needs no ffmpeg; the "
+                 "default with --cpu)")
   p.add_argument("--vae_precision", choices=("float32", "bf16"), default="float32", help="VAE training compute "
                  "(bf16: fp32 params, bf16 convolutions, several times faster on a GPU; the shipped VAE is float32)")
   p.add_argument("--vae_crops", action="store_true", help="train the VAE on random 32x32 crops of whole "
                  "clips, batch 4 (~4x cheaper per step; the CPU budget run, docs/toyworld.md)")
-  a = p.parse_args()
+  a = p.parse_args(argv)
+  if a.cpu and a.smoke:
+    p.error("--cpu and --smoke exclude each other (--smoke is already a CPU run of a few steps)")
+  if a.cpu:
+    a.vae_crops = True
+    given = {x.partition("=")[0].strip() for x in a.max_seconds.split(",") if x.strip()}
+    a.max_seconds = ",".join(filter(None, [a.max_seconds] + [f"{k}={v}" for k, v in CPU_BUDGET_S.items()
+                                                             if k not in given]))
+  a.data_format = a.data_format or ("npy" if a.cpu else "mp4")
   a.work = os.path.abspath(a.work or ("/tmp/toyworld_smoke" if a.smoke else os.path.join(REPO, "runs", "toyworld")))
   a.out = os.path.abspath(a.out or (os.path.join(a.work, "checkpoints") if a.smoke else
                                     os.path.join(REPO, "wanjax", "toyworld", "checkpoints")))
-  a.clips = a.clips or (8 if a.smoke else 4000)
+  a.clips = a.clips or (8 if a.smoke else 3000 if a.cpu else 4000)
   a.eval_prompts = a.eval_prompts or (2 if a.smoke else 32)
   if a.eval_seeds < 1:
     p.error(f"--eval_seeds={a.eval_seeds}: must be >= 1 (videos per held-out prompt)")
   a.ode_pairs = a.ode_pairs or (8 if a.smoke else 1024)
+  return a, p
+
+
+def main():
+  a, p = parse_args()
   stages = [s.strip() for s in a.stages.split(",") if s.strip()]
   bad = sorted(set(stages) - set(STAGES))
   if bad:

@@ -206,3 +206,17 @@ def test_denoise_error_script_on_the_shipped_teacher():
   assert out["clips"] == 4 and (low["sigma"], high["sigma"]) == (0.3, 0.98)
   assert 0.0 < low["x0_mse"] < high["x0_mse"] < out["latent_variance"], out
   assert high["x0_mse"] < high["x0_mse_negative"], out
+
+
+def test_cpu_recipe_flag_fills_in_budgets_without_overriding_given_ones():
+  from train_toyworld import CPU_BUDGET_S, parse_args
+  a, _ = parse_args(["--cpu"])
+  assert a.vae_crops and a.clips == 3000 and a.data_format == "npy"
+  assert sorted(a.max_seconds.split(",")) == sorted(f"{k}={v}" for k, v in CPU_BUDGET_S.items())
+  a, _ = parse_args(["--cpu", "--max_seconds", "teacher=60", "--clips", "500", "--data_format", "mp4"])
+  assert sorted(a.max_seconds.split(",")) == ["teacher=60", f"vae={CPU_BUDGET_S['vae']}"]
+  assert (a.clips, a.data_format) == (500, "mp4")
+  a, _ = parse_args([])                                   # without --cpu nothing changes
+  assert (a.vae_crops, a.clips, a.data_format, a.max_seconds) == (False, 4000, "mp4", "")
+  with pytest.raises(SystemExit):
+    parse_args(["--cpu", "--smoke"])
