@@ -7,6 +7,11 @@
 Each framework runs in its own subprocess (so neither sees the other's GPU memory). Random weights, bf16.
 Prints per framework: seconds per forward (median of N after warm-up), compile/first-call time, peak device
 memory, achieved TFLOP/s; then the ratio, and one JSON line to paste into reports.
+
+Each framework also times its self-attention kernel alone (`self_attn_s`: one layer's `[1, L, N, K]` bf16
+attention, median of N, times the layer count; wanjax's `attention(impl=--attn)`, torch's SDPA as diffusers
+calls it). That splits the forward into attention and the rest, and bounds what any change outside the kernel
+can give: `max_speedup_same_attention` = diffusers' forward / wanjax's attention time alone.
 """
 
 import argparse
@@ -36,6 +41,20 @@ def flops_per_forward(cfg, L, S):
                + 2 * 2 * L * S * D          # cross attention
                + 2 * L * D * M * 2)         # ffn
   return per_layer * cfg["num_layers"]
+
+
+def _median_s(fn, iters, sync):
+  """Median wall time of `fn()` over `iters` calls after one warm-up call; `sync()` waits for the device."""
+  import numpy as np
+  fn()
+  sync()
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
 
 
 def run_jax(args):
@@ -76,19 +95,22 @@ def run_jax(args):
   compiled = fwd.lower(state, x, t, ctx).compile()
   compile_s = time.perf_counter() - t0
   out = compiled(state, x, t, ctx)
-  out.block_until_ready()
-  times = []
-  for _ in range(args.iters):
-    t0 = time.perf_counter()
-    compiled(state, x, t, ctx).block_until_ready()
-    times.append(time.perf_counter() - t0)
+  finite = bool(np.isfinite(np.asarray(out, np.float32)).all())
+  del out
+  sec = _median_s(lambda: compiled(state, x, t, ctx).block_until_ready(), args.iters, lambda: None)
+  L = F * (H // 2) * (W // 2)
+  del compiled
+  from wanjax.ops.attention import attention
+  q, k, v = (jax.random.normal(jax.random.key(i), (1, L, cfg.num_heads, cfg.head_dim), jnp.bfloat16)
+             for i in range(3))
+  attn = jax.jit(lambda q, k, v: attention(q, k, v, impl=args.attn))
+  self_attn_s = cfg.num_layers * _median_s(lambda: attn(q, k, v).block_until_ready(), args.iters, lambda: None)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
-  L = F * (H // 2) * (W // 2)
-  return dict(framework="jax", device=dev.device_kind, sec=float(np.median(times)), compile_s=compile_s,
+  return dict(framework="jax", device=dev.device_kind, sec=sec, compile_s=compile_s,
+              self_attn_s=self_attn_s,
               init_s=init_s, peak_gb=stats.get("peak_bytes_in_use", 0) / 2**30,
-              flops=flops_per_forward(dataclasses.asdict(cfg), L, cfg.text_len), tokens=L,
-              finite=bool(np.isfinite(np.asarray(out, np.float32)).all()))
+              flops=flops_per_forward(dataclasses.asdict(cfg), L, cfg.text_len), tokens=L, finite=finite)
 
 
 def run_torch(args):
@@ -107,6 +129,10 @@ def run_torch(args):
                                   in_channels=cfg.in_dim, out_channels=cfg.out_dim, text_dim=cfg.text_dim,
                                   freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=layers)
   model = model.to_empty(device=dev).to(torch.bfloat16)
+  # to_empty leaves non-persistent buffers (the RoPE tables) as uninitialised memory: rebuild them, in bf16 as
+  # `from_pretrained(torch_dtype=torch.bfloat16)` leaves them.
+  r = model.rope
+  model.rope = type(r)(r.attention_head_dim, r.patch_size, r.max_seq_len).to(dev, torch.bfloat16)
   with torch.no_grad():
     for p in model.parameters():
       p.normal_(0, 0.02)
@@ -123,19 +149,21 @@ def run_torch(args):
     out = model(x, t, ctx, return_dict=False)[0]
     sync()
     first_s = time.perf_counter() - t0
-    times = []
-    for _ in range(args.iters):
-      t0 = time.perf_counter()
-      model(x, t, ctx, return_dict=False)
-      sync()
-      times.append(time.perf_counter() - t0)
+    finite = bool(torch.isfinite(out.float()).all())
+    del out
+    sec = _median_s(lambda: model(x, t, ctx, return_dict=False), args.iters, sync)
   L = F * (H // 2) * (W // 2)
+  q, k, v = (torch.randn(1, cfg.num_heads, L, cfg.head_dim, device=dev, dtype=torch.bfloat16) for _ in range(3))
+  with torch.no_grad():
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    self_attn_s = layers * _median_s(lambda: sdpa(q, k, v), args.iters, sync)
   peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else 0.0
   name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
-  return dict(framework="diffusers", device=name, sec=float(np.median(times)), compile_s=first_s,
+  return dict(framework="diffusers", device=name, sec=sec, compile_s=first_s,
+              self_attn_s=self_attn_s,
               peak_gb=peak, flops=flops_per_forward(dataclasses.asdict(cfg) | {"num_layers": layers}, L,
                                                     cfg.text_len),
-              tokens=L, finite=bool(torch.isfinite(out.float()).all()))
+              tokens=L, finite=finite)
 
 
 def main():
@@ -169,10 +197,15 @@ def main():
     r = results[fw]
     print(f"{r['framework']:>9} on {r['device']}: {r['sec']:.4f} s/forward, first/compile {r['compile_s']:.1f} s,"
           f" peak {r['peak_gb']:.2f} GiB, {r['flops'] / r['sec'] / 1e12:.1f} TFLOP/s, tokens {r['tokens']}")
+    print(f"{'':>9}    self-attention alone {r['self_attn_s']:.4f} s ({100 * r['self_attn_s'] / r['sec']:.0f} % of "
+          f"the forward), rest {r['sec'] - r['self_attn_s']:.4f} s")
   summary = dict(model=args.model, layers=args.layers or None, shape=args.shape, results=results)
   if results.get("jax") and results.get("torch"):
     summary["speedup_vs_diffusers"] = results["torch"]["sec"] / results["jax"]["sec"]
     print(f"speed-up of wanjax over diffusers: {summary['speedup_vs_diffusers']:.3f}x")
+    summary["max_speedup_same_attention"] = results["torch"]["sec"] / results["jax"]["self_attn_s"]
+    print(f"bound with this attention kernel (diffusers' forward / wanjax's attention alone): "
+          f"{summary['max_speedup_same_attention']:.3f}x")
   print(json.dumps(summary))
 
 
