@@ -97,6 +97,8 @@ def main():
     args.model, args.frames, args.height, args.width = "tiny", 5, 32, 48
   if args.cfg_steps is None:
     args.cfg_steps = 2 if args.small else 10
+  if args.cfg_steps < 0:
+    p.error(f"--cfg-steps={args.cfg_steps}: must be >= 0 (0 skips the UniPC + CFG loop)")
   cfg = get_config(args.model)
   t5_cfg = umt5.get_config("tiny" if args.small else "umt5_xxl")
   if args.small:
