@@ -20,7 +20,7 @@ Writes OUT/train_log.json (per stage: command, seconds, first/last logged losses
 WORK/losses.json (every logged scalar). `--smoke` runs every stage for a few steps at 32×32×5 (CPU, minutes).
 
   python scripts/train_toyworld.py                       # full run -> wanjax/toyworld/checkpoints/
-  python scripts/train_toyworld.py --cpu --out /tmp/tw_cpu   # every model on a 2-core CPU (~2 h 50 min)
+  python scripts/train_toyworld.py --cpu                 # every model on a 2-core CPU (~2 h 50 min) -> WORK/checkpoints
   python scripts/train_toyworld.py --smoke --work /tmp/tw_smoke
   python scripts/train_toyworld.py --stages teacher,dmd,eval   # rerun some stages
 """
@@ -145,7 +145,7 @@ def parse_args(argv=None):
   p.add_argument("--work", default="", help="data, features and training runs (default runs/toyworld, or "
                  "/tmp/toyworld_smoke with --smoke)")
   p.add_argument("--out", default="", help="exported model dirs + train_log.json (default "
-                 "wanjax/toyworld/checkpoints, or WORK/checkpoints with --smoke)")
+                 "wanjax/toyworld/checkpoints, or WORK/checkpoints with --smoke or --cpu)")
   p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
   p.add_argument("--cpu", action="store_true", help="the CPU recipe: --vae_crops, 3000 lossless npy clips and "
                  "wall-clock budgets vae=5400,teacher=1800 (items given in --max_seconds win); about 2 h 50 min "
@@ -183,7 +183,8 @@ def parse_args(argv=None):
                                                              if k not in given]))
   a.data_format = a.data_format or ("npy" if a.cpu else "mp4")
   a.work = os.path.abspath(a.work or ("/tmp/toyworld_smoke" if a.smoke else os.path.join(REPO, "runs", "toyworld")))
-  a.out = os.path.abspath(a.out or (os.path.join(a.work, "checkpoints") if a.smoke else
+  # --smoke and --cpu write beside their work folder: only a deliberate --out replaces the shipped set.
+  a.out = os.path.abspath(a.out or (os.path.join(a.work, "checkpoints") if a.smoke or a.cpu else
                                     os.path.join(REPO, "wanjax", "toyworld", "checkpoints")))
   a.clips = a.clips or (8 if a.smoke else 3000 if a.cpu else 4000)
   a.eval_prompts = a.eval_prompts or (2 if a.smoke else 32)

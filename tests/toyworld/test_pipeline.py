@@ -210,8 +210,9 @@ def test_denoise_error_script_on_the_shipped_teacher():
 
 def test_cpu_recipe_flag_fills_in_budgets_without_overriding_given_ones():
   from train_toyworld import CPU_BUDGET_S, parse_args
-  a, _ = parse_args(["--cpu"])
+  a, _ = parse_args(["--cpu", "--work", "/tmp/tw_cpu_args"])
   assert a.vae_crops and a.clips == 3000 and a.data_format == "npy"
+  assert a.out == "/tmp/tw_cpu_args/checkpoints"          # never the shipped set unless --out says so
   assert sorted(a.max_seconds.split(",")) == sorted(f"{k}={v}" for k, v in CPU_BUDGET_S.items())
   a, _ = parse_args(["--cpu", "--max_seconds", "teacher=60", "--clips", "500", "--data_format", "mp4"])
   assert sorted(a.max_seconds.split(",")) == ["teacher=60", f"vae={CPU_BUDGET_S['vae']}"]
