@@ -13,21 +13,22 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _run(cache):
+def _run(*extra):
+  """`benchmarks/sample.py --small --skip-t5 --skip-vae *extra` -> its final JSON line."""
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "sample.py"), "--small", "--skip-t5",
-                         "--skip-vae", "--compilation-cache", str(cache), "--cache-min-compile-s", "0"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+                         "--skip-vae", *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_sample_benchmark_cold_then_warm_cache(tmp_path):
   cache = tmp_path / "jax_cache"
-  cold = _run(cache)
+  cached = ("--compilation-cache", str(cache), "--cache-min-compile-s", "0")
+  cold = _run(*cached)
   assert cold["cache_entries_at_start"] == 0 and cold["cache_entries_at_end"] > 0, cold
   assert cold["compile_total_s"] == cold["4step_compile_s"] + cold["cfg_compile_s"] > 0, cold
   assert all(k in cold for k in ("4step_denoise_s", "cfg_sec_per_step", "e2e_4step_warm_s")), cold
-  warm = _run(cache)
+  warm = _run(*cached)
   assert warm["cache_entries_at_start"] == warm["cache_entries_at_end"] == cold["cache_entries_at_end"], warm
   assert len(os.listdir(cache)) == cold["cache_entries_at_end"]
 
@@ -35,14 +36,8 @@ def test_sample_benchmark_cold_then_warm_cache(tmp_path):
 def test_sample_benchmark_int8_four_steps_only():
   """`--quant int8 --cfg-steps 0` (the 14B recipe of gpu_session.sh, here on the tiny model): the DiT is built
   quantised, only the 4-step sampler is compiled, and the int8 weights are smaller than the float ones."""
-  def run(*extra):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "sample.py"), "--small", "--skip-t5",
-                           "--skip-vae", "--cfg-steps", "0", *extra], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-  q = run("--quant", "int8")
-  f = run()
+  q = _run("--cfg-steps", "0", "--quant", "int8")
+  f = _run("--cfg-steps", "0")
   assert q["quant"] == "int8" and f["quant"] == "none"
   assert "cfg_compile_s" not in q and q["compile_total_s"] == q["4step_compile_s"] > 0, q
   # fp32 block kernels become 1 byte per value; the tiny model's embeddings and head stay float (0.61x here).
