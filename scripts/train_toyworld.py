@@ -199,10 +199,8 @@ def parse_args(argv=None):
   return a, p
 
 
-def vae_crop_phases(vae_steps=()) -> list:
-  """`train.vae` overrides of each `VAE_CROP_PHASES` phase, cut at `--steps vae=N` when given (a
-  `--config.total_steps=N` item of `vae_steps`)."""
-  total = next((int(x.split("=")[1]) for x in vae_steps if x.startswith("--config.total_steps=")), None)
+def vae_crop_phases(total=None) -> list:
+  """`train.vae` overrides of each `VAE_CROP_PHASES` phase, cut at `total` steps (`--steps vae=N`) when given."""
   out, start = [], 0
   for until, frames, batch, clips, fg in VAE_CROP_PHASES:
     if total is not None and start >= total:
@@ -231,11 +229,12 @@ def main():
   cfg = {k: f"configs/train/toyworld_{k}.py{smoke}" for k in ("vae", "teacher", "dmd", "dmd1")}
   cfg["ode"] = f"configs/train/toyworld_ode_init.py{smoke}"
   cfg["sf"] = f"configs/train/toyworld_self_forcing.py{smoke}"
-  steps = {}
+  steps, limits = {}, {}
   for item in filter(None, (x.strip() for x in a.steps.split(","))):
     key, _, val = item.partition("=")
     if key not in runs or not val.isdigit() or int(val) < 1:
       p.error(f"--steps item {item!r}: expected NAME=STEPS with NAME in {', '.join(runs)} and STEPS >= 1")
+    limits[key] = int(val)
     steps[key] = [f"--config.total_steps={val}"]
   for item in filter(None, (x.strip() for x in a.max_seconds.split(","))):
     key, _, val = item.partition("=")
@@ -261,7 +260,7 @@ def main():
     base = ["train.vae", "--config", cfg["vae"], "--workdir", runs["vae"], f"--config.data.clips={data_dir}",
             *precision]
     if a.vae_crops and not a.smoke:
-      for args in vae_crop_phases(steps.get("vae", [])):
+      for args in vae_crop_phases(limits.get("vae")):
         r.run("vae", base + args)
     else:
       r.run("vae", base + steps.get("vae", []))

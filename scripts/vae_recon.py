@@ -19,7 +19,6 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-FG_THRESHOLD = 0.1     # in [-1, 1] units, as train.vae.foreground_weights
 
 
 def psnr(mse):
@@ -39,6 +38,7 @@ def main():
 
   import jax
   import numpy as np
+  from train.vae import foreground_mask
   from wanjax import sharding
   from wanjax.toyworld import evaluate, world
   from wanjax.toyworld.dataset import HELDOUT_PROMPTS
@@ -55,8 +55,7 @@ def main():
   scenes = [world.place(world.parse_prompt(t), np.random.default_rng([j % a.prompts, j // a.prompts]))
             for j, t in enumerate(prompts)]
   renders = np.stack([world.render(s, a.frames, a.size, a.size) for s in scenes]).astype(np.float32)
-  bg = np.median(renders.reshape(len(renders), -1, 3), axis=1)[:, None, None, None, :]
-  fg = np.max(np.abs(renders - bg), axis=-1) > FG_THRESHOLD                       # [N, T, H, W]
+  fg = foreground_mask(renders, xp=np)[..., 0]                                  # [N, T, H, W], as the VAE loss
   truth = float(np.mean([evaluate.score_video(v, t)["score"] for v, t in zip(renders, prompts)]))
   mesh = sharding.make_mesh("data=-1")
   rows = []

@@ -79,15 +79,20 @@ def vae_config(v, latents_mean=None, latents_std=None) -> VAEConfig:
                    latents_mean=latents_mean or (0.0,) * z, latents_std=latents_std or (1.0,) * z)
 
 
+def foreground_mask(video, threshold=0.1, xp=jnp):
+  """`[B, T, H, W, 1]` bool: the pixel differs from its clip's median colour by > threshold in some channel
+  (`xp` = jnp, or np for host-side metrics such as scripts/vae_recon.py)."""
+  b = video.shape[0]
+  bg = xp.median(video.reshape(b, -1, video.shape[-1]), axis=1)[:, None, None, None, :]
+  return xp.max(xp.abs(video - bg), axis=-1, keepdims=True) > threshold
+
+
 def foreground_weights(video, fg_weight, threshold=0.1):
-  """`[B, T, H, W, 1]` pixel weights 1 + fg_weight·[pixel differs from the clip's median colour by > threshold].
+  """`[B, T, H, W, 1]` pixel weights 1 + fg_weight·`foreground_mask`.
 
   For plain-background data such as the toy world: small objects are a few % of the pixels, so an unweighted
   loss learns the background first and the objects only after thousands of steps (docs/toyworld.md)."""
-  b = video.shape[0]
-  bg = jnp.median(video.reshape(b, -1, video.shape[-1]), axis=1)[:, None, None, None, :]
-  fg = jnp.max(jnp.abs(video - bg), axis=-1, keepdims=True) > threshold
-  return 1.0 + fg_weight * fg.astype(jnp.float32)
+  return 1.0 + fg_weight * foreground_mask(video, threshold).astype(jnp.float32)
 
 
 def vae_loss(fn, params, video, key, *, l1, l2, kl, sample_latent=True, fg_weight=0.0):

@@ -247,9 +247,9 @@ def test_vae_crop_phases_resume_one_run_and_stop_at_the_step_limit():
   assert [int(p["data.train_frames"]) for p in full] == [5, 9, 17]      # latent frames >= 2 need 17 at the end
   assert all(p["data.train_size"] == "32" and (int(p["data.train_frames"]) - 1) % 4 == 0 for p in full)
   assert [p["loss.fg_weight"] for p in full] == ["0", "0", "10"]
-  cut = parsed(vae_crop_phases(["--config.total_steps=1200"]))
+  cut = parsed(vae_crop_phases(1200))
   assert [int(p["total_steps"]) for p in cut] == [1000, 1200]
-  assert [int(p["total_steps"]) for p in parsed(vae_crop_phases(["--config.total_steps=10"]))] == [10]
+  assert [int(p["total_steps"]) for p in parsed(vae_crop_phases(10))] == [10]
 
 
 def test_vae_budget_with_the_crop_recipe_is_refused_before_anything_runs(tmp_path):
