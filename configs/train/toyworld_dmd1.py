@@ -1,4 +1,4 @@
-"""Toy-world 1-step DMD student (DMD2's one-step generator): `toyworld_dmd` with the step list (1000,).
+"""Toy-world 1-step DMD student (DMD2's one-step generator): `toyworld_dmd` with the step list (1000,), 600 steps.
 
 Why it exists: this toy teacher's probability-flow ODE is nearly straight, so the teacher at 4 UniPC steps already
 matches its 50-step samples and the 4-step table cannot show what distillation buys. At one step the teacher
@@ -22,4 +22,6 @@ def get_config(arg=None):
   arg = common.parse_arg(arg, smoke=False)
   c = toyworld_dmd.get_config(f"smoke={arg.smoke}")
   c.dmd.timesteps = (1000,)   # one generator step from pure noise; everything else as the 4-step student
+  if not arg.smoke:
+    c.total_steps = 600       # twice the 4-step student's: 300 scored 83 % of the CPU teacher, 600 scored 95 %
   return c

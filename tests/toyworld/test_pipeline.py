@@ -192,6 +192,8 @@ def test_dmd1_config_is_the_dmd_recipe_with_one_step(smoke):
   from configs.train import toyworld_dmd, toyworld_dmd1
   one, four = (json.loads(m.get_config(f"smoke={smoke}").to_json()) for m in (toyworld_dmd1, toyworld_dmd))
   assert one["dmd"].pop("timesteps") == [1000] and four["dmd"].pop("timesteps") == [1000, 750, 500, 250]
+  # The 1-step student trains twice as long (600 steps; 300 reached 83 % of the teacher, docs/toyworld.md).
+  assert (one.pop("total_steps"), four.pop("total_steps")) == ((6, 6) if smoke else (600, 300))
   assert one == four
 
 
@@ -210,7 +212,7 @@ def test_denoise_error_script_on_the_shipped_teacher():
 
 def test_vae_recon_script_on_the_shipped_vae():
   """scripts/vae_recon.py: the shipped VAE keeps the objects (reconstructions score far above the empty-video
-  floor of 0.04; measured 0.42 on these 4 clips) and the renders score ~1."""
+  floor of 0.04; measured 0.55 on these 4 clips) and the renders score ~1."""
   proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "vae_recon.py"), "--prompts", "4"],
                         cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -220,17 +222,18 @@ def test_vae_recon_script_on_the_shipped_vae():
   assert row["psnr"] > 20.0 and row["fg_psnr"] > 8.0 and row["score"] > 0.3, out
 
 
-def test_cpu_recipe_flag_fills_in_budgets_without_overriding_given_ones():
-  from train_toyworld import CPU_BUDGET_S, parse_args
+def test_cpu_recipe_flag_fills_in_teacher_steps_without_overriding_given_ones():
+  from train_toyworld import CPU_STEPS, parse_args
   a, _ = parse_args(["--cpu", "--work", "/tmp/tw_cpu_args"])
   assert a.vae_crops and a.clips == 3000 and a.data_format == "npy"
   assert a.out == "/tmp/tw_cpu_args/checkpoints"          # never the shipped set unless --out says so
-  assert sorted(a.max_seconds.split(",")) == sorted(f"{k}={v}" for k, v in CPU_BUDGET_S.items())
-  a, _ = parse_args(["--cpu", "--max_seconds", "teacher=60,dmd=30", "--clips", "500", "--data_format", "mp4"])
-  assert sorted(a.max_seconds.split(",")) == ["dmd=30", "teacher=60"]
+  assert sorted(a.steps.split(",")) == sorted(f"{k}={v}" for k, v in CPU_STEPS.items())
+  assert a.max_seconds == ""                              # a step count, not a machine-dependent budget
+  a, _ = parse_args(["--cpu", "--steps", "teacher=60,dmd=30", "--clips", "500", "--data_format", "mp4"])
+  assert sorted(a.steps.split(",")) == ["dmd=30", "teacher=60"]
   assert (a.clips, a.data_format) == (500, "mp4")
   a, _ = parse_args([])                                   # without --cpu nothing changes
-  assert (a.vae_crops, a.clips, a.data_format, a.max_seconds) == (False, 4000, "mp4", "")
+  assert (a.vae_crops, a.clips, a.data_format, a.max_seconds, a.steps) == (False, 4000, "mp4", "", "")
   with pytest.raises(SystemExit):
     parse_args(["--cpu", "--smoke"])
 
