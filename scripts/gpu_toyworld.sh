@@ -7,7 +7,7 @@
 # (fp32 params; the fp32 convolutions are what limit the VAE's steps per second on the GPU).
 # STAGES (default data,vae,features,teacher) picks the stages; the whole set on the GPU, students and evaluation
 # included (issue 8's "all checkpoints in 10 minutes on one H100"), is
-#   STAGES=data,vae,features,teacher,dmd,dmd1,odepairs,ode,sf,eval VAE_S=130 TEACHER_S=70 bash scripts/gpu_toyworld.sh
+#   STAGES=data,vae,features,teacher,dmd,dmd2,dmd1,odepairs,ode,sf,eval VAE_S=130 TEACHER_S=70 bash scripts/gpu_toyworld.sh
 # Every exported model comes back as $OUT/<model>.tar.
 set -o pipefail
 python3 -m pip install -q --no-deps --no-index --find-links .device-wheels ml_collections diffusers tensorboardX \
@@ -21,6 +21,6 @@ python3 scripts/train_toyworld.py --work "$W" --out "$C" --clips "${CLIPS:-4000}
   --stages "${STAGES:-data,vae,features,teacher}" --steps vae=100000,teacher=100000 --vae_precision "${VAE_PRECISION:-float32}" \
   --max_seconds "vae=${VAE_S:-150},teacher=${TEACHER_S:-90}" 2>&1 | tr '\r' '\n' | tee "$OUT/toyworld_gpu.log" \
   | grep -av "^[IW][0-9]\{4\} \|%|" | grep -avi "warn"
-for m in vae teacher dmd dmd1 sf; do [ -d "$C/$m" ] && tar -C "$C" -cf "$OUT/$m.tar" "$m"; done
+for m in vae teacher dmd dmd2 dmd1 sf; do [ -d "$C/$m" ] && tar -C "$C" -cf "$OUT/$m.tar" "$m"; done
 cp "$C/train_log.json" "$OUT/" 2>/dev/null; cp "$W/losses.json" "$OUT/" 2>/dev/null
 ls -la "$OUT"

@@ -15,8 +15,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = (
     ("teacher", "teacher, 50-step UniPC + CFG 4"),
     ("teacher4", "teacher, 4-step UniPC + CFG 4"),
+    ("teacher2", "teacher, 2-step UniPC + CFG 4"),
     ("teacher1", "teacher, 1 step + CFG 4"),
     ("dmd", "DMD student, 4 steps, CFG-free"),
+    ("dmd2", "DMD student, 2 steps, CFG-free"),
     ("dmd1", "DMD student, 1 step, CFG-free"),
     ("sf", "Self-Forcing AR student, 5 blocks of 1 latent frame, 4 steps, KV cache"),
 )

@@ -10,6 +10,7 @@ preprocessing resume from their folders, so a rerun continues where a stopped on
   features  python -m train.preprocess                 VAE latents + umT5 contexts of every clip
   teacher   python -m train.flow_matching              DiT teacher (configs/train/toyworld_teacher.py) -> OUT/teacher
   dmd       python -m train.distill                    4-step DMD student (configs/train/toyworld_dmd.py) -> OUT/dmd
+  dmd2      python -m train.distill                    2-step DMD student (configs/train/toyworld_dmd2.py) -> OUT/dmd2
   dmd1      python -m train.distill                    1-step DMD student (configs/train/toyworld_dmd1.py) -> OUT/dmd1
   odepairs  python -m train.make_ode_pairs             teacher ODE trajectories (48 Euler steps, CFG 4)
   ode       python -m train.distill                    causal ODE-init regression (toyworld_ode_init.py) -> WORK/sf_ode
@@ -47,8 +48,8 @@ CPU_STEPS = {"teacher": 4555}
 # 0.628, against 0.520 for the GPU-trained VAE (scripts/vae_recon.py). 17-frame crops at batch 4 from step 0
 # learned nothing in 871 steps.
 VAE_CROP_PHASES = ((1000, 5, 8, 0, 0.0), (1600, 9, 8, 0, 0.0), (2100, 17, 4, 1500, 10.0))
-STAGES = ("data", "vae", "text", "features", "teacher", "dmd", "dmd1", "odepairs", "ode", "sf", "eval")
-EVAL_MODELS = ("teacher", "teacher4", "teacher1", "dmd", "dmd1", "sf")
+STAGES = ("data", "vae", "text", "features", "teacher", "dmd", "dmd2", "dmd1", "odepairs", "ode", "sf", "eval")
+EVAL_MODELS = ("teacher", "teacher4", "teacher2", "teacher1", "dmd", "dmd2", "dmd1", "sf")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -222,11 +223,11 @@ def main():
   frames, size = (5, 32) if a.smoke else (17, 64)
   smoke = ":smoke=True" if a.smoke else ""
   data_dir, feat_dir = os.path.join(a.work, "data"), os.path.join(a.work, "features")
-  runs = {k: os.path.join(a.work, "runs", k) for k in ("vae", "teacher", "dmd", "dmd1", "ode", "sf")}
-  ckpt = {k: os.path.join(a.out, k) for k in ("vae", "umt5", "tokenizer", "teacher", "dmd", "dmd1", "sf")}
+  runs = {k: os.path.join(a.work, "runs", k) for k in ("vae", "teacher", "dmd", "dmd2", "dmd1", "ode", "sf")}
+  ckpt = {k: os.path.join(a.out, k) for k in ("vae", "umt5", "tokenizer", "teacher", "dmd", "dmd2", "dmd1", "sf")}
   ckpt["sf_ode"] = os.path.join(a.work, "sf_ode")      # intermediate, not shipped
   pairs_dir = os.path.join(a.work, "ode_pairs")
-  cfg = {k: f"configs/train/toyworld_{k}.py{smoke}" for k in ("vae", "teacher", "dmd", "dmd1")}
+  cfg = {k: f"configs/train/toyworld_{k}.py{smoke}" for k in ("vae", "teacher", "dmd", "dmd2", "dmd1")}
   cfg["ode"] = f"configs/train/toyworld_ode_init.py{smoke}"
   cfg["sf"] = f"configs/train/toyworld_self_forcing.py{smoke}"
   steps, limits = {}, {}
@@ -285,7 +286,7 @@ def main():
     r.record_losses("teacher", runs["teacher"])
     r.run("teacher", ["train.export", "--config", cfg["teacher"], "--workdir", runs["teacher"], "--out",
                       ckpt["teacher"]])
-  for dmd in ("dmd", "dmd1"):   # the 4-step and the 1-step DMD students, both from the teacher
+  for dmd in ("dmd", "dmd2", "dmd1"):   # the 4-, 2- and 1-step DMD students, all from the teacher
     if dmd not in stages:
       continue
     weights = [f"--config.models.{role}.weights={ckpt['teacher']}" for role in ("generator", "teacher", "critic")]

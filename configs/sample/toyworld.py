@@ -3,7 +3,7 @@
   python -m infer.sample --config configs/sample/toyworld.py --config.output_dir=/tmp/out
   python -m infer.sample --config configs/sample/toyworld.py:model=teacher --config.prompt="a large red circle \
 moves left quickly"
-Variants (model=...): dmd (4-step student, CFG off; default) | dmd1 (1-step DMD student) | teacher (50-step
+Variants (model=...): dmd (4-step student, CFG off; default) | dmd2 / dmd1 (2- / 1-step DMD students) | teacher (50-step
 UniPC, CFG 4) | teacher4 (the teacher at the student's 4 UniPC steps; teacherN: at N steps, e.g. teacher2) | sf
 (causal Self-Forcing student: 5 blocks of 1 latent frame, 4 steps, streamed). root=DIR reads the checkpoints from
 another folder (e.g. a smoke run's).
@@ -19,7 +19,7 @@ from wanjax.toyworld.dataset import HELDOUT_PROMPTS
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "wanjax",
                     "toyworld", "checkpoints")
-MODELS = ("dmd", "dmd1", "teacher", "teacher4", "sf")   # and teacherN for any N >= 1 (the teacher at N UniPC steps)
+MODELS = ("dmd", "dmd2", "dmd1", "teacher", "teacher4", "sf")   # and teacherN for any N >= 1 (the teacher at N UniPC steps)
 
 
 def get_config(arg=None):
@@ -51,10 +51,13 @@ def get_config(arg=None):
     c.ar.cache_frames = 5                   # the whole clip (17 frames -> 5 latent frames)
     c.renoise = ""
     c.stream = True
-  elif arg.model in ("dmd", "dmd1"):
+  elif arg.model in ("dmd", "dmd2", "dmd1"):
     c.distilled = True
     c.solver = "consistency"                # fresh noise between steps, as DMD trains
     c.timesteps = (1000, 750, 500, 250)     # warped by shift 5 to the trained list (1000, 937.5, 833.3, 625)
+    if arg.model == "dmd2":
+      c.timesteps = (1000, 500)             # warped to (1000, 833.3) (configs/train/toyworld_dmd2.py)
+      c.num_steps = 2
     if arg.model == "dmd1":
       c.timesteps = (1000,)                 # one step from pure noise (configs/train/toyworld_dmd1.py)
       c.num_steps = 1

@@ -101,12 +101,12 @@ def test_smoke_pipeline_and_sample_cli(tmp_path):
   ckpt = work / "checkpoints"
   with open(ckpt / "train_log.json") as f:
     log = json.load(f)
-  for stage in ("data", "vae", "text", "features", "teacher", "dmd", "dmd1", "odepairs", "ode", "sf", "eval"):
+  for stage in ("data", "vae", "text", "features", "teacher", "dmd", "dmd2", "dmd1", "odepairs", "ode", "sf", "eval"):
     assert stage in log["stages"], stage
   for stage, key in (("vae", "loss/vae"), ("teacher", "loss/flow"), ("dmd", "loss/critic"),
-                     ("dmd1", "loss/critic"), ("ode", "loss/ode"), ("sf", "loss/critic")):
+                     ("dmd2", "loss/critic"), ("dmd1", "loss/critic"), ("ode", "loss/ode"), ("sf", "loss/critic")):
     assert np.isfinite(log["stages"][stage]["losses"][key]["last"])
-  assert set(log["eval"]) == {"teacher", "teacher4", "teacher1", "dmd", "dmd1", "sf"}
+  assert set(log["eval"]) == {"teacher", "teacher4", "teacher2", "teacher1", "dmd", "dmd2", "dmd1", "sf"}
   for name, row in log["eval"].items():
     assert 0.0 <= row["mean_score"] <= 1.0, name
     assert row["seeds_per_prompt"] == 2 and len(row["per_video"]) == 2 * row["prompts"], name
@@ -165,10 +165,11 @@ def test_toyworld_preset_step_variants():
   for model, steps in (("teacher", 50), ("teacher4", 4), ("teacher2", 2), ("teacher1", 1)):
     c = toyworld.get_config(f"model={model}")
     assert (c.num_steps, c.cfg_scale, os.path.basename(c.weights)) == (steps, 4.0, "teacher"), model
-  c = toyworld.get_config("model=dmd1")
-  assert (tuple(c.timesteps), c.cfg_scale, c.solver, os.path.basename(c.weights)) == ((1000,), 1.0, "consistency",
-                                                                                       "dmd1")
-  for bad in ("teacher0", "teacher04", "dmd2", "teach"):
+  for model, steps in (("dmd", (1000, 750, 500, 250)), ("dmd2", (1000, 500)), ("dmd1", (1000,))):
+    c = toyworld.get_config(f"model={model}")
+    assert (tuple(c.timesteps), c.cfg_scale, c.solver, os.path.basename(c.weights)) == (steps, 1.0, "consistency",
+                                                                                         model)
+  for bad in ("teacher0", "teacher04", "dmd3", "teach"):
     with pytest.raises(UsageError, match="teacherN"):
       toyworld.get_config(f"model={bad}")
 
@@ -188,13 +189,14 @@ def test_toyworld_table_lists_rows_in_order_with_paired_deltas():
 
 
 @pytest.mark.parametrize("smoke", [False, True])
-def test_dmd1_config_is_the_dmd_recipe_with_one_step(smoke):
-  from configs.train import toyworld_dmd, toyworld_dmd1
-  one, four = (json.loads(m.get_config(f"smoke={smoke}").to_json()) for m in (toyworld_dmd1, toyworld_dmd))
-  assert one["dmd"].pop("timesteps") == [1000] and four["dmd"].pop("timesteps") == [1000, 750, 500, 250]
+def test_few_step_dmd_configs_are_the_dmd_recipe_with_their_step_lists(smoke):
+  from configs.train import toyworld_dmd, toyworld_dmd1, toyworld_dmd2
+  one, two, four = (json.loads(m.get_config(f"smoke={smoke}").to_json())
+                    for m in (toyworld_dmd1, toyworld_dmd2, toyworld_dmd))
+  assert [c["dmd"].pop("timesteps") for c in (one, two, four)] == [[1000], [1000, 500], [1000, 750, 500, 250]]
   # The 1-step student trains twice as long (600 steps; 300 reached 83 % of the teacher, docs/toyworld.md).
-  assert (one.pop("total_steps"), four.pop("total_steps")) == ((6, 6) if smoke else (600, 300))
-  assert one == four
+  assert ([c.pop("total_steps") for c in (one, two, four)]) == ([6, 6, 6] if smoke else [600, 300, 300])
+  assert one == four and two == four
 
 
 def test_denoise_error_script_on_the_shipped_teacher():

@@ -10,8 +10,9 @@ the same `infer.sample` code, on CPU, and scored with `score_video`:
 - the thresholds of the issue hold on the full table (4-step DMD student ≥ 95 % of the 50-step teacher, the
   teacher at 4 steps clearly lower, the AR student ≥ 90 %), and the students ≥ their ratios on the subset too,
   minus the subset's sampling noise (SUBSET_MARGIN);
-- the same contrast one step down: the teacher at 1 step is clearly lower (paired over the table's videos) and the
-  1-step DMD student is not (≥ DMD1_RATIO of the 50-step teacher; the issue's 95 % is for 4 steps).
+- the same contrast at 2 steps, where this teacher is clearly lower (paired over the table's videos) and the 2-step
+  DMD student is not (≥ STUDENT_RATIO), and at 1 step (the 1-step student ≥ DMD1_RATIO; the issue's 95 % is for
+  4 steps).
 """
 
 import json
@@ -34,10 +35,11 @@ STUDENT_RATIO = 0.95        # DMD 4-step / teacher 50-step (issue 8)
 AR_RATIO = 0.90             # Self-Forcing AR / teacher 50-step
 DMD1_RATIO = 0.90           # DMD 1-step / teacher 50-step (this project's own goal; the shipped one is at 94 %)
 TEACHER4_GAP = 0.05         # teacher at 4 steps scores at least this much below the 50-step teacher
-CLEARLY_LOWER = 0.10        # teacher at 1 step: ratio at most 1 - this, and 2 paired standard errors below
-MODELS = ("teacher", "teacher4", "teacher1", "dmd", "dmd1", "sf")
-RESAMPLED = ("teacher", "dmd", "dmd1", "sf")
+CLEARLY_LOWER = 0.10        # teacher at 2 and 1 steps: ratio at most 1 - this, and 2 paired standard errors below
+MODELS = ("teacher", "teacher4", "teacher2", "teacher1", "dmd", "dmd2", "dmd1", "sf")
+RESAMPLED = ("teacher", "dmd", "dmd2", "dmd1", "sf")
 SUBSET_MARGIN = 0.05        # subset ratio check: student ≥ STUDENT_RATIO · teacher − SUBSET_MARGIN
+STUDENT_RATIOS = (("dmd", STUDENT_RATIO), ("dmd2", STUDENT_RATIO), ("dmd1", DMD1_RATIO), ("sf", AR_RATIO))
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +71,13 @@ def test_teacher_at_4_steps_is_clearly_lower(table):
 
 def test_students_meet_their_ratios_on_the_table(table):
   teacher = table["teacher"]["mean_score"]
-  for model, ratio in (("dmd", STUDENT_RATIO), ("dmd1", DMD1_RATIO), ("sf", AR_RATIO)):
+  for model, ratio in STUDENT_RATIOS:
     assert table[model]["mean_score"] >= ratio * teacher, (model, table[model]["mean_score"], teacher)
 
 
-def test_one_step_teacher_is_clearly_lower(table):
-  few = table["teacher1"]["vs_teacher"]
+@pytest.mark.parametrize("model", ["teacher2", "teacher1"])
+def test_few_step_teacher_is_clearly_lower(table, model):
+  few = table[model]["vs_teacher"]
   assert few["ratio"] <= 1.0 - CLEARLY_LOWER and few["mean_diff"] + 2 * few["se_diff"] < 0, few
 
 
@@ -103,6 +106,6 @@ def test_scores_reproduce_the_table(table, resampled, model):
 
 def test_students_hold_their_ratios_on_the_subset(resampled):
   teacher = np.mean(list(resampled["teacher"].values()))
-  for model, ratio in (("dmd", STUDENT_RATIO), ("dmd1", DMD1_RATIO), ("sf", AR_RATIO)):
+  for model, ratio in STUDENT_RATIOS:
     student = np.mean(list(resampled[model].values()))
     assert student >= ratio * teacher - SUBSET_MARGIN, (model, student, teacher)
