@@ -121,6 +121,12 @@ class Runner:
     _write_json(path, old)
     self.save()
 
+  def add_seconds(self, stage, seconds):
+    """Adds work done in-process or by a helper subprocess (not a `run` command) to the stage's wall seconds."""
+    entry = self.log["stages"].setdefault(stage, {"commands": [], "seconds": 0.0})
+    entry["seconds"] = round(entry["seconds"] + seconds, 1)
+    self.touched.add(stage)
+
   def save(self):
     """Writes the log, merged with the file's current content: stages run by another process at the same time
     (the SF stages run beside DMD) keep their entries."""
@@ -347,6 +353,7 @@ def evaluate(r, a, frames, size):
                           cwd=REPO, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
       raise SystemExit(f"eval sampling of {model} failed (exit {proc.returncode})")
+    r.add_seconds("eval", time.perf_counter() - t0)   # the stage's seconds count sampling, not only scoring
     timing = json.loads(proc.stdout.strip().splitlines()[-1])
     _write_json(os.path.join(out, "prompts.json"), {"prompts": prompts * a.eval_seeds})
     report = os.path.join(out, "scores.json")

@@ -107,6 +107,8 @@ def test_smoke_pipeline_and_sample_cli(tmp_path):
                      ("dmd2", "loss/critic"), ("dmd1", "loss/critic"), ("ode", "loss/ode"), ("sf", "loss/critic")):
     assert np.isfinite(log["stages"][stage]["losses"][key]["last"])
   assert set(log["eval"]) == {"teacher", "teacher4", "teacher2", "teacher1", "dmd", "dmd2", "dmd1", "sf"}
+  # The eval stage's seconds include each row's sampling, not only its scoring.
+  assert log["stages"]["eval"]["seconds"] >= 0.9 * sum(row["wall_s"] for row in log["eval"].values())
   for name, row in log["eval"].items():
     assert 0.0 <= row["mean_score"] <= 1.0, name
     assert row["seeds_per_prompt"] == 2 and len(row["per_video"]) == 2 * row["prompts"], name
