@@ -20,10 +20,11 @@ preprocessing resume from their folders, so a rerun continues where a stopped on
 Writes OUT/train_log.json (per stage: command, seconds, first/last logged losses; export summaries; scores) and
 WORK/losses.json (every logged scalar). `--smoke` runs every stage for a few steps at 32×32×5 (CPU, minutes).
 
-  python scripts/train_toyworld.py                       # full run -> wanjax/toyworld/checkpoints/
-  python scripts/train_toyworld.py --cpu --eval_seeds 4  # every model on a 2-core CPU (about 2 h 40 min): the shipped set -> WORK/checkpoints
+  python scripts/train_toyworld.py                       # GPU-sized defaults -> WORK/checkpoints (WORK: runs/toyworld)
+  python scripts/train_toyworld.py --cpu --eval_seeds 4  # every model on a 2-core CPU (about 2 h 45 min): the shipped recipe
   python scripts/train_toyworld.py --smoke --work /tmp/tw_smoke
   python scripts/train_toyworld.py --stages teacher,dmd,eval   # rerun some stages
+  python scripts/train_toyworld.py --stages eval --eval_seeds 4 --out wanjax/toyworld/checkpoints   # the shipped table
 """
 
 import argparse
@@ -157,8 +158,8 @@ def parse_args(argv=None):
   p.add_argument("--smoke", action="store_true", help="every stage for a few steps at 32x32x5 (CPU, minutes)")
   p.add_argument("--work", default="", help="data, features and training runs (default runs/toyworld, or "
                  "/tmp/toyworld_smoke with --smoke)")
-  p.add_argument("--out", default="", help="exported model dirs + train_log.json (default "
-                 "wanjax/toyworld/checkpoints, or WORK/checkpoints with --smoke or --cpu)")
+  p.add_argument("--out", default="", help="exported model dirs + train_log.json (default WORK/checkpoints; "
+                 "--out wanjax/toyworld/checkpoints replaces or re-evaluates the shipped set)")
   p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
   p.add_argument("--cpu", action="store_true", help="the CPU recipe: --vae_crops, 3000 lossless npy clips and "
                  "teacher=4555 steps (an item given in --steps wins); the shipped checkpoints are its output and "
@@ -195,9 +196,8 @@ def parse_args(argv=None):
     a.steps = ",".join(filter(None, [a.steps] + [f"{k}={v}" for k, v in CPU_STEPS.items() if k not in given]))
   a.data_format = a.data_format or ("npy" if a.cpu else "mp4")
   a.work = os.path.abspath(a.work or ("/tmp/toyworld_smoke" if a.smoke else os.path.join(REPO, "runs", "toyworld")))
-  # --smoke and --cpu write beside their work folder: only a deliberate --out replaces the shipped set.
-  a.out = os.path.abspath(a.out or (os.path.join(a.work, "checkpoints") if a.smoke or a.cpu else
-                                    os.path.join(REPO, "wanjax", "toyworld", "checkpoints")))
+  # Every run writes beside its work folder: only a deliberate --out replaces (or re-evaluates) the shipped set.
+  a.out = os.path.abspath(a.out or os.path.join(a.work, "checkpoints"))
   a.clips = a.clips or (8 if a.smoke else 3000 if a.cpu else 4000)
   a.eval_prompts = a.eval_prompts or (2 if a.smoke else 32)
   if a.eval_seeds < 1:

@@ -238,6 +238,9 @@ def test_cpu_recipe_flag_fills_in_teacher_steps_without_overriding_given_ones():
   assert (a.clips, a.data_format) == (500, "mp4")
   a, _ = parse_args([])                                   # without --cpu nothing changes
   assert (a.vae_crops, a.clips, a.data_format, a.max_seconds, a.steps) == (False, 4000, "mp4", "", "")
+  assert a.out == os.path.join(REPO, "runs", "toyworld", "checkpoints")   # not the shipped set either
+  a, _ = parse_args(["--out", "wanjax/toyworld/checkpoints"])
+  assert a.out == os.path.join(os.getcwd(), "wanjax", "toyworld", "checkpoints")
   with pytest.raises(SystemExit):
     parse_args(["--cpu", "--smoke"])
 
