@@ -50,6 +50,7 @@ CPU_STEPS = {"teacher": 4555}
 # learned nothing in 871 steps.
 VAE_CROP_PHASES = ((1000, 5, 8, 0, 0.0), (1600, 9, 8, 0, 0.0), (2100, 17, 4, 1500, 10.0))
 STAGES = ("data", "vae", "text", "features", "teacher", "dmd", "dmd2", "dmd1", "odepairs", "ode", "sf", "eval")
+DMD_STUDENTS = ("dmd", "dmd2", "dmd1")   # 4-, 2- and 1-step DMD students, all from the teacher
 EVAL_MODELS = ("teacher", "teacher4", "teacher2", "teacher1", "dmd", "dmd2", "dmd1", "sf")
 
 
@@ -103,10 +104,9 @@ class Runner:
     sys.stdout.write(proc.stdout)
     if proc.returncode:
       raise SystemExit(f"stage {stage} failed (exit {proc.returncode}): {' '.join(cmd)}")
-    self.touched.add(stage)
-    entry = self.log["stages"].setdefault(stage, {"commands": [], "seconds": 0.0})
+    self.add_seconds(stage, time.perf_counter() - t0)
+    entry = self.log["stages"][stage]
     entry["commands"].append(" ".join(argv))
-    entry["seconds"] = round(entry["seconds"] + time.perf_counter() - t0, 1)
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     if last.startswith("{"):
       entry.setdefault("exports", []).append(json.loads(last))
@@ -229,11 +229,11 @@ def main():
   frames, size = (5, 32) if a.smoke else (17, 64)
   smoke = ":smoke=True" if a.smoke else ""
   data_dir, feat_dir = os.path.join(a.work, "data"), os.path.join(a.work, "features")
-  runs = {k: os.path.join(a.work, "runs", k) for k in ("vae", "teacher", "dmd", "dmd2", "dmd1", "ode", "sf")}
-  ckpt = {k: os.path.join(a.out, k) for k in ("vae", "umt5", "tokenizer", "teacher", "dmd", "dmd2", "dmd1", "sf")}
+  runs = {k: os.path.join(a.work, "runs", k) for k in ("vae", "teacher", *DMD_STUDENTS, "ode", "sf")}
+  ckpt = {k: os.path.join(a.out, k) for k in ("vae", "umt5", "tokenizer", "teacher", *DMD_STUDENTS, "sf")}
   ckpt["sf_ode"] = os.path.join(a.work, "sf_ode")      # intermediate, not shipped
   pairs_dir = os.path.join(a.work, "ode_pairs")
-  cfg = {k: f"configs/train/toyworld_{k}.py{smoke}" for k in ("vae", "teacher", "dmd", "dmd2", "dmd1")}
+  cfg = {k: f"configs/train/toyworld_{k}.py{smoke}" for k in ("vae", "teacher", *DMD_STUDENTS)}
   cfg["ode"] = f"configs/train/toyworld_ode_init.py{smoke}"
   cfg["sf"] = f"configs/train/toyworld_self_forcing.py{smoke}"
   steps, limits = {}, {}
@@ -292,7 +292,7 @@ def main():
     r.record_losses("teacher", runs["teacher"])
     r.run("teacher", ["train.export", "--config", cfg["teacher"], "--workdir", runs["teacher"], "--out",
                       ckpt["teacher"]])
-  for dmd in ("dmd", "dmd2", "dmd1"):   # the 4-, 2- and 1-step DMD students, all from the teacher
+  for dmd in DMD_STUDENTS:
     if dmd not in stages:
       continue
     weights = [f"--config.models.{role}.weights={ckpt['teacher']}" for role in ("generator", "teacher", "critic")]

@@ -36,3 +36,14 @@ def get_config(arg=None):
     c.generator.ema_start = 3
   # Data: caption folder (one .txt per clip) and the toy umT5; 5×8×8 latents (64×64×17).
   return common.toyworld(c, arg.smoke, batch_size=8)
+
+
+def few_step(arg, timesteps, total_steps=None):
+  """This recipe with another generator step list (and step count; smoke runs keep theirs): the 2- and 1-step
+  students' configs (`toyworld_dmd2.py`, `toyworld_dmd1.py`)."""
+  arg = common.parse_arg(arg, smoke=False)
+  c = get_config(f"smoke={arg.smoke}")
+  c.dmd.timesteps = tuple(timesteps)
+  if total_steps and not arg.smoke:
+    c.total_steps = total_steps
+  return c
