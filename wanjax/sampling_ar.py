@@ -12,6 +12,7 @@ legacy LightX2V `wan2.1_causvid` runner (§4.4–4.5):
       x0 = x − σ_i·v;  x = (1 − σ_{i+1})·x0 + σ_{i+1}·ε_new   # "renoise" update (fresh noise)
     out[:, block] = x0
     G(x0, t = context_noise; cache, start_frame)             # clean context pass: cache holds clean K/V
+                                                             # (generate skips it after the last block)
 
 One compiled program (`_forward`) serves every model call: the block's frame offset and the timestep are traced
 values and the cache is a fixed-shape pytree (donated, updated in place). Each reference choice that a port must
@@ -211,8 +212,12 @@ class ARSampler:
     self.call(x0, self.opts.context_noise, start_frame)
 
   def run_blocks(self, noise, *, first_block=0, frame_offset=0, prefix=None, rng=None, renoise=None,
-                 renoise_start=0, on_block=None):
+                 renoise_start=0, on_block=None, context_last=True):
     """Generates blocks `first_block..` of `noise` `[B, F, H, W, C]` at absolute frames `frame_offset + ...`.
+
+    `context_last=False` skips the context pass after the last block: its only effect is the cache's K/V for
+    a block that no later call reads, so a caller that drops the sampler afterwards saves one model call
+    without changing any output (the references run it).
 
     `prefix` `[B, k·nfpb, H, W, C]`: clean latents teacher-forced into the cache first (t = context_noise, one
     call per block, output copied). Returns (latents `[B, F, H, W, C]`, last-call inputs per block).
@@ -249,7 +254,7 @@ class ARSampler:
         eps_for = functools.partial(lambda bb, i: _draw(rng, bb, i, x), s)
       x0, last = self.denoise_block(x, s, eps_for)
       r += 1
-      if self.opts.context_pass:
+      if self.opts.context_pass and (context_last or b < f // nf - 1):
         self.context(x0, s)
       out.append(x0)
       last_inputs.append(last)
@@ -364,7 +369,8 @@ def generate(model, context, noise, opts: AROptions, *, rng=None, renoise=None, 
     on_block = None
     if decoder is not None:
       on_block = lambda blk: emit(decoder.push(blk))  # noqa: E731
-    latents, _ = sampler.run_blocks(noise, rng=rng, renoise=renoise, on_block=on_block)
+    # The sampler is dropped after this, so the last block's context pass would write K/V nobody reads.
+    latents, _ = sampler.run_blocks(noise, rng=rng, renoise=renoise, on_block=on_block, context_last=False)
   latents = jax.block_until_ready(latents)
   stats["total_s"] = time.perf_counter() - t_start
   return ARResult(latents, dict(stats), emitted[0])

@@ -33,7 +33,7 @@ def test_cli_ar_is_reproducible_with_injected_noise(tmp_path):
     c.output_dir, c.output_name = str(tmp_path), f"run{k}"
     side = run(c)
     outs.append(np.load(c.save_latents))
-    assert side["model_calls"] == 2 * 5 and side["frames"] == 21 and side["timings"]["ttff_s"] > 0
+    assert side["model_calls"] == 2 * 5 - 1 and side["frames"] == 21 and side["timings"]["ttff_s"] > 0
     assert video.probe_video(os.path.join(tmp_path, f"run{k}.mp4"))["frames"] == 21
     assert json.load(open(tmp_path / f"run{k}.json"))["latent_shape"] == [1, f, h, w, 16]
   assert outs[0].shape == (1, 16, f, h, w)

@@ -71,11 +71,11 @@ def test_calls_per_block_and_one_program_for_all_blocks_and_frame_counts(model):
   res6 = sampling_ar.generate(model, ctx, latents(6), SF, rng=jax.random.key(0))
   res4 = sampling_ar.generate(model, ctx, latents(4), SF, rng=jax.random.key(1))
   assert res6.latents.shape == (1, 6, H, W, C) and res4.latents.shape == (1, 4, H, W, C)
-  # SF: 4 denoising calls + 1 context pass per block (§4.2); 3 and 2 blocks.
-  assert res6.stats["model_calls"] == 3 * 5 and res4.stats["model_calls"] == 2 * 5
+  # SF: 4 denoising calls + 1 context pass per block (§4.2), none after the last block; 3 and 2 blocks.
+  assert res6.stats["model_calls"] == 3 * 5 - 1 and res4.stats["model_calls"] == 2 * 5 - 1
   assert sampling_ar.TRACE_COUNTS["forward"] - before <= 1     # 0 if an earlier test compiled the same shapes
   cv = sampling_ar.generate(model, ctx, latents(6), CV, rng=jax.random.key(0))
-  assert cv.stats["model_calls"] == 3 * 4                       # CV: 3 + 1
+  assert cv.stats["model_calls"] == 3 * 4 - 1                   # CV: 3 + 1
   lx = sampling_ar.AROptions(frames_per_block=2, cache_frames=6, steps=LX9, shift=8.0, warp=False,
                              sigma_lookup="exact", update="unipc", context_pass=False)
   assert sampling_ar.generate(model, ctx, latents(6), lx).stats["model_calls"] == 3 * 9   # no context pass
@@ -124,6 +124,20 @@ def test_self_forcing_equals_uncached_reimplementation(model):
   got = sampling_ar.generate(model, ctx, noise, SF, renoise=ren).latents
   ref = _sf_reference(model, ctx, noise, ren, SF)
   assert max_rel_err(got, ref) <= TOL_FP32
+
+
+def test_skipping_the_last_context_pass_changes_nothing_but_the_call_count(model):
+  ctx, noise = context(seed=8), latents(6, seed=9)
+  ren = _renoise(SF, 3, seed=10)
+  outs, calls = [], []
+  for last in (True, False):
+    s = sampling_ar.ARSampler(model, SF, batch=1, height=H, width=W)
+    s.set_prompt(jnp.asarray(ctx))
+    lat, _ = s.run_blocks(jnp.asarray(noise), renoise=jnp.asarray(ren), context_last=last)
+    outs.append(np.asarray(lat))
+    calls.append(s.stats["model_calls"])
+  np.testing.assert_array_equal(outs[0], outs[1])
+  assert calls == [3 * 5, 3 * 5 - 1]
 
 
 def test_rolling_allows_videos_longer_than_the_cache_and_plain_cache_refuses(model):

@@ -196,7 +196,7 @@ def test_ar_sampler_reproducible_with_injected_noise(files):
   b, _ = _run(_ar_config(files, "ar_b", noise="noise5.npy"))     # [1, 16, F, H, W] reads as [16, F, H, W]
   assert a.shape == (1, C, F, H, W) and np.isfinite(a).all()
   np.testing.assert_array_equal(a, b)
-  assert side["blocks"] == F // NFPB and side["model_calls"] == (F // NFPB) * (len(STEPS) + 1)
+  assert side["blocks"] == F // NFPB and side["model_calls"] == (F // NFPB) * (len(STEPS) + 1) - 1
   assert side["frames"] == FRAMES and side["config"]["weights"].endswith("sf_ema.pt")
 
   other, _ = _run(_ar_config(files, "ar_c", renoise="renoise_b.npy"))
