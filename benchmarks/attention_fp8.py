@@ -3,6 +3,7 @@
   python benchmarks/attention_fp8.py                  # T2V-1.3B self-attention: [1, 32760, 12, 128]
   python benchmarks/attention_fp8.py --heads 40       # T2V-14B
   python benchmarks/attention_fp8.py --small          # CPU smoke run: XLA path only, FP8 and torch skipped
+  python benchmarks/attention_fp8.py --kv-lengths 4680,14040,32760   # also: does key-length masking save time?
 
 Why: in the DiT forward both wanjax and diffusers spend most of their time in the same bf16 flash-attention
 kernel (`benchmarks/dit_forward.py` prints the split), so an exact port cannot be much faster than diffusers.
@@ -16,6 +17,10 @@ gets the inverse as descale factors; the softmax probabilities are scaled by 448
 output by 448 / amax(v) (an output row is a convex combination of v rows, so |o| <= amax(v)); the e4m3 output is
 cast back to bf16 and descaled. Random normal inputs give flat softmax rows; real attention is peakier, so the
 errors here are a first look, not a quality verdict.
+
+`--kv-lengths` answers a question of the autoregressive sampler, whose KV cache is one static 32,760-slot buffer
+per layer: 4,680 new queries attend to the first n slots (`key_lengths`). If the time per call does not fall with
+n, the kernel computes the masked tiles too, and early blocks pay for the whole buffer.
 """
 
 import argparse
@@ -117,7 +122,19 @@ def run_jax(args):
                            finite=bool(np.isfinite(np.asarray(out, np.float32)).all()))
     except Exception as e:  # report, keep the other kernels' figures
       results[name] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
-  return dict(device=jax.devices()[0].device_kind, results=results)
+  # Key-length masking over a fixed buffer (the AR sampler's static KV cache): `--query-tokens` queries attend
+  # to the first n of `--tokens` keys. If the time does not fall with n, the kernel computes the masked tiles.
+  masked = {}
+  if args.kv_lengths:
+    impl = "cudnn" if on_gpu else "xla"
+    lq = min(args.query_tokens, args.tokens)
+    f = jax.jit(lambda q, k, v, n: attention(q[:, :lq], k, v, key_lengths=n, impl=impl))
+    for n in args.kv_lengths:
+      lengths = jnp.array([n], jnp.int32)
+      ms = _median_s(lambda: f(q, k, v, lengths).block_until_ready(), args.iters) * 1e3
+      masked[str(n)] = dict(ms=ms, tflops=2 * 2 * lq * n * args.heads * args.head_dim / (ms / 1e3) / 1e12)
+  return dict(device=jax.devices()[0].device_kind, results=results, key_lengths=masked,
+              query_tokens=min(args.query_tokens, args.tokens))
 
 
 def run_torch(args):
@@ -153,13 +170,22 @@ def main():
   p.add_argument("--ref-rows", type=int, default=1024, help="query rows compared against the fp32 reference")
   p.add_argument("--q-scale", type=float, default=1.0,
                  help="multiply q by this: > 1 makes softmax rows peakier (random inputs give flat rows)")
+  p.add_argument("--kv-lengths", default="", help="comma list: also time --query-tokens queries over the first n "
+                 "keys of the --tokens buffer (key_lengths masking, as the AR KV cache)")
+  p.add_argument("--query-tokens", type=int, default=4680, help="queries of the --kv-lengths timing (3 frames)")
   p.add_argument("--small", action="store_true", help="CPU smoke run: 256 tokens, 2 heads, 2 iterations")
   p.add_argument("--only", choices=["jax", "torch"], help=argparse.SUPPRESS)
   args = p.parse_args()
+  try:
+    args.kv_lengths = [int(v) for v in args.kv_lengths.split(",") if v.strip()]
+  except ValueError:
+    p.error(f"--kv-lengths must be a comma list of integers, got {args.kv_lengths!r}")
   if args.small:
-    args.tokens, args.heads, args.iters, args.ref_rows = 256, 2, 2, 64
+    args.tokens, args.heads, args.iters, args.ref_rows, args.query_tokens = 256, 2, 2, 64, 64
+    args.kv_lengths = [n for n in args.kv_lengths if n <= 256]
   for name, val in (("--tokens", args.tokens), ("--heads", args.heads), ("--head-dim", args.head_dim),
-                    ("--iters", args.iters), ("--ref-rows", args.ref_rows)):
+                    ("--iters", args.iters), ("--ref-rows", args.ref_rows), ("--query-tokens", args.query_tokens),
+                    *(("--kv-lengths", n) for n in args.kv_lengths)):
     if val < 1:
       p.error(f"{name} must be >= 1, got {val}")
   if args.only:
@@ -170,7 +196,8 @@ def main():
   def sub(which):
     cmd = [sys.executable, os.path.abspath(__file__), "--only", which, "--tokens", str(args.tokens),
            "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--iters", str(args.iters),
-           "--ref-rows", str(args.ref_rows), "--q-scale", str(args.q_scale)]
+           "--ref-rows", str(args.ref_rows), "--q-scale", str(args.q_scale), "--query-tokens",
+           str(args.query_tokens), "--kv-lengths", ",".join(map(str, args.kv_lengths))]
     r = subprocess.run(cmd, capture_output=True, text=True)
     line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
     if r.returncode or not line:
@@ -195,6 +222,10 @@ def main():
       else:
         print(f"{name:>15} on {jx['device']}: {r['sec'] * 1e3:.2f} ms, {r['tflops']:.0f} TFLOP/s, compile "
               f"{r['compile_s']:.1f} s, rel. L2 error vs fp32 {r['rel_l2_err']:.2e}, finite {r['finite']}")
+  if jx and jx["key_lengths"]:
+    print(f"{jx['query_tokens']} queries over the first n of {args.tokens} keys (key_lengths): " + ", ".join(
+        f"n={n}: {r['ms']:.2f} ms ({r['tflops']:.0f} TFLOP/s on the unmasked part)"
+        for n, r in jx["key_lengths"].items()))
   if th:
     print(f"{'torch sdpa':>15} on {th['device']}: {th['sec'] * 1e3:.2f} ms, {th['tflops']:.0f} TFLOP/s (forced: "
           + ", ".join(f"{b} {v * 1e3:.2f} ms" if isinstance(v, float) else f"{b} {v}"

@@ -10,8 +10,9 @@
 #                                     # Self-Forcing fps (now 34 DiT calls: no context pass after the last block);
 #                                     # 1.3B forward vs diffusers (third measurement; it varied 1.005-1.13x),
 #                                     # then one block cut into its pieces (where the non-attention time goes);
+#                                     # whether cuDNN skips key-length-masked tiles (the AR cache's question);
 #                                     # 14B forward vs diffusers (so far only on an H200)
-#   T_SAMPLE=0 T_SAMPLE_WARM=0 T_AR=0 T_DIT13=0 T_LAYER=0 T_DIT14=0 T_S14INT8=150 T_S14BF16=150 T_ATTN8=50 ...
+#   T_SAMPLE=0 T_SAMPLE_WARM=0 T_AR=0 T_DIT13=0 T_LAYER=0 T_ATTNKV=0 T_DIT14=0 T_S14INT8=150 T_S14BF16=150 T_ATTN8=50 ...
 #                                     # the 14B 4-step end to end and the FP8 attention probe (H200 figures exist)
 #   T_VAE=120 T_DMD=150 T_T5=60 ...                              # the others
 set -o pipefail
@@ -33,9 +34,10 @@ bench() {  # bench NAME SECONDS CMD...: full log to $OUT/NAME.txt, the filtered 
 # Cold, then warm over one persistent compilation cache (compile_total_s of the second run is the warm start).
 JC=/tmp/wanjax_bench_jax_cache; rm -rf "$JC"
 bench sample "${T_SAMPLE:-120}" python3 benchmarks/sample.py --vae-policy bf16 --compilation-cache "$JC"
-bench sample_warm "${T_SAMPLE_WARM:-80}" python3 benchmarks/sample.py --vae-policy bf16 --compilation-cache "$JC"
-bench dit_1_3b "${T_DIT13:-100}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5
+bench sample_warm "${T_SAMPLE_WARM:-70}" python3 benchmarks/sample.py --vae-policy bf16 --compilation-cache "$JC"
+bench dit_1_3b "${T_DIT13:-90}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5
 bench layer_1_3b "${T_LAYER:-60}" python3 benchmarks/dit_layer_breakdown.py
+bench attn_kvlen "${T_ATTNKV:-40}" python3 benchmarks/attention_fp8.py --kv-lengths 4680,14040,32760
 bench sample_14b_int8 "${T_S14INT8:-0}" python3 benchmarks/sample.py --model t2v_14b --policy bf16_weights \
   --quant int8 --cfg-steps 0 --skip-t5 --vae-policy bf16
 bench sample_14b_bf16 "${T_S14BF16:-0}" python3 benchmarks/sample.py --model t2v_14b --policy bf16_weights \
@@ -43,8 +45,8 @@ bench sample_14b_bf16 "${T_S14BF16:-0}" python3 benchmarks/sample.py --model t2v
 bench vae_decode "${T_VAE:-0}" python3 benchmarks/vae_decode.py --modes chunked,tiled --iters 2
 bench vae_decode_bf16 "${T_VAEBF16:-0}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked,tiled --iters 2
 bench dmd_step "${T_DMD:-0}" python3 benchmarks/dmd_step.py --iters 1
-bench ar_sample "${T_AR:-100}" python3 benchmarks/ar_sample.py --iters 2
+bench ar_sample "${T_AR:-90}" python3 benchmarks/ar_sample.py --iters 2
 bench t5_encode "${T_T5:-0}" python3 benchmarks/t5_encode.py --batches 1,2 --iters 5
 bench attn_fp8 "${T_ATTN8:-0}" python3 benchmarks/attention_fp8.py
 bench attn_fp8_14b "${T_ATTN8_14B:-0}" python3 benchmarks/attention_fp8.py --heads 40
-bench dit_14b "${T_DIT14:-130}" python3 benchmarks/dit_forward.py --model t2v_14b --bf16-weights --iters 3
+bench dit_14b "${T_DIT14:-120}" python3 benchmarks/dit_forward.py --model t2v_14b --bf16-weights --iters 3

@@ -12,8 +12,8 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "attention_fp8.py")
 
 
 def test_small_run_reports_error_against_fp32():
-  proc = subprocess.run([sys.executable, SCRIPT, "--small", "--q-scale", "4"], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300)
+  proc = subprocess.run([sys.executable, SCRIPT, "--small", "--q-scale", "4", "--kv-lengths", "64,256,4680"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["q_scale"] == 4.0 and out["shape"] == "[1, 256, 2, 128]"
@@ -22,6 +22,9 @@ def test_small_run_reports_error_against_fp32():
   r = res["bf16_xla"]
   assert r["finite"] is True and r["sec"] > 0
   assert 1e-4 < r["rel_l2_err"] < 1e-2, r     # bf16 probabilities and P·V: a few 1e-3, never exact
+  # --small keeps the key lengths that fit its 256-token buffer; 64 queries attend over each.
+  assert out["jax"]["query_tokens"] == 64 and set(out["jax"]["key_lengths"]) == {"64", "256"}
+  assert all(v["ms"] > 0 for v in out["jax"]["key_lengths"].values())
 
 
 def test_bad_size_names_the_flag():
