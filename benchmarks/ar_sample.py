@@ -1,5 +1,6 @@
 """Causal (Self-Forcing) AR sampling benchmark: T2V-1.3B, 81 frames at 480×832 (21 latent frames, 3 per block,
-7 blocks), 4 steps + context pass per block (35 DiT calls), streaming VAE decode of each finished block.
+7 blocks), 4 steps + context pass per block, none after the last (34 DiT calls; 35 before 2026-11-27), streaming
+VAE decode of each finished block.
 
   python benchmarks/ar_sample.py                      # GPU: t2v_1_3b + Wan2.1 VAE, random weights, bf16
   python benchmarks/ar_sample.py --small              # CPU smoke test (tiny DiT + tiny VAE)

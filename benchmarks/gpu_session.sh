@@ -12,9 +12,12 @@
 #                                     # then one block cut into its pieces (where the non-attention time goes);
 #                                     # whether cuDNN skips key-length-masked tiles (the AR cache's question);
 #                                     # 14B forward vs diffusers (so far only on an H200)
-#   T_SAMPLE=0 T_SAMPLE_WARM=0 T_AR=0 T_DIT13=0 T_LAYER=0 T_ATTNKV=0 T_DIT14=0 T_S14INT8=150 T_S14BF16=150 T_ATTN8=50 ...
-#                                     # the 14B 4-step end to end and the FP8 attention probe (H200 figures exist)
-#   T_VAE=120 T_DMD=150 T_T5=60 ...                              # the others
+#   T_SAMPLE=0 T_SAMPLE_WARM=0 T_AR=0 T_DIT13=0 T_LAYER=0 T_ATTNKV=0 T_DIT14=0 T_ARND=60 T_DMD=150 \
+#     T_S14INT8=120 T_S14BF16=120 T_ATTN8=40 bash benchmarks/gpu_session.sh
+#                                     # second call: Self-Forcing without decode (the DiT's share of the fps),
+#                                     # the DMD step's 74 GiB peak on an 80 GB card, the 14B 4-step end to end
+#                                     # and the FP8 probe (H200 figures exist for the last two)
+#   T_VAE=120 T_VAEBF16=120 T_T5=60 T_ATTN8_14B=30 ...           # the others
 set -o pipefail
 python3 -m pip install -q --no-deps --no-index --find-links .device-wheels ml_collections diffusers tensorboardX \
   2>&1 | tail -2
@@ -46,6 +49,7 @@ bench vae_decode "${T_VAE:-0}" python3 benchmarks/vae_decode.py --modes chunked,
 bench vae_decode_bf16 "${T_VAEBF16:-0}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked,tiled --iters 2
 bench dmd_step "${T_DMD:-0}" python3 benchmarks/dmd_step.py --iters 1
 bench ar_sample "${T_AR:-90}" python3 benchmarks/ar_sample.py --iters 2
+bench ar_sample_nodecode "${T_ARND:-0}" python3 benchmarks/ar_sample.py --iters 2 --no-decode
 bench t5_encode "${T_T5:-0}" python3 benchmarks/t5_encode.py --batches 1,2 --iters 5
 bench attn_fp8 "${T_ATTN8:-0}" python3 benchmarks/attention_fp8.py
 bench attn_fp8_14b "${T_ATTN8_14B:-0}" python3 benchmarks/attention_fp8.py --heads 40
