@@ -33,18 +33,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.timing import median_s  # noqa: E402
+
 E4M3_MAX = 448.0
-
-
-def _median_s(fn, iters):
-  import numpy as np
-  fn()
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def attention_flops(L, heads, head_dim):
@@ -117,7 +108,7 @@ def run_jax(args):
       compile_s = time.perf_counter() - t0
       out = compiled(q, k, v)
       err = rel_err(out)
-      sec = _median_s(lambda: compiled(q, k, v).block_until_ready(), args.iters)
+      sec = median_s(lambda: compiled(q, k, v).block_until_ready(), args.iters)
       results[name] = dict(sec=sec, tflops=flops / sec / 1e12, compile_s=compile_s, rel_l2_err=err,
                            finite=bool(np.isfinite(np.asarray(out, np.float32)).all()))
     except Exception as e:  # report, keep the other kernels' figures
@@ -131,7 +122,7 @@ def run_jax(args):
     f = jax.jit(lambda q, k, v, n: attention(q[:, :lq], k, v, key_lengths=n, impl=impl))
     for n in args.kv_lengths:
       lengths = jnp.array([n], jnp.int32)
-      ms = _median_s(lambda: f(q, k, v, lengths).block_until_ready(), args.iters) * 1e3
+      ms = median_s(lambda: f(q, k, v, lengths).block_until_ready(), args.iters) * 1e3
       masked[str(n)] = dict(ms=ms, tflops=2 * 2 * lq * n * args.heads * args.head_dim / (ms / 1e3) / 1e12)
   return dict(device=jax.devices()[0].device_kind, results=results, key_lengths=masked,
               query_tokens=min(args.query_tokens, args.tokens))
@@ -149,13 +140,13 @@ def run_torch(args):
     torch.cuda.synchronize()
   flops = attention_flops(args.tokens, args.heads, args.head_dim)
   with torch.no_grad():
-    sec = _median_s(call, args.iters)
+    sec = median_s(call, args.iters)
     backends = {}  # the default pick above, then each backend forced, to name which one the default is
     from torch.nn.attention import SDPBackend, sdpa_kernel
     for b in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
       try:
         with sdpa_kernel(getattr(SDPBackend, b)):
-          backends[b.lower()] = _median_s(call, args.iters)
+          backends[b.lower()] = median_s(call, args.iters)
       except Exception as e:  # a backend this build or card lacks
         backends[b.lower()] = f"{type(e).__name__}"
   return dict(sec=sec, tflops=flops / sec / 1e12, backends_sec=backends, device=torch.cuda.get_device_name())

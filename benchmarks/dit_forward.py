@@ -24,6 +24,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.timing import median_s  # noqa: E402
+
 SHAPES = {  # latent F, H, W (before 2x2 patchify) for 81 frames at 480x832 / 720x1280
     "480p": (21, 60, 104),   # 21 * 30 * 52 = 32,760 tokens
     "720p": (21, 90, 160),   # 75,600 tokens
@@ -41,20 +43,6 @@ def flops_per_forward(cfg, L, S):
                + 2 * 2 * L * S * D          # cross attention
                + 2 * L * D * M * 2)         # ffn
   return per_layer * cfg["num_layers"]
-
-
-def _median_s(fn, iters, sync):
-  """Median wall time of `fn()` over `iters` calls after one warm-up call; `sync()` waits for the device."""
-  import numpy as np
-  fn()
-  sync()
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def run_jax(args):
@@ -97,14 +85,14 @@ def run_jax(args):
   out = compiled(state, x, t, ctx)
   finite = bool(np.isfinite(np.asarray(out, np.float32)).all())
   del out
-  sec = _median_s(lambda: compiled(state, x, t, ctx).block_until_ready(), args.iters, lambda: None)
+  sec = median_s(lambda: compiled(state, x, t, ctx).block_until_ready(), args.iters)
   L = F * (H // 2) * (W // 2)
   del compiled
   from wanjax.ops.attention import attention
   q, k, v = (jax.random.normal(jax.random.key(i), (1, L, cfg.num_heads, cfg.head_dim), jnp.bfloat16)
              for i in range(3))
   attn = jax.jit(lambda q, k, v: attention(q, k, v, impl=args.attn))
-  self_attn_s = cfg.num_layers * _median_s(lambda: attn(q, k, v).block_until_ready(), args.iters, lambda: None)
+  self_attn_s = cfg.num_layers * median_s(lambda: attn(q, k, v).block_until_ready(), args.iters)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
   return dict(framework="jax", device=dev.device_kind, sec=sec, compile_s=compile_s,
@@ -151,12 +139,12 @@ def run_torch(args):
     first_s = time.perf_counter() - t0
     finite = bool(torch.isfinite(out.float()).all())
     del out
-    sec = _median_s(lambda: model(x, t, ctx, return_dict=False), args.iters, sync)
+    sec = median_s(lambda: model(x, t, ctx, return_dict=False), args.iters, sync)
   L = F * (H // 2) * (W // 2)
   q, k, v = (torch.randn(1, cfg.num_heads, L, cfg.head_dim, device=dev, dtype=torch.bfloat16) for _ in range(3))
   with torch.no_grad():
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    self_attn_s = layers * _median_s(lambda: sdpa(q, k, v), args.iters, sync)
+    self_attn_s = layers * median_s(lambda: sdpa(q, k, v), args.iters, sync)
   peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else 0.0
   name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
   return dict(framework="diffusers", device=name, sec=sec, compile_s=first_s,

@@ -31,18 +31,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.timing import median_s  # noqa: E402
+
 SHAPES = {"480p": (21, 60, 104), "small": (3, 4, 6)}   # latent F, H, W before the 2x2 patchify
-
-
-def _median_ms(fn, iters):
-  import numpy as np
-  fn()
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)) * 1e3
 
 
 def piece_flops(cfg, L, S):
@@ -138,7 +129,7 @@ def run(args):
   rows = {}
   for name, (fn, inputs) in calls.items():
     compiled = jax.jit(fn).lower(*inputs).compile()
-    ms = _median_ms(lambda: jax.block_until_ready(compiled(*inputs)), args.iters)
+    ms = median_s(lambda: jax.block_until_ready(compiled(*inputs)), args.iters) * 1e3
     out = jax.tree.leaves(compiled(*inputs))
     finite = all(bool(np.isfinite(np.asarray(o, np.float32)).all()) for o in out)
     rows[name] = dict(ms=ms, gflop=flops[name] / 1e9, tflops=flops[name] / (ms / 1e3) / 1e12, finite=finite)

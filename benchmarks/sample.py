@@ -31,6 +31,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.timing import median_s  # noqa: E402
+
 
 class _Results(dict):
   """Prints each figure as soon as it is measured (a run cut short by a timeout still reports)."""
@@ -41,16 +43,14 @@ class _Results(dict):
 
 
 def _timed(fn, *args, reps=1):
+  """(output, median seconds of `fn(*args)` over `reps` calls after a warm-up call)."""
   import jax
-  out = fn(*args)
-  jax.block_until_ready(out)
-  ts = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    out = fn(*args)
-    jax.block_until_ready(out)
-    ts.append(time.perf_counter() - t0)
-  return out, sorted(ts)[len(ts) // 2]
+  out = [None]
+
+  def call():
+    out[0] = jax.block_until_ready(fn(*args))
+  sec = median_s(call, reps)
+  return out[0], sec
 
 
 def main():
