@@ -21,7 +21,7 @@ Writes OUT/train_log.json (per stage: command, seconds, first/last logged losses
 WORK/losses.json (every logged scalar). `--smoke` runs every stage for a few steps at 32×32×5 (CPU, minutes).
 
   python scripts/train_toyworld.py                       # GPU-sized defaults -> WORK/checkpoints (WORK: runs/toyworld)
-  python scripts/train_toyworld.py --cpu --eval_seeds 4  # every model on a 2-core CPU (about 2 h 45 min): the shipped recipe
+  python scripts/train_toyworld.py --cpu --eval_seeds 4  # every model on a 2-core CPU (about 2 h 35 min): the shipped recipe
   python scripts/train_toyworld.py --smoke --work /tmp/tw_smoke
   python scripts/train_toyworld.py --stages teacher,dmd,eval   # rerun some stages
   python scripts/train_toyworld.py --stages eval --eval_seeds 4 --out wanjax/toyworld/checkpoints   # the shipped table
