@@ -123,7 +123,7 @@ class Runner:
     self.save()
 
   def add_seconds(self, stage, seconds):
-    """Adds work done in-process or by a helper subprocess (not a `run` command) to the stage's wall seconds."""
+    """Adds wall seconds to a stage: `run`'s commands, and work done in-process or by a helper subprocess."""
     entry = self.log["stages"].setdefault(stage, {"commands": [], "seconds": 0.0})
     entry["seconds"] = round(entry["seconds"] + seconds, 1)
     self.touched.add(stage)

@@ -12,7 +12,7 @@ legacy LightX2V `wan2.1_causvid` runner (§4.4–4.5):
       x0 = x − σ_i·v;  x = (1 − σ_{i+1})·x0 + σ_{i+1}·ε_new   # "renoise" update (fresh noise)
     out[:, block] = x0
     G(x0, t = context_noise; cache, start_frame)             # clean context pass: cache holds clean K/V
-                                                             # (generate skips it after the last block)
+                                                             # (skipped after the last block: unread)
 
 One compiled program (`_forward`) serves every model call: the block's frame offset and the timestep are traced
 values and the cache is a fixed-shape pytree (donated, updated in place). Each reference choice that a port must
@@ -212,12 +212,13 @@ class ARSampler:
     self.call(x0, self.opts.context_noise, start_frame)
 
   def run_blocks(self, noise, *, first_block=0, frame_offset=0, prefix=None, rng=None, renoise=None,
-                 renoise_start=0, on_block=None, context_last=True):
+                 renoise_start=0, on_block=None, context_last=False):
     """Generates blocks `first_block..` of `noise` `[B, F, H, W, C]` at absolute frames `frame_offset + ...`.
 
-    `context_last=False` skips the context pass after the last block: its only effect is the cache's K/V for
-    a block that no later call reads, so a caller that drops the sampler afterwards saves one model call
-    without changing any output (the references run it).
+    The context pass after the last block is skipped unless `context_last=True`: it only writes the K/V of a
+    block that no later call reads, since every caller in `generate` resets the cache or drops the sampler
+    next. That saves one model call per run (per segment in the long-video modes) and changes no output; the
+    references run it. A caller that goes on from this cache passes `context_last=True`.
 
     `prefix` `[B, k·nfpb, H, W, C]`: clean latents teacher-forced into the cache first (t = context_noise, one
     call per block, output copied). Returns (latents `[B, F, H, W, C]`, last-call inputs per block).
@@ -369,8 +370,7 @@ def generate(model, context, noise, opts: AROptions, *, rng=None, renoise=None, 
     on_block = None
     if decoder is not None:
       on_block = lambda blk: emit(decoder.push(blk))  # noqa: E731
-    # The sampler is dropped after this, so the last block's context pass would write K/V nobody reads.
-    latents, _ = sampler.run_blocks(noise, rng=rng, renoise=renoise, on_block=on_block, context_last=False)
+    latents, _ = sampler.run_blocks(noise, rng=rng, renoise=renoise, on_block=on_block)
   latents = jax.block_until_ready(latents)
   stats["total_s"] = time.perf_counter() - t_start
   return ARResult(latents, dict(stats), emitted[0])
