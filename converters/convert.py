@@ -14,6 +14,7 @@ import glob
 import inspect
 import os
 import sys
+import tempfile
 
 import ml_dtypes
 import numpy as np
@@ -85,6 +86,35 @@ def convert_checkpoint(src, out_dir, *, dtype=None, keep_quantized=False, subkey
   if foreign:
     raise UsageError(f"output folder {out_dir!r} already holds other safetensors files {sorted(foreign)}; "
                      f"choose an empty folder")
+  created = _make_out_dir(out_dir)
+  try:
+    summary = _convert(src, out_dir, dtype, keep_quantized, subkey, family, num_heads, progress)
+  except BaseException:
+    if created and os.path.isdir(out_dir) and not os.listdir(out_dir):
+      os.rmdir(out_dir)   # a failed conversion leaves no empty folder it made behind
+    raise
+  logging.info("wrote %d tensors to %s", summary["tensors"], out_dir)
+  return summary
+
+
+def _make_out_dir(out_dir) -> bool:
+  """Creates `out_dir` (True if it did not exist) and checks that a file can be written in it, before any
+  tensor is read, so that a bad --out fails at once with one line instead of an OSError traceback."""
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise UsageError(f"--out {out_dir!r} is an existing file; pass a folder (it is created if missing)")
+  created = not os.path.exists(out_dir)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out_dir):
+      pass
+  except OSError as e:
+    raise UsageError(f"cannot write to the output folder {out_dir!r} ({e.strerror}); pass a writable --out") \
+        from None
+  return created
+
+
+def _convert(src, out_dir, dtype, keep_quantized, subkey, family, num_heads, progress) -> dict:
+  """The conversion itself, into the existing folder `out_dir`; returns the summary dict."""
   source, subkey = open_checkpoint(src, subkey)
   try:
     mod, layout = families.detect(source, family)
@@ -110,11 +140,9 @@ def convert_checkpoint(src, out_dir, *, dtype=None, keep_quantized=False, subkey
                          expected=expected, progress=bar)
   finally:
     source.close()
-  summary = {"family": mod.FAMILY, "layout": layout, "subkey": subkey, "tensors": len(steps),
-             "dtype": dtype or "as stored", "out_dir": os.path.abspath(out_dir), "config": config,
-             "description": mod.describe(config) if hasattr(mod, "describe") else ""}
-  logging.info("wrote %d tensors to %s", len(steps), out_dir)
-  return summary
+  return {"family": mod.FAMILY, "layout": layout, "subkey": subkey, "tensors": len(steps),
+          "dtype": dtype or "as stored", "out_dir": os.path.abspath(out_dir), "config": config,
+          "description": mod.describe(config) if hasattr(mod, "describe") else ""}
 
 
 def summary_line(s) -> str:

@@ -48,21 +48,22 @@ def quantized_format(keys, dtype_of) -> str:
 class QuantizedView(TensorSource):
   """Dequantising view: each quantised `<name>.weight` reads as float32 `w.astype(f32) * scale` and the scale
   keys disappear. With `keep=True` weights stay int8/fp8 and every quantised weight gets a float32
-  per-channel `<name>.weight_scale [out, 1]` (ComfyUI per-tensor scales are broadcast to it)."""
+  per-channel `<name>.weight_scale [out, 1]` (ComfyUI per-tensor scales are broadcast to it). `keep` may also
+  be a predicate on the weight key: only those weights stay quantised, the others are dequantised (ComfyUI
+  scaled-fp8 files also quantise the embeddings and the head, which the model keeps in float)."""
 
   def __init__(self, base, *, keep=False):
-    self.base, self.keep = base, keep
+    self.base = base
     self._scales = _scale_map(base.keys())
     if not self._scales:
       raise CheckpointError("no quantised weights found (no '.weight_scale' / '.scale_weight' key with its weight)")
     self.format = quantized_format(base.keys(), base.dtype)
+    self._kept = {w for w in self._scales if (keep(w) if callable(keep) else keep)}
+    self.keep = bool(self._kept)
     hidden = {s for s, _ in self._scales.values()}
     self._keys = [k for k in base.keys() if k not in hidden]
-    if keep:
-      self._virtual = {w[:-len(".weight")] + CHANNEL_SUFFIX: w for w in self._scales}
-      self._keys += [k for k in self._virtual if k not in set(self._keys)]
-    else:
-      self._virtual = {}
+    self._virtual = {w[:-len(".weight")] + CHANNEL_SUFFIX: w for w in sorted(self._kept)}
+    self._keys += [k for k in self._virtual if k not in set(self._keys)]
     for w, (s, kind) in self._scales.items():
       out, shape = base.shape(w)[0], tuple(base.shape(s))
       ok = shape in ((out, 1), (out,)) if kind == "channel" else int(np.prod(shape, dtype=np.int64)) == 1
@@ -79,7 +80,7 @@ class QuantizedView(TensorSource):
     return tuple(self.base.shape(key))
 
   def dtype(self, key):
-    if key in self._virtual or (key in self._scales and not self.keep):
+    if key in self._virtual or (key in self._scales and key not in self._kept):
       return "float32"
     return self.base.dtype(key)
 
@@ -93,10 +94,14 @@ class QuantizedView(TensorSource):
     if key in self._virtual:
       return self._scale(self._virtual[key])
     w = self.base.get(key)
-    if key in self._scales and not self.keep:
+    if key in self._scales and key not in self._kept:
       return w.astype(np.float32) * self._scale(key)
     return w
 
-  def quantized_weights(self):
-    """Keys of the weights stored quantised."""
+  def scaled_weights(self):
+    """Keys of every weight stored quantised in the checkpoint (with a scale), kept or not."""
     return sorted(self._scales)
+
+  def quantized_weights(self):
+    """Keys of the weights this view keeps quantised (none without `keep`)."""
+    return sorted(self._kept)

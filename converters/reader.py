@@ -106,6 +106,19 @@ class SafetensorsSource(TensorSource):
     self._mm.clear()
 
 
+def _torch_load_error(path, e) -> str:
+  """One sentence for a failed weights-only `torch.load`. torch's own text for a refused pickle suggests
+  re-running with weights_only=False (arbitrary code execution), so only its specific line is kept."""
+  import pickle
+  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+  if isinstance(e, pickle.UnpicklingError):
+    detail = next((ln for ln in lines if "GLOBAL" in ln or ln.lower().startswith("unsupported")),
+                  lines[-1] if lines else type(e).__name__).rstrip(".")
+    return (f"{path}: refused: it pickles objects other than tensors and plain containers ({detail}); only "
+            f"weights-only state dicts are read, nothing in it was executed")
+  return f"{path}: cannot be read as a torch state dict ({lines[0] if lines else type(e).__name__})"
+
+
 class TorchSource(TensorSource):
   """A `.pt/.pth` state dict loaded with weights_only=True and mmap (lazy). `subkey` selects a nested dict,
   e.g. 'generator' or 'generator_ema' in Self-Forcing checkpoints."""
@@ -117,12 +130,14 @@ class TorchSource(TensorSource):
       raise CheckpointError(f"{path}: reading .pt/.pth files needs torch; pip install 'wanjax[convert]'") from None
     self.path = path
     try:
-      sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-      # Old (non-zipfile) pickles cannot be mmapped.
-      sd = torch.load(path, map_location="cpu", weights_only=True)
+      try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+      except RuntimeError:
+        # Old (non-zipfile) pickles cannot be mmapped; the retry is inside the outer try so that its
+        # refusals (pickled code, a truncated file) become CheckpointErrors too.
+        sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-      raise CheckpointError(f"{path}: cannot be read as a weights-only torch state dict ({e})") from None
+      raise CheckpointError(_torch_load_error(path, e)) from None
     if subkey is not None:
       if not isinstance(sd, dict) or subkey not in sd:
         keys = sorted(sd)[:10] if isinstance(sd, dict) else type(sd).__name__

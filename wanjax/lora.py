@@ -19,6 +19,7 @@ parameter's sharding.
 """
 
 import dataclasses
+import math
 import os
 import re
 
@@ -66,13 +67,16 @@ def parse_lora_specs(spec) -> list:
       out.append(LoraSpec(part))
       continue
     try:
-      out.append(LoraSpec(head.strip(), float(tail)))
+      strength = float(tail)
     except ValueError:
       if any(c in tail for c in "/\\."):  # 'C:\loras\x.safetensors': the colon belongs to the path
         out.append(LoraSpec(part))
-      else:
-        raise UsageError(f"bad LoRA strength {tail!r} in {part!r}; expected 'path:strength', e.g. "
-                         f"'style.safetensors:0.8'") from None
+        continue
+      raise UsageError(f"bad LoRA strength {tail!r} in {part!r}; expected 'path:strength', e.g. "
+                       f"'style.safetensors:0.8'") from None
+    if not math.isfinite(strength):   # float() takes 'nan' and 'inf', which would merge NaN/inf weights
+      raise UsageError(f"LoRA strength {tail!r} in {part!r} is not a finite number; e.g. 'style.safetensors:0.8'")
+    out.append(LoraSpec(head.strip(), strength))
   return out
 
 
@@ -190,6 +194,8 @@ def _collect(tensors, strength, name, index, shapes, quantized, contribs, unmatc
       problems.append((one[have], f"LoRA {have} tensor without its {miss} tensor"))
       continue
     present = (["pair"] if "down" in one else []) + [r for r in ("diff", "diff_b", "diff_m") if r in one]
+    if "alpha" in one and not present:   # a lone alpha (its pair missing or misspelt): report it, not drop it
+      unmatched.append((one["alpha"], "alpha without a lora down/up pair"))
     for role in present:
       attr = _ATTR["down" if role == "pair" else role]
       keys = [one["down"], one["up"]] if role == "pair" else [one[role]]
@@ -211,7 +217,10 @@ def _collect(tensors, strength, name, index, shapes, quantized, contribs, unmatc
       c = contribs.setdefault(param, {}).setdefault(layer, _Contrib())
       if role == "pair":
         down, up = _f32(tensors[one["down"]]), _f32(tensors[one["up"]])
-        r = down.shape[0]
+        r = down.shape[0] if down.ndim else 0
+        if r == 0:   # alpha / r would divide by zero
+          problems.append((one["down"], f"down {down.shape} has rank 0; expected [rank, in] with rank >= 1"))
+          continue
         if up.ndim < 2 or up.shape[1] != r:
           problems.append((one["up"], f"up {up.shape} does not match down {down.shape} (rank {r})"))
           continue
@@ -311,6 +320,9 @@ def _as_items(loras):
       items.append((item, 1.0))
     else:
       src, strength = item
+      if not math.isfinite(float(strength)):
+        raise UsageError(f"LoRA strength {strength!r} for {src if isinstance(src, str) else 'an in-memory LoRA'} "
+                         f"is not a finite number")
       items.append((src, float(strength)))
   return items
 
@@ -338,8 +350,9 @@ def merge_loras(target, loras, *, allow_unmatched=False, table=None, donate=Fals
     before = len(unmatched)
     _collect(tensors, strength, name, index, shapes, quantized, contribs, unmatched, problems)
     if len(unmatched) > before and not allow_unmatched:
-      raise UsageError(f"{name}: {len(unmatched) - before} LoRA key(s) match no model parameter (pass "
-                       f"allow_unmatched=True to skip them):\n" + format_key_problems(unmatched[before:]))
+      raise UsageError(f"{name}: {len(unmatched) - before} LoRA key(s) match no model parameter (skip them "
+                       f"with --config.lora_allow_unmatched=True in infer.sample, --lora-allow-unmatched in "
+                       f"infer.forward, allow_unmatched=True in Python):\n" + format_key_problems(unmatched[before:]))
   if problems:
     raise CheckpointError("LoRA tensors do not fit the model:\n" + format_key_problems(problems))
   if unmatched:

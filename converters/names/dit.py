@@ -31,6 +31,8 @@ FAMILY = "dit"
 LAYOUTS = ("wan", "diffusers", "comfyui", "lightx2v_int8", "lightx2v_fp8", "self_forcing")
 QUANT_SCALE_SUFFIX = "_scale"   # `<path>.kernel` -> `<path>.kernel_scale`
 QUANTIZABLE = re.compile(r"blocks\.\d+\.(self_attn|cross_attn|ffn)\.[a-z0-9_]+\.kernel")
+# The same Linears as original-layout source weights (what `--keep-quantized` keeps quantised).
+QUANTIZABLE_SOURCE = re.compile(r"blocks\.\d+\.(self_attn|cross_attn|ffn)\.[a-z0-9_]+\.weight")
 # config.json keys that are not DiTConfig fields.
 META_KEYS = ("family", "source_layout", "quantization")
 
@@ -140,7 +142,12 @@ def detect(keys, dtype_of=None):
   keys = set(keys)
   if all(m in keys for m in _WAN_MARKERS):
     if has_quantized_keys(keys):
-      fmt = quantized_format(keys, dtype_of) if dtype_of is not None else "int8"
+      try:
+        fmt = quantized_format(keys, dtype_of) if dtype_of is not None else "int8"
+      except CheckpointError:
+        # Mixed or unsupported quantised dtypes: still this family and layout; `prepare` then raises the
+        # specific error naming the dtypes (raising here would read as "matches no known model family").
+        fmt = "int8"
       return "lightx2v_fp8" if fmt == "float8_e4m3fn" else "lightx2v_int8"
     return "wan"
   for prefix, layout in _PREFIXES:
@@ -174,7 +181,13 @@ def prepare(source, layout, *, keep_quantized=False):
     if dropped:
       logging.info("ignoring %d keys without the %r prefix (not DiT weights)", dropped, prefix)
   if has_quantized_keys(view.keys()):
-    view = QuantizedView(view, keep=keep_quantized)
+    # Only the block matmuls stay quantised (what wanjax.quant loads); ComfyUI scaled-fp8 files also scale the
+    # embeddings and the head, which are dequantised.
+    view = QuantizedView(view, keep=keep_quantized and (lambda w: bool(QUANTIZABLE_SOURCE.fullmatch(w))))
+    rest = sorted(set(view.scaled_weights()) - set(view.quantized_weights())) if keep_quantized else []
+    if rest:
+      logging.warning("--keep-quantized keeps the block matmuls quantised; dequantising %d other quantised "
+                      "weights to float32, e.g. %s", len(rest), rest[:3])
   elif keep_quantized:
     raise UsageError(f"--keep-quantized needs a quantised checkpoint ('.weight_scale' or '.scale_weight' keys); "
                      f"this one is layout {layout!r} without them")
