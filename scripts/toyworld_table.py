@@ -17,6 +17,7 @@ ROWS = (
     ("teacher4", "teacher, 4-step UniPC + CFG 4"),
     ("teacher2", "teacher, 2-step UniPC + CFG 4"),
     ("teacher1", "teacher, 1 step + CFG 4"),
+    ("teacher_dmd_sampler", "teacher, the DMD student's 4-step sampler + CFG 4"),
     ("dmd", "DMD student, 4 steps, CFG-free"),
     ("dmd2", "DMD student, 2 steps, CFG-free"),
     ("dmd1", "DMD student, 1 step, CFG-free"),

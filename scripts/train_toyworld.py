@@ -21,7 +21,7 @@ Writes OUT/train_log.json (per stage: command, seconds, first/last logged losses
 WORK/losses.json (every logged scalar). `--smoke` runs every stage for a few steps at 32×32×5 (CPU, minutes).
 
   python scripts/train_toyworld.py                       # GPU-sized defaults -> WORK/checkpoints (WORK: runs/toyworld)
-  python scripts/train_toyworld.py --cpu --eval_seeds 4  # every model on a 2-core CPU (about 2 h 35 min): the shipped recipe
+  python scripts/train_toyworld.py --cpu --eval_seeds 4  # every model on a 2-core CPU (about 2 h 37 min): the shipped recipe
   python scripts/train_toyworld.py --smoke --work /tmp/tw_smoke
   python scripts/train_toyworld.py --stages teacher,dmd,eval   # rerun some stages
   python scripts/train_toyworld.py --stages eval --eval_seeds 4 --out wanjax/toyworld/checkpoints   # the shipped table
@@ -51,7 +51,7 @@ CPU_STEPS = {"teacher": 4555}
 VAE_CROP_PHASES = ((1000, 5, 8, 0, 0.0), (1600, 9, 8, 0, 0.0), (2100, 17, 4, 1500, 10.0))
 STAGES = ("data", "vae", "text", "features", "teacher", "dmd", "dmd2", "dmd1", "odepairs", "ode", "sf", "eval")
 DMD_STUDENTS = ("dmd", "dmd2", "dmd1")   # 4-, 2- and 1-step DMD students, all from the teacher
-EVAL_MODELS = ("teacher", "teacher4", "teacher2", "teacher1", "dmd", "dmd2", "dmd1", "sf")
+EVAL_MODELS = ("teacher", "teacher4", "teacher2", "teacher1", "teacher_dmd_sampler", "dmd", "dmd2", "dmd1", "sf")
 
 
 # ------------------------------------------------------------------------------------------------ helpers

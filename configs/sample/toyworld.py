@@ -4,8 +4,9 @@
   python -m infer.sample --config configs/sample/toyworld.py:model=teacher --config.prompt="a large red circle \
 moves left quickly"
 Variants (model=...): dmd (4-step student, CFG off; default) | dmd2 / dmd1 (2- / 1-step DMD students) | teacher (50-step
-UniPC, CFG 4) | teacher4 (the teacher at the student's 4 UniPC steps; teacherN: at N steps, e.g. teacher2) | sf
-(causal Self-Forcing student: 5 blocks of 1 latent frame, 4 steps, streamed). root=DIR reads the checkpoints from
+UniPC, CFG 4) | teacher4 (the teacher at the student's 4 UniPC steps; teacherN: at N steps, e.g. teacher2) |
+teacher_dmd_sampler (the teacher, CFG 4, in the 4-step DMD student's own sampler: the same step list and fresh
+noise between steps) | sf (causal Self-Forcing student: 5 blocks of 1 latent frame, 4 steps, streamed). root=DIR reads the checkpoints from
 another folder (e.g. a smoke run's).
 Checkpoints: scripts/train_toyworld.py writes them (docs/toyworld.md).
 """
@@ -19,7 +20,7 @@ from wanjax.toyworld.dataset import HELDOUT_PROMPTS
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "wanjax",
                     "toyworld", "checkpoints")
-MODELS = ("dmd", "dmd2", "dmd1", "teacher", "teacher4", "sf")   # and teacherN for any N >= 1 (the teacher at N UniPC steps)
+MODELS = ("dmd", "dmd2", "dmd1", "teacher", "teacher4", "teacher_dmd_sampler", "sf")   # and teacherN for any N >= 1 (the teacher at N UniPC steps)
 
 
 def get_config(arg=None):
@@ -37,6 +38,7 @@ def get_config(arg=None):
   c.vae = os.path.join(root, "vae")
   c.dtype = "float32"
   c.prompt = HELDOUT_PROMPTS[16]            # first two-object held-out prompt
+  c.prompt_grammar = "toyworld"             # other prompts fail at the edge (their words would all be <unk>)
   c.size = "64*64"
   c.frames = 17
   c.shift = 5.0
@@ -62,6 +64,13 @@ def get_config(arg=None):
       c.timesteps = (1000,)                 # one step from pure noise (configs/train/toyworld_dmd1.py)
       c.num_steps = 1
     c.cfg_scale = 1.0
+  elif arg.model == "teacher_dmd_sampler":
+    # The ablation for "what does distillation buy": the dmd row's sampler exactly, the teacher's weights, and
+    # the teacher's CFG (it is not CFG-distilled). Not `distilled`: that flag is for step-distilled weights.
+    c.solver = "consistency"
+    c.timesteps = (1000, 750, 500, 250)
+    c.num_steps = 4
+    c.cfg_scale = 4.0
   else:
     c.num_steps = int(few.group(1)) if few else 50
     c.cfg_scale = 4.0                       # standard form of the DMD teacher's SF-form guidance 3.0

@@ -106,7 +106,8 @@ def test_smoke_pipeline_and_sample_cli(tmp_path):
   for stage, key in (("vae", "loss/vae"), ("teacher", "loss/flow"), ("dmd", "loss/critic"),
                      ("dmd2", "loss/critic"), ("dmd1", "loss/critic"), ("ode", "loss/ode"), ("sf", "loss/critic")):
     assert np.isfinite(log["stages"][stage]["losses"][key]["last"])
-  assert set(log["eval"]) == {"teacher", "teacher4", "teacher2", "teacher1", "dmd", "dmd2", "dmd1", "sf"}
+  assert set(log["eval"]) == {"teacher", "teacher4", "teacher2", "teacher1", "teacher_dmd_sampler", "dmd", "dmd2",
+                              "dmd1", "sf"}
   # The eval stage's seconds include each row's sampling, not only its scoring.
   assert log["stages"]["eval"]["seconds"] >= 0.9 * sum(row["wall_s"] for row in log["eval"].values())
   for name, row in log["eval"].items():
@@ -171,6 +172,10 @@ def test_toyworld_preset_step_variants():
     c = toyworld.get_config(f"model={model}")
     assert (tuple(c.timesteps), c.cfg_scale, c.solver, os.path.basename(c.weights)) == (steps, 1.0, "consistency",
                                                                                          model)
+  c = toyworld.get_config("model=teacher_dmd_sampler")   # the dmd row's sampler with the teacher's weights and CFG
+  dmd = toyworld.get_config("model=dmd")
+  assert (c.solver, tuple(c.timesteps), c.shift) == (dmd.solver, tuple(dmd.timesteps), dmd.shift)
+  assert (c.cfg_scale, os.path.basename(c.weights), c.distilled) == (4.0, "teacher", False)
   for bad in ("teacher0", "teacher04", "dmd3", "teach"):
     with pytest.raises(UsageError, match="teacherN"):
       toyworld.get_config(f"model={bad}")
