@@ -12,6 +12,7 @@ layout found is logged and printed in the final summary line.
 
 import glob
 import inspect
+import json
 import os
 import sys
 import tempfile
@@ -81,6 +82,10 @@ def convert_checkpoint(src, out_dir, *, dtype=None, keep_quantized=False, subkey
   """
   if dtype is not None and dtype not in DTYPES:
     raise UsageError(f"dtype={dtype!r}; valid: {', '.join(DTYPES)}")
+  done = _converted_family(src)
+  if done:
+    raise UsageError(f"--src {src!r} is already a converted wanjax {done} folder (config.json with a 'family'); "
+                     f"pass it to infer.sample / load it directly, there is nothing to convert")
   foreign = [f for f in glob.glob(os.path.join(out_dir, "*.safetensors")) if os.path.basename(f) !=
              "model.safetensors"]
   if foreign:
@@ -95,6 +100,20 @@ def convert_checkpoint(src, out_dir, *, dtype=None, keep_quantized=False, subkey
     raise
   logging.info("wrote %d tensors to %s", summary["tensors"], out_dir)
   return summary
+
+
+def _converted_family(src):
+  """The "family" of a folder this converter wrote (its config.json), else None."""
+  cfg = os.path.join(str(src), "config.json")
+  if not (os.path.isdir(str(src)) and os.path.isfile(cfg)
+          and os.path.isfile(os.path.join(str(src), "model.safetensors"))):
+    return None
+  try:
+    with open(cfg) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return meta.get("family") if isinstance(meta, dict) else None
 
 
 def _make_out_dir(out_dir) -> bool:

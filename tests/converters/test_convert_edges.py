@@ -160,3 +160,11 @@ def test_mixed_quantised_dtypes_name_the_dtypes(original, tmp_path):
   with pytest.raises(CheckpointError, match=r"dtypes \['float8_e4m3fn', 'int8'\]"):
     convert_checkpoint(str(tmp_path / "mixed.safetensors"), str(tmp_path / "out"), num_heads=2, progress=False)
   assert not (tmp_path / "out").exists()
+
+
+def test_converted_folder_as_src_says_so(tmp_path):
+  save_tensors(str(tmp_path / "orig.safetensors"), random_original(TINY, seed=3))
+  convert_checkpoint(str(tmp_path / "orig.safetensors"), str(tmp_path / "jax"), num_heads=2, progress=False)
+  with pytest.raises(UsageError, match=r"already a converted wanjax dit folder"):
+    convert_checkpoint(str(tmp_path / "jax"), str(tmp_path / "again"), num_heads=2, progress=False)
+  assert not (tmp_path / "again").exists()
