@@ -344,6 +344,14 @@ def save_outputs(path, outputs):
     np.savez(f, **outputs)
 
 
+def check_out(path):
+  """`--out` names a file that can be written (checked before any model is converted, loaded or run)."""
+  from infer.sample import check_output_dir
+  if os.path.isdir(path):
+    raise UsageError(f"--out {path!r} is a folder; pass a file name such as {os.path.join(path, 'out.npz')!r}")
+  check_output_dir("--out folder", os.path.dirname(os.path.abspath(path)))
+
+
 def forward(component, model, inputs_path, out_path, **options):
   """Runs `component` on the tensors in `inputs_path` and writes its outputs to `out_path`."""
   if component not in COMPONENTS:
@@ -363,6 +371,7 @@ def main(argv):
       raise UsageError(f"--{name} is required")
   if f.component not in COMPONENTS:
     raise UsageError(f"unknown component {f.component!r}; valid: {', '.join(COMPONENTS)}")
+  check_out(f.out)
   options = {"cache_dir": f["cache-dir"].value, "dtype": f.dtype, "num_heads": f["num-heads"].value}
   if f.component == "dit":
     options.update(causal=f.causal, frames_per_block=f["frames-per-block"].value, lora=f.lora or "",

@@ -21,7 +21,6 @@ import sys
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from infer import demo
 from wanjax import sampling, sharding
@@ -131,7 +130,8 @@ def check(c) -> Plan:
   from wanjax.sharding import parse_mesh
   dit_cfg = get_config(c.model)
   if c.frames < 1 or (c.frames - 1) % 4:
-    raise UsageError(f"frames={c.frames} must be 4k+1 (e.g. 77 or 81)")
+    lo = max(1, c.frames - (c.frames - 1) % 4)
+    raise UsageError(f"frames={c.frames} must be 4k+1 (e.g. {lo} or {lo + 4})")
   w, h = _parse_size(c.size)
   solver = solvers.get_solver(c.solver)
   if solver.schedule == "step_list" or c.timesteps:
@@ -149,6 +149,7 @@ def check(c) -> Plan:
                     "(cfg_scale=1); CFG > 1 tends to blur the video", c.cfg_scale, c.model)
   parse_mesh(c.mesh)
   vae_policy(c)
+  check_prompt_grammar(c)
   image = None
   if dit_cfg.has_image_input:
     if dit_cfg.model_type != "i2v":
@@ -160,7 +161,9 @@ def check(c) -> Plan:
   elif c.image:
     raise UsageError(f"image={c.image!r} was given but model={c.model!r} is text-to-video; use an i2v preset")
   if w % T2V_SIZE_MULTIPLE or h % T2V_SIZE_MULTIPLE:
-    raise UsageError(f"size {w}*{h}: width and height must be multiples of {T2V_SIZE_MULTIPLE} (e.g. 832*480)")
+    m = T2V_SIZE_MULTIPLE
+    near = lambda v: max(m, round(v / m) * m)  # noqa: E731
+    raise UsageError(f"size {w}*{h}: width and height must be multiples of {m} (e.g. {near(w)}*{near(h)})")
   weights = ""
   if not c.random_init:
     weights = _exists("weights", c.weights, "--config.weights=DIT_DIR_OR_FILE")
@@ -186,6 +189,24 @@ def check(c) -> Plan:
     if p and not p.endswith(".npy"):
       raise UsageError(f"save_latents={p!r} must end in .npy")
   return plan
+
+
+PROMPT_GRAMMARS = ("", "toyworld")   # the choices of `config.prompt_grammar` ('' = any text)
+
+
+def check_prompt_grammar(c):
+  """Presets whose text encoder knows only a closed grammar (`prompt_grammar="toyworld"`: docs/toyworld.md)
+  refuse other prompts: their unknown words would all be encoded as `<unk>` and sampled without a word said."""
+  grammar = c.get("prompt_grammar", "")
+  if grammar not in PROMPT_GRAMMARS:
+    raise UsageError(f"prompt_grammar={grammar!r}; valid: {', '.join(map(repr, PROMPT_GRAMMARS))}")
+  if grammar == "toyworld" and c.prompt:
+    from wanjax.toyworld.world import parse_prompt
+    try:
+      parse_prompt(c.prompt)
+    except UsageError as e:
+      raise UsageError(f"{e} (this preset's text encoder knows only the toy-world grammar, docs/toyworld.md; "
+                       f"--config.prompt_grammar='' samples the prompt anyway)") from None
 
 
 VAE_DTYPES = ("float32", "bf16")   # the choices of `config.vae_dtype`
@@ -392,12 +413,13 @@ class Pipeline:
       self._clip = tower
     return i2v_condition_with(tower, plan, self.vae)
 
-  def generate(self, c, plan, *, seed, progress=None, params=None, timings=None):
+  def generate(self, c, plan, *, seed, progress=None, params=None, timings=None, on_denoise_start=None):
     """text → conditioning → noise → one compiled denoise loop → VAE decode.
 
     Returns (frames float32 `[T, H, W, 3]` in [−1, 1], latent `[1, F, H, W, C]`). progress: `fn(step_index)`
-    per denoise step; params: DiT params to use instead of the loaded ones (e.g. with a LoRA merged);
-    timings: dict filled with text_encode_s, load_s, compile_s, denoise_s, decode_s.
+    per denoise step; on_denoise_start: `fn()` called once, compiled and just before the first step runs;
+    params: DiT params to use instead of the loaded ones (e.g. with a LoRA merged); timings: dict filled with
+    text_encode_s, load_s, compile_s, denoise_s, decode_s.
     """
     import jax
     import jax.numpy as jnp
@@ -428,6 +450,8 @@ class Pipeline:
           cfg_scale=c.cfg_scale if use_cfg(c) else 1.0, cond=cond, uncond=uncond, rng=loop_key,
           params=self.params if params is None else params)
       timings["compile_s"] = time.perf_counter() - t0
+      if on_denoise_start is not None:
+        on_denoise_start()
       t0 = time.perf_counter()
       with sampling.progress_hook(progress or (lambda i: None)):
         latent = jax.block_until_ready(run_loop(*args))
@@ -452,6 +476,35 @@ def save_json(path, obj):
     json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=True)
 
 
+def check_output_dir(kind, path):
+  """`path` is, or can be made as, a writable folder: its nearest existing ancestor is a writable directory."""
+  probe = os.path.abspath(os.path.expanduser(path or "."))
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise UsageError(f"{kind} {path!r} cannot be a folder: {probe!r} is a file; pass another {kind}")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise UsageError(f"{kind} {path!r} is not writable (no write permission on {probe!r}); pass another {kind}")
+
+
+def check_outputs(c, out_dir, name):
+  """Edge checks of every output path, before anything is compiled: a run that cannot write its outputs (or
+  would replace half of an earlier run's) fails here with nothing written."""
+  check_output_dir("output_dir", out_dir)
+  for suffix in (".mp4", ".json"):
+    if os.path.isdir(os.path.join(out_dir, name + suffix)):
+      raise UsageError(f"output {os.path.join(out_dir, name + suffix)!r} is a folder; pass another output_name")
+  frames_dir = os.path.join(out_dir, name + "_frames")
+  if c.save_frames and os.path.exists(frames_dir):
+    raise UsageError(f"save_frames: {frames_dir!r} already exists (an earlier run's frames); pass another "
+                     f"output_name or output_dir, or remove it")
+  if c.save_latents:
+    path = os.path.expanduser(c.save_latents)
+    if os.path.isdir(path):
+      raise UsageError(f"save_latents={c.save_latents!r} is a folder; pass a file name ending in .npy")
+    check_output_dir("save_latents folder", os.path.dirname(os.path.abspath(path)))
+
+
 # ============================================================================================ main
 
 def run(c):
@@ -470,13 +523,28 @@ def run(c):
   seed = c.seed if c.seed >= 0 else int(np.random.SeedSequence().entropy % (2**31))
   name = c.output_name or f"{c.model}_{seed}_{time.strftime('%Y%m%d_%H%M%S')}"
   out_dir = os.path.expanduser(c.output_dir)
+  check_outputs(c, out_dir, name)
   mesh = sharding.make_mesh(c.mesh)
   timings = {}
   shape = latent_shape(plan)
   cfg_on = use_cfg(c)
   pipeline = Pipeline(c, mesh, keep_encoders=False)
-  with tqdm(total=len(plan.timesteps), desc="denoise", unit="step") as bar:
-    frames, latent = pipeline.generate(c, plan, seed=seed, progress=lambda i: bar.update(1), timings=timings)
+  # The bar spans the denoise program only (opened when it starts, closed at its last step), so its rate and
+  # time are the sampler's, not text encoding, loading, compiling and VAE decoding as well.
+  bar = []
+
+  def step(i):
+    bar[0].update(1)
+    if bar[0].n >= bar[0].total:
+      bar[0].close()
+
+  try:
+    frames, latent = pipeline.generate(
+        c, plan, seed=seed, progress=step, timings=timings,
+        on_denoise_start=lambda: bar.append(tqdm(total=len(plan.timesteps), desc="denoise", unit="step")))
+  finally:
+    for b in bar:
+      b.close()
 
   # ---- write (each file atomic; the sidecar last) ----
   t0 = time.perf_counter()
@@ -517,8 +585,8 @@ def main(argv):
 
 if __name__ == "__main__":
   # Defined here, not at import, so tests and tools can import this module without claiming the flag name.
-  config_flags.DEFINE_config_file(
-      "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "sample",
-                             "toyworld.py"), "Sampling preset (configs/sample/<preset>.py[:arg]); default: the "
-      "embedded toy-world 4-step student.", lock_config=True)
-  app.run(main)
+  from infer import cli
+  cli.define_config_flag(
+      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "sample", "toyworld.py"),
+      "Sampling preset (configs/sample/<preset>.py[:arg]); default: the embedded toy-world 4-step student.")
+  app.run(main, flags_parser=cli.parse_flags)

@@ -75,6 +75,7 @@ def run_ar(c):
   import jax.numpy as jnp
   import ml_collections
   import numpy as np
+  from tqdm import tqdm
   from infer import sample as S
   from wanjax import sampling_ar, sharding, video
 
@@ -92,6 +93,7 @@ def run_ar(c):
   seed = c.seed if c.seed >= 0 else int(np.random.SeedSequence().entropy % (2**31))
   name = c.output_name or f"{c.model}_ar_{seed}_{time.strftime('%Y%m%d_%H%M%S')}"
   out_dir = os.path.expanduser(c.output_dir)
+  S.check_outputs(c, out_dir, name)
   mesh = sharding.make_mesh(c.mesh)
   timings = {}
 
@@ -120,12 +122,15 @@ def run_ar(c):
   noise = jnp.asarray(init_noise) if init_noise is not None else jax.random.normal(noise_key, shape, jnp.float32)
   mp4 = os.path.join(out_dir, name + ".mp4")
   frames_all = []
-  with sharding.activate(mesh), video.VideoWriter(mp4, fps=c.fps) as writer:
+  # Progress in decoded pixel frames as blocks finish (the first block's wait includes compiling).
+  bar = tqdm(total=c.frames if opts.long_video == "none" else None, desc="frames", unit="frame")
+  with bar, sharding.activate(mesh), video.VideoWriter(mp4, fps=c.fps) as writer:
     def on_frames(frames):
       frames = np.asarray(jax.device_get(frames))[0]
       if c.stream:
         writer.append(frames)
       frames_all.append(frames)
+      bar.update(frames.shape[0])
 
     res = sampling_ar.generate(dit, jnp.asarray(context), noise, opts, rng=loop_key, renoise=renoise, vae=vae,
                                on_frames=on_frames)

@@ -40,7 +40,6 @@ from typing import Optional
 
 import pydantic
 from absl import app as absl_app, flags, logging
-from ml_collections import config_flags
 from pydantic import Field
 
 from wanjax.errors import UsageError
@@ -164,6 +163,8 @@ class Service:
                        f"(not block-wise AR); use infer.sample for this preset")
     if o.max_queue < 1:
       raise UsageError(f"max_queue={o.max_queue} must be >= 1")
+    if o.output_dir:
+      sample.check_output_dir("output_dir", o.output_dir)
     self.base = copy.deepcopy(c)
     self.default_w, self.default_h = sample._parse_size(c.size)
     self.upload_dir = tempfile.mkdtemp(prefix="wanjax_uploads_")
@@ -291,7 +292,8 @@ class Service:
       try:
         plan = sample.check(c)
       except UsageError as e:
-        raise RequestError(400, "image" if upload and "image" in str(e) else None, str(e)) from None
+        field = "image" if upload and "image" in str(e) else "prompt" if str(e).startswith("prompt ") else None
+        raise RequestError(400, field, str(e)) from None
       seed = c.seed if c.seed >= 0 else secrets.randbelow(MAX_SEED)
       job = Job(job_id, req.model_dump(), c, plan, seed, len(plan.timesteps), upload=upload)
       with self._lock:
@@ -571,9 +573,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file(
-      "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "sample",
-                             "toyworld.py"), "Sampling preset (configs/sample/<preset>.py[:arg]).", lock_config=True)
+  from infer import cli
+  cli.define_config_flag(
+      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "sample", "toyworld.py"),
+      "Sampling preset (configs/sample/<preset>.py[:arg]).")
   flags.DEFINE_string("host", "127.0.0.1", "Interface to bind (loopback by default).")
   flags.DEFINE_integer("port", 8000, "TCP port.")
   flags.DEFINE_integer("max_queue", 8, "Pending jobs before the server answers 429.")
@@ -583,4 +586,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("max_steps", 100, "Largest step count a request may ask for.")
   flags.DEFINE_string("output_dir", "", "Where videos are written; '' = a fresh temporary directory.")
   flags.DEFINE_bool("warmup", True, "Run the default request once at start so its programs are compiled.")
-  absl_app.run(main)
+  absl_app.run(main, flags_parser=cli.parse_flags)

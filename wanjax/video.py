@@ -7,6 +7,7 @@ see a half-written file under the final name.
 """
 
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -116,13 +117,19 @@ def write_png_frames(directory, frames):
   _check_frames(frames)
   directory = os.path.abspath(directory)
   parent = os.path.dirname(directory)
+  if os.path.exists(directory):   # checked first too, so that nothing is written for a run that must fail
+    raise UsageError(f"frame directory {directory} already exists; choose another output name")
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
-  for i, f in enumerate(frames):
-    iio.imwrite(os.path.join(tmp, f"{i:05d}.png"), f)
-  if os.path.isdir(directory):
-    raise UsageError(f"frame directory {directory} already exists; choose another output name")
-  publish(tmp, directory)
+  try:
+    for i, f in enumerate(frames):
+      iio.imwrite(os.path.join(tmp, f"{i:05d}.png"), f)
+    if os.path.exists(directory):   # appeared while writing
+      raise UsageError(f"frame directory {directory} already exists; choose another output name")
+    publish(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
   return directory
 
 

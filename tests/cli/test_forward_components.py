@@ -250,3 +250,20 @@ def test_cli_errors_are_one_line_and_write_nothing(raw, tmp_path, component, ext
   assert p.returncode == 1
   assert p.stderr.strip().splitlines()[-1].startswith(match)
   assert not (tmp_path / "o.npz").exists()
+
+
+@pytest.mark.parametrize("out,match", [
+    ("{tmp}", "error: --out '{tmp}' is a folder; pass a file name such as"),
+    ("{tmp}/file/o.npz", "error: --out folder '{tmp}/file' cannot be a folder: '{tmp}/file' is a file"),
+])
+def test_cli_unwritable_out_fails_before_running(tmp_path, out, match):
+  """An `--out` that cannot be written is refused before the model runs (it used to fail in the final rename,
+  with a traceback, after the whole forward)."""
+  (tmp_path / "file").write_text("x")
+  np.savez(tmp_path / "in.npz", latent=np.zeros((1, 16, 1, 2, 2), np.float32))
+  vae = os.path.join(ROOT, "wanjax", "toyworld", "checkpoints", "vae")   # a converted VAE shipped in the repo
+  p = _cli("--component", "vae_decode", "--model", vae, "--inputs", tmp_path / "in.npz", "--out",
+           out.format(tmp=tmp_path))
+  assert p.returncode == 1, p.stderr[-2000:]
+  assert p.stderr.strip().splitlines()[-1].startswith(match.format(tmp=tmp_path)), p.stderr[-2000:]
+  assert sorted(os.listdir(tmp_path)) == ["file", "in.npz"]

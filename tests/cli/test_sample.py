@@ -51,7 +51,7 @@ def test_tiny_end_to_end_with_hooks(tmp_path):
 
 @pytest.mark.parametrize("flags,message", [
     (("--config.frames=80",), "frames=80 must be 4k+1 (e.g. 77 or 81)"),
-    (("--config.size=100*100",), "size 100*100: width and height must be multiples of 16"),
+    (("--config.size=100*100",), "size 100*100: width and height must be multiples of 16 (e.g. 96*96)"),
 ])
 def test_usage_errors_exit_2_and_write_nothing(tmp_path, flags, message):
   out = tmp_path / "out"
@@ -70,6 +70,8 @@ def test_usage_errors_exit_2_and_write_nothing(tmp_path, flags, message):
     (dict(cfg_scale=0.5), "cfg_scale=0.5 must be >= 1"),
     (dict(solver="euler"), "needs a step list"),
     (dict(size="48x"), "must be W*H"),
+    (dict(frames=16), "frames=16 must be 4k+1 (e.g. 13 or 17)"),
+    (dict(size="60*70"), "size 60*70: width and height must be multiples of 16 (e.g. 64*64)"),
 ])
 def test_edge_checks(override, message):
   """The same checks in-process (each CLI start costs seconds): every one raises UsageError naming the value."""
@@ -124,6 +126,124 @@ def test_cfg_on_distilled_preset_warns(tmp_path):
   assert "CFG > 1 tends to blur" in r.stderr
 
 
-def test_unknown_config_field_fails():
-  r = _run("--config.framez=5")
-  assert r.returncode != 0 and "framez" in r.stderr
+@pytest.mark.parametrize("argv,message", [
+    (["--config.framez=5"], "--config.framez: the preset has no field 'framez'; did you mean 'frames'?"),
+    ([f"--config={TINY}:stepz=2"], "unknown config arg 'stepz'; valid: i2v, solver, steps"),
+    (["--config=configs/sample/nope.py"], "cannot load the preset file ([Errno 2] No such file"),
+    ([f"--config={TINY}", "--config.seed=abc"], "--config.seed=abc: invalid literal"),
+])
+def test_flag_and_preset_errors_are_one_line(argv, message):
+  """Typos in `--config.<field>` (also on the default preset, parsed as the flag is defined), preset args and
+  preset paths: one `error:` line and exit 2, as every other usage error; no traceback."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  r = subprocess.run([sys.executable, "-m", "infer.sample", *argv], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+  assert "Traceback" not in r.stderr, r.stderr[-2000:]
+  lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+  assert len(lines) == 1 and message in lines[0], r.stderr[-2000:]
+
+
+def test_output_conflicts_fail_before_writing(tmp_path):
+  """An earlier run's frame folder under the same output_name: exit 2 before sampling, its files untouched
+  (the run used to replace the mp4, then fail on the folder, leaving a stale sidecar and a temp folder)."""
+  out = tmp_path / "out"
+  (out / "clip_frames").mkdir(parents=True)
+  (out / "clip.mp4").write_bytes(b"earlier")
+  r = _run(f"--config.output_dir={out}", "--config.output_name=clip", "--config.save_frames=True")
+  assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+  assert "clip_frames' already exists" in r.stderr
+  assert (out / "clip.mp4").read_bytes() == b"earlier"
+  assert sorted(os.listdir(out)) == ["clip.mp4", "clip_frames"]
+
+
+@pytest.mark.parametrize("where,message", [
+    ("output_dir", "is a file; pass another output_dir"),
+    ("save_latents", "is a file; pass another save_latents folder"),
+    ("mp4_folder", "is a folder; pass another output_name"),
+    ("latents_folder", "is a folder; pass a file name ending in .npy"),
+])
+def test_check_outputs(tmp_path, where, message):
+  """Output paths that cannot be written are found at the edge (in-process: no CLI start)."""
+  from configs.sample import tiny
+  from infer.sample import check_outputs
+  from wanjax.errors import UsageError
+  c = tiny.get_config()
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  out = tmp_path / "out"
+  check_outputs(c, str(out), "clip")   # a missing folder is fine: it is created when writing
+  if where == "output_dir":
+    out = blocker / "sub"
+  elif where == "save_latents":
+    c.save_latents = str(blocker / "lat.npy")
+  elif where == "mp4_folder":
+    (out / "clip.mp4").mkdir(parents=True)
+  else:
+    c.save_latents = str(tmp_path)
+  with pytest.raises(UsageError, match=re.escape(message)):
+    check_outputs(c, str(out), "clip")
+
+
+@pytest.mark.parametrize("prompt,grammar,message", [
+    ("A cat surfing a wave", "toyworld", "has words outside the toy-world vocabulary: cat, surfing, wave"),
+    ("a large red circle moves", "toyworld", "expected a direction"),
+    ("a large red circle moves left quickly", "toyworld", None),
+    ("A cat surfing a wave", "", None),
+    ("a red circle", "lego", "prompt_grammar='lego'; valid: '', 'toyworld'"),
+])
+def test_toyworld_prompt_grammar(prompt, grammar, message):
+  """The toy world's umT5 knows 32 words: other prompts would be sampled as a row of <unk> tokens."""
+  from configs.sample import toyworld
+  from infer.sample import check
+  from wanjax.errors import UsageError
+  c = toyworld.get_config()
+  assert c.prompt_grammar == "toyworld"
+  c.prompt, c.prompt_grammar = prompt, grammar
+  if message is None:
+    check(c)
+  else:
+    with pytest.raises(UsageError, match=re.escape(message)):
+      check(c)
+
+
+def test_progress_bar_spans_the_denoise_loop_only():
+  """`Pipeline.generate` calls on_denoise_start once, after compiling and before the first step, so the CLI's
+  tqdm bar measures denoising alone (it used to include text encoding, loading, compiling and decoding)."""
+  from configs.sample import tiny
+  from infer.sample import Pipeline, check
+  from wanjax import sharding
+  c = tiny.get_config("steps=2")
+  c.cfg_scale = 1.0
+  plan = check(c)
+  events, timings = [], {}
+  Pipeline(c, sharding.make_mesh(""), keep_encoders=False).generate(
+      c, plan, seed=0, progress=lambda i: events.append(("step", int(i))), timings=timings,
+      on_denoise_start=lambda: events.append(("start", sorted(timings))))
+  assert events[0] == ("start", ["compile_s", "load_s", "text_encode_s"]), events
+  assert sorted(events[1:]) == [("step", 0), ("step", 1)], events
+  assert "denoise_s" in timings and "decode_s" in timings
+
+
+def test_png_frames_never_leave_a_partial_or_temp_folder(tmp_path, monkeypatch):
+  """`write_png_frames` publishes the folder whole or not at all: an existing target fails before anything is
+  written, and a failure while writing (here the disk filling up at frame 2) removes its temporary folder."""
+  import imageio.v3 as iio
+  import numpy as np
+  from wanjax import video
+  from wanjax.errors import UsageError
+  frames = np.zeros((3, 16, 16, 3), np.float32)
+  (tmp_path / "clip_frames").mkdir()
+  with pytest.raises(UsageError, match="already exists"):
+    video.write_png_frames(str(tmp_path / "clip_frames"), frames)
+  assert sorted(os.listdir(tmp_path)) == ["clip_frames"]
+  real = iio.imwrite
+
+  def imwrite(path, f):
+    if path.endswith("00002.png"):
+      raise OSError(28, "No space left on device")
+    return real(path, f)
+  monkeypatch.setattr(iio, "imwrite", imwrite)
+  with pytest.raises(OSError, match="No space"):
+    video.write_png_frames(str(tmp_path / "other"), frames)
+  assert sorted(os.listdir(tmp_path)) == ["clip_frames"]   # neither "other" nor a ".other.*" temp folder

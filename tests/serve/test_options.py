@@ -87,3 +87,39 @@ def test_lora_strength_is_linear_and_zero_is_the_base(tmp_path):
   with pytest.raises(serve.RequestError, match="no LoRA is loaded"):
     svc2 = serve.Service(tiny.get_config("steps=1"), serve.ServeOptions(warmup=False))
     svc2.check_request(serve.VideoRequest(prompt="x", lora_strength=0.5), None)
+
+
+def test_toyworld_prompt_outside_grammar_names_the_prompt_field():
+  """The toy-world preset refuses prompts its 32-word text encoder cannot read (400 on `prompt`), before queueing."""
+  from configs.sample import toyworld
+  from infer import serve
+  svc = serve.Service(toyworld.get_config(), serve.ServeOptions(warmup=False))   # not started: nothing loaded
+  try:
+    with pytest.raises(serve.RequestError) as e:
+      svc.submit(serve.VideoRequest(prompt="a cat surfing a wave"))
+    assert (e.value.status, e.value.field) == (400, "prompt")
+    assert "outside the toy-world vocabulary: cat, surfing, wave" in e.value.message
+    assert svc._queue.qsize() == 0 and not svc.jobs
+    assert svc.submit(serve.VideoRequest(prompt="a small red circle moves left")).status == "queued"
+  finally:
+    svc.stop()
+
+
+def test_startup_errors_are_one_line(tmp_path):
+  """A typo'd --config field or an output_dir that is a file: `error: ...` and exit 2, before any model loads."""
+  import os
+  import subprocess
+  import sys
+  from configs.sample import tiny
+  from infer import serve
+  from wanjax.errors import UsageError
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(UsageError, match=f"output_dir '{blocker}' cannot be a folder"):
+    serve.Service(tiny.get_config("steps=1"), serve.ServeOptions(output_dir=str(blocker), warmup=False))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  r = subprocess.run([sys.executable, "-m", "infer.serve", "--config.fames=5"], cwd=root, capture_output=True,
+                     text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root))
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1] == ("error: --config.fames: the preset has no field 'fames'; did you "
+                                               "mean 'frames'?")

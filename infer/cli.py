@@ -1,0 +1,65 @@
+"""Flag plumbing shared by the inference CLIs (`infer.sample`, `infer.serve`): the `--config` preset flag and a
+flags parser that turns preset and `--config.<field>` mistakes into one `error: ...` line with exit code 2,
+like every other usage error, instead of ml_collections' tracebacks.
+
+ml_collections applies `--config.<field>` overrides while parsing the preset: when `--config` is not given the
+default preset is parsed as the flag is defined (a typo raises from `DEFINE_config_file`), otherwise during
+`FLAGS(argv)` (a typo raises a bare AttributeError/KeyError there, a preset error a flags error whose message
+embeds the preset's traceback).
+"""
+
+import re
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+USAGE_EXIT = 2
+
+
+def fail(message):
+  """Prints `error: <message>` as one line on stderr and exits 2."""
+  print("error: " + " ".join(str(message).split()), file=sys.stderr)
+  sys.exit(USAGE_EXIT)
+
+
+def config_error_message(e) -> str:
+  """One sentence for an exception raised while parsing `--config` and its overrides."""
+  if isinstance(e, (AttributeError, KeyError)):   # an override names a field the preset does not have
+    text = str(e).encode().decode("unicode_escape")  # ml_collections nests repr()s of its KeyError message
+    names = re.findall(r"'([A-Za-z_][\w.]*)'", text)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    given = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.")]
+    field = names[0] if names else "?"
+    flag = next((g for g in given if re.search(rf"\.{re.escape(field)}(\.|$)", g)), f"--config.{field}")
+    return (f"{flag}: the preset has no field {field!r}" + (f"; did you mean {hint.group(1)!r}?" if hint else
+                                                           "; see the preset file for its fields"))
+  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+  last = lines[-1] if lines else str(e)
+  # A preset's own UsageError arrives as the last line of the embedded traceback: keep only its sentence.
+  m = re.match(r"^(?:[\w.]+\.)?(?:UsageError|ValueError|TypeError|KeyError): (.*)$", last)
+  return m.group(1) if m else (" ".join(lines) if len(lines) <= 3 else last)
+
+
+def define_config_flag(default, help_text):
+  """`--config` (a `configs/sample/<preset>.py[:arg]` file, locked: unknown `--config.<field>` fails)."""
+  try:
+    config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)
+  except (AttributeError, KeyError, flags.Error) as e:
+    fail(config_error_message(e))
+
+
+def parse_flags(argv):
+  """`flags_parser` for `absl.app.run`: parses argv; flag and preset errors become one line, exit 2."""
+  try:
+    rest = flags.FLAGS(argv)
+  except (AttributeError, KeyError, flags.Error) as e:
+    fail(config_error_message(e))
+  if "config" in flags.FLAGS:
+    try:   # ml_collections defers a preset file that cannot be loaded until the config is first read
+      flags.FLAGS.config.get
+    except OSError as e:
+      lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+      fail(f"--config={flags.FLAGS['config'].serialize().partition('=')[2]}: cannot load the preset file "
+           f"({lines[-1] if lines else e}); pass configs/sample/<preset>.py[:arg]")
+  return rest
