@@ -114,7 +114,7 @@ def dmd_step(state, batch, *, fns, settings, tx_g, tx_c, gcfg, ratio, latent_sha
     new, gnorm = st.apply_updates(old, grads, tx_g)
     if gcfg.ema_decay > 0:
       new = st.ema_step(new, old.params, state.step, decay=gcfg.ema_decay, start=gcfg.ema_start, every=ratio)
-    ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    ok = st.update_ok(loss, gnorm, new)
     state = state.replace(generator=st.select_tree(ok, new, old))
     finite = finite & ok
     metrics.update(m)
@@ -137,7 +137,7 @@ def dmd_step(state, batch, *, fns, settings, tx_g, tx_c, gcfg, ratio, latent_sha
   old = state.critic
   (loss, m), grads = jax.value_and_grad(critic_loss, has_aux=True)(old.params)
   new, gnorm = st.apply_updates(old, grads, tx_c)
-  ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+  ok = st.update_ok(loss, gnorm, new)
   state = state.replace(critic=st.select_tree(ok, new, old), step=state.step + 1)
   metrics.update(m)
   metrics.update({"loss/critic": loss, "grad_norm/critic": gnorm, "rollout/exit_critic": j,

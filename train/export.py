@@ -128,10 +128,15 @@ def restore_trained(workdir, *, step=None):
   """
   import orbax.checkpoint as ocp
   from train import loop
-  manager = loop.checkpoint_manager(workdir, keep=1_000_000, async_save=False)
-  step = manager.latest_step() if step is None else step
-  if step is None:
+  if not os.path.isdir(loop.checkpoint_dir(workdir)):   # checked first: the manager would create the folder
     raise UsageError(f"--workdir {workdir}: no checkpoint in {loop.checkpoint_dir(workdir)}; train first")
+  manager = loop.checkpoint_manager(workdir, keep=1_000_000, async_save=False)
+  steps = sorted(manager.all_steps())
+  if not steps or (step is not None and step not in steps):
+    manager.close()
+    raise UsageError(f"--workdir {workdir}: no checkpoint " + (f"of step {step}; saved steps: "
+                     f"{', '.join(map(str, steps))}" if steps else f"in {loop.checkpoint_dir(workdir)}; train first"))
+  step = steps[-1] if step is None else step
   meta = manager.item_metadata(step)
   meta = getattr(meta, "tree", meta)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)

@@ -64,6 +64,16 @@ class _FeatureContexts:
     return np.stack([self.fs.tensor(int(i), "context") for i in idx])
 
 
+def check_latent_shape(path, shape, cfg):
+  """Latent samples must be `[F, H, W, in_dim]` with F, H, W divisible by the DiT's patch: checked before any
+  compile, naming the data folder."""
+  shape = tuple(shape)
+  if (len(shape) != 4 or shape[-1] != cfg.in_dim
+      or any(s % p for s, p in zip(shape[:3], cfg.patch_size))):
+    raise UsageError(f"{path}: latents have shape {shape}; the DiT reads [F, H, W, {cfg.in_dim}] with F, H, W "
+                     f"divisible by its patch {tuple(cfg.patch_size)}")
+
+
 def train(c, workdir):
   mesh = shd.make_mesh(c.mesh)
   rules = shd.override_rules(c.sharding_overrides)
@@ -72,6 +82,14 @@ def train(c, workdir):
 
   abstract_state, shardings, create = st.generator_only_state(built, tx, c.seed, mesh, rules)
 
+  # The latents first: a missing or empty folder is named as such (not as a missing prompt list).
+  if c.data.latents:
+    lat = data.LatentShards(c.data.latents, rank=jax.process_index(), num_ranks=jax.process_count())
+    check_latent_shape(c.data.latents, lat.sample_shape, built.cfg)
+  elif c.data.random_contexts <= 0:
+    raise UsageError("config.data.latents is empty: give a train.preprocess feature folder (it carries the "
+                     "contexts) or latent shards paired with config.data.prompts; only smoke runs "
+                     "(data.random_contexts > 0) train on random latents")
   if _feature_folder(c):   # a train.preprocess folder carries each clip's context and the uncond ones
     contexts, negative = feature_contexts(c.data.latents, built.cfg, c.flow.get("uncond", "negative"))
   else:
@@ -80,7 +98,6 @@ def train(c, workdir):
   if not 0.0 <= dropout < 1.0:
     raise UsageError(f"flow.cfg_dropout={dropout} must be in [0, 1) (e.g. 0.1: one context in ten unconditional)")
   if c.data.latents:
-    lat = data.LatentShards(c.data.latents, rank=jax.process_index(), num_ranks=jax.process_count())
     if len(lat) != len(contexts):
       raise UsageError(f"{c.data.latents}: {len(lat)} latents but {len(contexts)} prompts; they pair by index")
     get = lat.get

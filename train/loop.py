@@ -107,8 +107,8 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
   """Runs steps [start_step, total_steps). Returns the final state (also saved as the last checkpoint).
   `on_save(step, state)`, if given, runs after each checkpoint save (e.g. to export a LoRA beside it).
 
-  Non-finite policy: a step whose loss or gradient is not finite is skipped inside the step function (the
-  params and optimiser state stay; step and RNG advance) and counted here; after
+  Non-finite policy: a step whose loss, gradient or updated params are not finite is skipped inside the step
+  function (the params and optimiser state stay; step and RNG advance) and counted here; after
   `max_consecutive_nonfinite` in a row this raises `NonFiniteError` without saving, so the last good
   checkpoint stays the latest. No checkpoint is written while a non-finite streak is running.
 
@@ -136,15 +136,18 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
       else:
         streak += 1
         skipped_total += 1
-        logging.warning("step %d: non-finite loss or gradient; update skipped (%d in a row, %d total)",
-                        step, streak, skipped_total)
+        logging.warning("step %d: non-finite loss, gradient or updated params; update skipped (%d in a row, "
+                        "%d total)", step, streak, skipped_total)
         if streak >= settings.max_consecutive_nonfinite:
-          latest = manager.latest_step()
           manager.wait_until_finished()
+          latest = manager.latest_step()
+          last = (f"Last good checkpoint: step {latest} in {manager.directory}; lower the learning rate or "
+                  f"check the data, then resume from that checkpoint." if latest is not None else
+                  f"No checkpoint was written (none in {manager.directory}); lower the learning rate or check "
+                  f"the data, then start again.")
           raise NonFiniteError(
               f"{streak} consecutive non-finite steps ({step - streak + 1}..{step}); stopped without saving. "
-              f"Last good checkpoint: step {latest} in {manager.directory}. Lower the learning rate or "
-              f"check the data, then resume from that checkpoint.")
+              + last)
       if writer is not None and (done % settings.log_every == 0 or done == settings.total_steps):
         for k, v in metrics.items():
           writer.add_scalar(k, float(np.asarray(v)), done)
@@ -206,6 +209,24 @@ def run_cli(train_fn, example_config):
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
+  for name in ("config", "workdir"):   # defined here, not in __main__: list them under --help as well
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+  def parse_flags(argv):
+    # A mistyped `--config.<field>` raises a bare AttributeError/KeyError (or a flags error embedding the
+    # config's traceback) from ml_collections while absl parses: make it one line, as every usage error.
+    from infer.cli import config_error_message
+    try:
+      rest = flags.FLAGS(argv)
+    except (AttributeError, KeyError, flags.Error) as e:
+      sys.exit(f"error: {config_error_message(e)}")
+    try:   # ml_collections defers a config file that cannot be loaded until the config is first read
+      getattr(flags.FLAGS.config, "get", None)
+    except OSError as e:
+      lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+      sys.exit(f"error: --config={flags.FLAGS['config'].serialize().partition('=')[2]}: cannot load the config "
+               f"file ({lines[-1] if lines else e}); pass configs/train/<name>.py[:arg]")
+    return rest
 
   def main(argv):
     if len(argv) > 1:
@@ -213,8 +234,10 @@ def run_cli(train_fn, example_config):
     try:
       if flags.FLAGS.config is None:
         raise UsageError(f"--config is required, e.g. --config {example_config}")
-      train_fn(flags.FLAGS.config, flags.FLAGS.workdir or "")
+      if not flags.FLAGS.workdir:   # before any model or data is built (the prompt cache lives in it)
+        raise UsageError("--workdir is required (checkpoints and TensorBoard logs are written there)")
+      train_fn(flags.FLAGS.config, flags.FLAGS.workdir)
     except (UsageError, NonFiniteError) as e:
       sys.exit(f"error: {e}")
 
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

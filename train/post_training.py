@@ -88,8 +88,9 @@ def step_key(state, salt):
 
 
 def finish_update(state, old, new, loss, gnorm, metrics):
-  """Skips a non-finite update (params and optimiser state stay), advances the step, adds the common metrics."""
-  ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+  """Skips a non-finite update (loss, gradient or updated params; params and optimiser state stay), advances the
+  step, adds the common metrics."""
+  ok = st.update_ok(loss, gnorm, new)
   state = state.replace(generator=st.select_tree(ok, new, old), step=state.step + 1)
   return state, dict(metrics, **{"grad_norm/generator": gnorm, "finite": ok})
 

@@ -81,6 +81,13 @@ def apply_updates(trainee: Trainee, grads, tx):
   return trainee.replace(params=params, opt_state=opt_state), optax.tree.norm(grads)
 
 
+def update_ok(loss, gnorm, new: Trainee):
+  """Whether an update may be kept: a finite loss and gradient norm AND finite updated params. A finite
+  gradient can still overflow the params (e.g. an absurd learning rate), and such a step must count as
+  non-finite, or the loop would checkpoint inf params as the last good state."""
+  return jnp.isfinite(loss) & jnp.isfinite(gnorm) & all_finite(new.params)
+
+
 def select_tree(ok, new, old):
   """`new` where the scalar `ok` holds, else `old` (skips a non-finite update inside jit)."""
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
@@ -105,13 +112,13 @@ def generator_only_state(built, tx, seed, mesh, rules):
 
 
 def guarded_generator_step(state, loss_fn, tx, loss_name):
-  """One generator update from `loss_fn(params) -> (loss, metrics)`. A non-finite loss or gradient norm keeps
-  the old params and optimiser state (the step still advances; the loop counts and aborts on a streak).
-  Returns (state, metrics + {loss_name, grad_norm/generator, finite})."""
+  """One generator update from `loss_fn(params) -> (loss, metrics)`. A non-finite loss, gradient norm or
+  updated param keeps the old params and optimiser state (the step still advances; the loop counts and aborts
+  on a streak). Returns (state, metrics + {loss_name, grad_norm/generator, finite})."""
   old = state.generator
   (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(old.params)
   new, gnorm = apply_updates(old, grads, tx)
-  ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+  ok = update_ok(loss, gnorm, new)
   state = state.replace(generator=select_tree(ok, new, old), step=state.step + 1)
   return state, dict(m, **{loss_name: loss, "grad_norm/generator": gnorm, "finite": ok})
 
