@@ -33,6 +33,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import cli  # noqa: E402
 from benchmarks.timing import median_s  # noqa: E402
 
 E4M3_MAX = 448.0
@@ -231,4 +232,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

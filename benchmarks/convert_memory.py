@@ -30,6 +30,8 @@ from converters.names import dit  # noqa: E402
 from wanjax.checkpoint import StreamingWriter  # noqa: E402
 from wanjax.dit.config import get_config  # noqa: E402
 
+from benchmarks import cli  # noqa: E402
+
 GOAL_MB = 2048
 _TORCH_SHAPE = {"none": lambda s: s, "linear_T": lambda s: (s[1], s[0]),
                 "conv3d": lambda s: (s[4], s[3], s[0], s[1], s[2])}   # inverse of transforms.SHAPES
@@ -62,7 +64,8 @@ def write_random(path, entries, seed=0):
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--preset", default="t2v_1_3b")
-  ap.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16"])
+  ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                  help="converter output dtype (default: as stored, float32)")
   ap.add_argument("--tmpdir", default=None)
   ap.add_argument("--keep", action="store_true", help="keep the temporary files")
   args = ap.parse_args()
@@ -108,4 +111,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -1,7 +1,7 @@
 """DiT forward benchmark: wanjax vs diffusers `WanTransformer3DModel` (torch SDPA), same shapes, same run.
 
   python benchmarks/dit_forward.py --model t2v_1_3b            # 81x480x832 -> 32,760 tokens, 512 text tokens
-  python benchmarks/dit_forward.py --model t2v_14b --layers 40
+  python benchmarks/dit_forward.py --model t2v_14b --bf16-weights   # 14B on one card (bf16 weight storage)
   python benchmarks/dit_forward.py --small                     # CPU smoke test (tiny model)
 
 Each framework runs in its own subprocess (so neither sees the other's GPU memory). Random weights, bf16.
@@ -24,6 +24,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import cli  # noqa: E402
 from benchmarks.timing import median_s  # noqa: E402
 
 SHAPES = {  # latent F, H, W (before 2x2 patchify) for 81 frames at 480x832 / 720x1280
@@ -171,6 +172,10 @@ def main():
     res = run_jax(args) if args.only == "jax" else run_torch(args)
     print("RESULT " + json.dumps(res))
     return
+  from wanjax.dit.config import get_config
+  get_config(args.model)   # an unknown preset fails here, once, not in both children
+  if args.iters < 1 or args.layers < 0:
+    p.error(f"--iters={args.iters} must be >= 1 and --layers={args.layers} >= 0")
   results = {}
   for fw in ("torch", "jax"):
     cmd = [sys.executable, __file__, "--only", fw] + [a for a in sys.argv[1:]]
@@ -195,7 +200,8 @@ def main():
     print(f"bound with this attention kernel (diffusers' forward / wanjax's attention alone): "
           f"{summary['max_speedup_same_attention']:.3f}x")
   print(json.dumps(summary))
+  cli.exit_if_failed([fw for fw, r in results.items() if r is None])
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

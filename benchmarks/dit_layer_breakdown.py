@@ -31,6 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import cli  # noqa: E402
 from benchmarks.timing import median_s  # noqa: E402
 
 SHAPES = {"480p": (21, 60, 104), "small": (3, 4, 6)}   # latent F, H, W before the 2x2 patchify
@@ -169,4 +170,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -47,6 +47,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from benchmarks import cli  # noqa: E402
+
 # One card: let XLA's allocator use nearly all of it (the 0.75 default would cap an 80 GB H100 near 60 GB).
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
@@ -290,4 +293,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

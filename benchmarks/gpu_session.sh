@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU session (run on a lent H100/H200 by the device tool): installs the wheels the device image
-# lacks (prepare them here with: bash ../shared/tools/device-wheels tensorboardX), then runs the benchmarks in
+# lacks (prepare them here with: bash ../shared/tools/device-wheels tensorboardX; .device-wheels/ is git-ignored,
+# so the device call must name it in carry), then runs the benchmarks in
 # order of importance, each under its own timeout (T_<NAME> seconds; 0 skips it), teeing full logs to $OUT
 # (the device tool returns at most 8 files). Figures go to docs/bench/ and the closing note, with the card.
 # The defaults run what is still unmeasured on an H100 (docs/bench/ has the rest, with dates and cards); the goals

@@ -36,6 +36,8 @@ from wanjax import sharding as shd  # noqa: E402
 from wanjax.dit.config import get_config  # noqa: E402
 from wanjax.dit.model import WanDiT, make_forward  # noqa: E402
 
+from benchmarks import cli  # noqa: E402
+
 GIB = 2 ** 30
 SHAPES = {"480p": (21, 60, 104), "720p": (21, 90, 160)}   # latent F, H, W of 81 frames: 32,760 / 75,600 tokens
 DEVICES = {"v5e": 16, "v6e": 32, "h100": 80}               # GB of HBM per chip
@@ -180,4 +182,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

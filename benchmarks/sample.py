@@ -31,6 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import cli  # noqa: E402
 from benchmarks.timing import median_s  # noqa: E402
 
 
@@ -99,6 +100,9 @@ def main():
     args.cfg_steps = 2 if args.small else 10
   if args.cfg_steps < 0:
     p.error(f"--cfg-steps={args.cfg_steps}: must be >= 0 (0 skips the UniPC + CFG loop)")
+  cli.check_frames(p, args.frames)
+  if args.height % 16 or args.width % 16 or min(args.height, args.width) < 16:
+    p.error(f"--height={args.height} and --width={args.width} must be positive multiples of 16")
   cfg = get_config(args.model)
   t5_cfg = umt5.get_config("tiny" if args.small else "umt5_xxl")
   if args.small:
@@ -192,4 +196,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -24,6 +24,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import cli  # noqa: E402
+
 
 def build_encoder(cfg, policy, mesh):
   """(graphdef, state) of a randomly initialised UMT5Encoder, each parameter created in its shard."""
@@ -83,9 +85,9 @@ def main():
   from wanjax.text.umt5 import count_params, get_config
 
   cfg = get_config(args.config)
-  batches = [int(b) for b in args.batches.split(",") if b.strip()]
-  if not batches or min(batches) < 1 or args.seq_len < 1:
-    p.error(f"--batches={args.batches!r} and --seq-len={args.seq_len} must be positive")
+  batches = cli.int_list(p, "--batches", args.batches)
+  if args.seq_len < 1 or args.iters < 1:
+    p.error(f"--seq-len={args.seq_len} and --iters={args.iters} must be >= 1")
   real = args.real_tokens or args.seq_len
   if not 1 <= real <= args.seq_len:
     p.error(f"--real-tokens={args.real_tokens} must be in 1..--seq-len={args.seq_len}")
@@ -128,4 +130,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -37,6 +37,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 GIB = 2**30
 
+from benchmarks import cli  # noqa: E402
+MODES = ("chunked", "tiled", "full")
+
 
 def allocator_gb():
   """(bytes_in_use, peak_bytes_in_use) of the first device in GiB, or (None, None) where there are no stats (CPU)."""
@@ -128,11 +131,24 @@ def main():
   if args.small:
     args.model, args.frames, args.height, args.width, args.iters = "tiny", 17, 64, 64, 1
     args.tile, args.overlap = "4,4", 2
+  modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+  if not modes or any(m not in MODES for m in modes):
+    p.error(f"--modes={args.modes!r}: a comma list of {', '.join(MODES)}")
+  tile = cli.int_list(p, "--tile", args.tile)
+  if len(tile) != 2:
+    p.error(f"--tile={args.tile!r} must be two latent sizes th,tw (e.g. 32,32)")
+  cli.check_frames(p, args.frames)
+  if args.height % 8 or args.width % 8 or min(args.height, args.width) < 8:
+    p.error(f"--height={args.height} and --width={args.width} must be positive multiples of 8")
+  if args.overlap < 0 or args.iters < 1:
+    p.error(f"--overlap={args.overlap} must be >= 0 and --iters={args.iters} >= 1")
   if args.mode:
     print("RESULT " + json.dumps(run_mode(args)))
     return
+  from wanjax.vae import get_config
+  get_config(args.model)   # an unknown preset fails here, once, not in every child
   results = {}
-  for mode in args.modes.split(","):
+  for mode in modes:
     cmd = [sys.executable, __file__, "--mode", mode] + sys.argv[1:]
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -151,7 +167,8 @@ def main():
           f"{_gb(r['compile_peak_gb'])}, after first call {_gb(r['first_call_peak_gb'])}, after all runs "
           f"{_gb(r['peak_gb'])}")
   print(json.dumps(dict(benchmark="vae_decode", results=results)))
+  cli.exit_if_failed([m for m, r in results.items() if r is None])
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

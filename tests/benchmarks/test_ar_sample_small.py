@@ -1,0 +1,44 @@
+"""`benchmarks/ar_sample.py --small` on CPU: the causal sampler runs block by block with the tiny DiT and VAE,
+makes the DiT calls its docstring counts (steps per block + a context pass after every block but the last), and
+decodes every pixel frame; bad sizes are refused in one line before anything is built."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "benchmarks", "ar_sample.py")
+
+
+def _run(*flags, timeout=300):
+  return subprocess.run([sys.executable, SCRIPT, *flags], cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def test_small_run_counts_calls_and_frames():
+  proc = _run("--small")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  # --small: 21 pixel frames -> 6 latent frames, 3 per block -> 2 blocks of 4 steps, one context pass between.
+  assert out["latent"] == [6, 4, 6] and out["frames_per_block"] == 3 and out["steps"] == 4
+  blocks = out["latent"][0] // out["frames_per_block"]
+  assert out["model_calls"] == blocks * out["steps"] + blocks - 1
+  assert out["decode"] is True and out["frames"] == 21 and out["finite"] is True
+  assert out["fps"] == pytest.approx(out["frames"] / out["total_s"], rel=1e-2)
+  assert 0 < out["ttff_s"] <= out["total_s"]
+  assert "fps incl. decode" in proc.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--frames", "20"), "--frames=20 must be 4k+1"),
+    (("--nfpb", "4"), "--nfpb=4 must divide the 21 latent frames"),
+    (("--height", "472"), "must be multiples of 16"),
+    (("--model", "nope"), "unknown DiT preset 'nope'"),
+])
+def test_bad_flags_are_one_line(flags, message):
+  proc = _run(*flags, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
