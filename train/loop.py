@@ -136,8 +136,9 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
       else:
         streak += 1
         skipped_total += 1
+        # Steps are numbered as checkpoints and TensorBoard count them: step n is the n-th update (1-based).
         logging.warning("step %d: non-finite loss, gradient or updated params; update skipped (%d in a row, "
-                        "%d total)", step, streak, skipped_total)
+                        "%d total)", done, streak, skipped_total)
         if streak >= settings.max_consecutive_nonfinite:
           manager.wait_until_finished()
           latest = manager.latest_step()
@@ -146,7 +147,7 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
                   f"No checkpoint was written (none in {manager.directory}); lower the learning rate or check "
                   f"the data, then start again.")
           raise NonFiniteError(
-              f"{streak} consecutive non-finite steps ({step - streak + 1}..{step}); stopped without saving. "
+              f"{streak} consecutive non-finite steps ({done - streak + 1}..{done}); stopped without saving. "
               + last)
       if writer is not None and (done % settings.log_every == 0 or done == settings.total_steps):
         for k, v in metrics.items():

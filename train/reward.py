@@ -7,7 +7,8 @@ samples from noise with a few UniPC steps (3 at shift 15, normal multistep), ste
 stop-gradient (`backprop_strategy tail`); decodes the first latent frame(s) with gradient; clamps to [−1, 1];
 reward r per sample; loss = mean |max_reward − r|; AdamW lr 1e-4, weight decay 0.01, eps 1e-10, cosine decay
 over the run, no gradient clipping. The LoRA is exported with `wanjax.lora.save_lora` (LightX2V/ComfyUI keys)
-after every checkpoint and at the end: `<workdir>/lora/step_<N>.safetensors` and `<workdir>/lora/last.safetensors`.
+after every checkpoint and at the end: `<workdir>/lora/step_<N>.safetensors` (the newest `keep_checkpoints` of
+them are kept, as the training states are) and `<workdir>/lora/last.safetensors`.
 
 Rewards (`c.reward_lora.reward`):
 - "toy": the toy world's analytic differentiable reward (`wanjax.toyworld.reward`) from each prompt's scene spec.
@@ -24,6 +25,7 @@ embedding this uses standard CFG `uncond + w·(cond − uncond)`.
 import dataclasses
 import functools
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -265,9 +267,23 @@ def train(c, workdir, mesh, rules):
     lora_train.save(path, state.generator.params, alpha=r.alpha,
                     metadata={"rank": r.rank, "alpha": r.alpha, "targets": ",".join(targets), "step": step_done})
     logging.info("exported the LoRA to %s", path)
+    if name is None and c.keep_checkpoints:
+      prune_step_files(out_dir, keep=int(c.keep_checkpoints))
 
   state = pt.run(c, workdir, abstract_state=abstract_state, shardings=shardings, create=create,
                  step_fn_for=lambda _: step, batch_for=batch_for, mesh=mesh, rules=rules,
                  lrs=(("lora", c.generator.lr),), on_save=export)
   export(int(jax.device_get(state.step)), state, "last.safetensors")
   return state
+
+
+def prune_step_files(out_dir, *, keep):
+  """Keeps the newest `keep` `step_<N>.safetensors` LoRA exports (as the checkpoint manager keeps the newest
+  `keep_checkpoints` training states); `last.safetensors` and other files are left alone."""
+  steps = []
+  for name in os.listdir(out_dir):
+    m = re.fullmatch(r"step_(\d+)\.safetensors", name)
+    if m:
+      steps.append((int(m.group(1)), name))
+  for _, name in sorted(steps)[:-keep]:
+    os.remove(os.path.join(out_dir, name))

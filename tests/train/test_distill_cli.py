@@ -73,14 +73,15 @@ def test_kill_and_resume_is_bitwise(tmp_path):
 
 @pytest.mark.slow
 def test_nonfinite_steps_skipped_then_abort(tmp_path):
-  # One poisoned step (5) is skipped and the run finishes; a streak of 3 from step 9 aborts.
+  # One poisoned step (index 5: the 6th update) is skipped and the run finishes; a streak of 3 from index 9 aborts.
+  # Messages count updates as checkpoints do (1-based): steps 6 and 10..12.
   w = str(tmp_path / "nan")
   r = subprocess.run(_cmd(w, "--config.debug.nonfinite_steps=(5, 9, 10, 11)",
                           "--config.max_consecutive_nonfinite=3"),
                      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
   assert r.returncode != 0
-  assert "3 consecutive non-finite steps (9..11)" in r.stderr, r.stderr[-2000:]
-  assert "step 5: non-finite" in r.stderr
+  assert "3 consecutive non-finite steps (10..12)" in r.stderr, r.stderr[-2000:]
+  assert "step 6: non-finite" in r.stderr
   # Last good checkpoint is intact: step 8, finite everywhere; nothing after it was written.
   assert _steps(w)[-1] == 8
   state = _flat(_restore(w, 8))

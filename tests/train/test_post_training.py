@@ -7,6 +7,7 @@ through `wanjax.lora.merge_loras`.
 """
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -400,3 +401,13 @@ def test_clip_reward_adapter_from_user_files(tmp_path):
   assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
   with pytest.raises(UsageError, match=r"text_features \(3, 10\)"):
     reward.load_clip_reward(str(tmp_path / "tower"), str(tmp_path / "head.safetensors"), 4)
+
+
+def test_reward_lora_step_exports_are_pruned_like_checkpoints(tmp_path):
+  for n in (10, 2, 30, 20):
+    (tmp_path / f"step_{n}.safetensors").write_bytes(b"x")
+  (tmp_path / "last.safetensors").write_bytes(b"x")
+  (tmp_path / "step_notes.txt").write_bytes(b"x")
+  reward.prune_step_files(str(tmp_path), keep=2)   # numeric order: 2 < 10 < 20 < 30, not the names' order
+  assert sorted(os.listdir(tmp_path)) == ["last.safetensors", "step_20.safetensors", "step_30.safetensors",
+                                          "step_notes.txt"]

@@ -132,7 +132,7 @@ def test_nonfinite_abort_before_any_checkpoint_says_so(tmp_path):
   with pytest.raises(loop.NonFiniteError) as e:
     loop.run(settings, state=jnp.zeros(()), start_step=0, step_fn_for=lambda s: step,
              batch_for=lambda s: jnp.ones(()), manager=manager)
-  assert "(0..1)" in str(e.value) and "No checkpoint was written" in str(e.value)
+  assert "(1..2)" in str(e.value) and "No checkpoint was written" in str(e.value)   # updates 1 and 2
   assert "None" not in str(e.value)
   assert manager.latest_step() is None
 
