@@ -70,6 +70,7 @@ class VideoRequest(pydantic.BaseModel):
                                 description="I2V: width*height is the pixel area; the aspect comes from the image")
   frames: Optional[int] = Field(None, ge=1, le=4 * MAX_STEPS + 1, description="4k+1")
   lora_strength: Optional[float] = Field(None, ge=LORA_STRENGTH_RANGE[0], le=LORA_STRENGTH_RANGE[1],
+                                         allow_inf_nan=False,
                                          description="strength of the server's LoRA(s); omitted = the preset's")
 
   @pydantic.field_validator("frames")
@@ -466,7 +467,9 @@ async def _parse_request(request, limit):
     raise RequestError(415, None, f"content type {ctype or 'none'!r}; send application/json or "
                                   f"multipart/form-data (application/x-www-form-urlencoded without an image)")
   try:
-    return VideoRequest.model_validate(data), image
+    # JSON carries types: strict there ("seed": true or "frames": "17" are errors, not 1 and 17). Form fields are
+    # all text, so they are converted.
+    return VideoRequest.model_validate(data, strict=ctype == "application/json"), image
   except pydantic.ValidationError as e:
     errors = e.errors(include_url=False, include_context=False, include_input=False)
     raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors]) from None

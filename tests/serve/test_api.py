@@ -73,6 +73,8 @@ def test_request_fields_are_honoured(client, tmp_path):
     ({}, "prompt", "Field required"),
     ({"prompt": "x", "lora_strength": 3}, "lora_strength", "less than or equal to 2"),
     ({"prompt": "x", "framez": 5}, "framez", "Extra inputs are not permitted"),
+    ({"prompt": "x", "seed": True}, "seed", "valid integer"),          # JSON is typed: no bool -> 1
+    ({"prompt": "x", "frames": "17"}, "frames", "valid integer"),      # nor str -> int (form fields are text)
 ])
 def test_invalid_fields_422(client, service, body, field, message):
   queued = len(service.jobs)
@@ -90,6 +92,8 @@ def test_invalid_fields_422(client, service, body, field, message):
     (dict(content=b"{not json", headers={"content-type": "application/json"}), 422, None, "not valid JSON"),
     (dict(content=b"[1, 2]", headers={"content-type": "application/json"}), 422, None, "must be a JSON object"),
     (dict(content=b"prompt=x", headers={"content-type": "text/plain"}), 415, None, "send application/json"),
+    (dict(content=b'{"prompt": "x", "lora_strength": NaN}', headers={"content-type": "application/json"}), 422,
+     "lora_strength", "finite number"),
 ])
 def test_refused_requests_name_the_field(client, kwargs, status, field, message):
   r = client.post("/v1/videos", **kwargs)
