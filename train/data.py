@@ -57,6 +57,9 @@ def prompt_encoder(text_encoder, tokenizer, *, text_len, policy="bf16"):
   if not text_encoder or not tokenizer:
     raise UsageError("config.data.text_encoder and config.data.tokenizer are required to encode prompts "
                      "(or set config.data.random_contexts > 0 for a smoke run)")
+  for name, p in (("text_encoder", text_encoder), ("tokenizer", tokenizer)):
+    if not os.path.exists(p):
+      raise UsageError(f"config.data.{name}={p!r} does not exist")
   return load_text_encoder(text_encoder, tokenizer, policy=policy, max_length=text_len)
 
 
@@ -97,6 +100,9 @@ class LatentShards:
       from train import features
       self._finish(features.FeatureSet(path, rank=rank, num_ranks=num_ranks).clip_arrays(key), path)
       return
+    if not os.path.isdir(path):
+      raise UsageError(f"config.data.latents={path!r} is not a folder; give a folder of .npy/.safetensors shards "
+                       f"or a train.preprocess feature folder")
     files = sorted(glob.glob(os.path.join(path, "*.npy")) + glob.glob(os.path.join(path, "*.safetensors")))
     if not files:
       raise UsageError(f"config.data.latents={path!r}: no .npy or .safetensors shards found")
@@ -106,7 +112,11 @@ class LatentShards:
     self.arrays = []
     for f in files:
       if f.endswith(".npy"):
-        self.arrays.append(np.load(f, mmap_mode="r"))
+        try:
+          self.arrays.append(np.load(f, mmap_mode="r"))
+        except (OSError, ValueError) as e:
+          raise UsageError(f"{f}: unreadable .npy shard ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                           ) from None
       else:
         reader = checkpoint.SafetensorsReader([f])
         if key not in reader.entries:

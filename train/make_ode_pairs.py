@@ -1,4 +1,4 @@
-"""Teacher ODE trajectories for ODE-initialisation (`train.distill` with `configs/train/ode_init.py`).
+r"""Teacher ODE trajectories for ODE-initialisation (`train.distill` with `configs/train/ode_init.py`).
 
 Mirrors CausVid `causvid/models/wan/generate_ode_pairs.py` and Self-Forcing `scripts/generate_ode_pairs.py`
 (spec `distillation.md` §2.1): per prompt, noise x_T ~ N(0, I); the bidirectional teacher samples with CFG

@@ -1,4 +1,4 @@
-"""Videos and captions (or prompts alone) -> cached training features (`train/features.py`).
+r"""Videos and captions (or prompts alone) -> cached training features (`train/features.py`).
 
 Mirrors distill_wan2.1 `scripts/data_preprocess/preprocess_wan_dataset.py` + `resize_videos.py` (spec
 `post_training.md` A.1): VAE latent of each resized clip, umT5 embedding of its caption (trimmed), and for I2V the
@@ -42,6 +42,7 @@ VIDEO_EXTS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi", ".m4v", ".npy")
 VIDEO_COLUMNS = ("video", "path", "file", "filename")
 CAPTION_COLUMNS = ("caption", "prompt", "text")
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+NPY_RANGE_TOL = 1e-3  # float .npy clips may overshoot [−1, 1] by rounding; more means another value range
 
 
 class Skip(Exception):
@@ -84,8 +85,11 @@ def list_inputs(path):
   items, skips = [], []
   if os.path.isdir(path):
     for root, _, files in sorted(os.walk(path)):
+      if any(p.startswith(".") for p in os.path.relpath(root, path).split(os.sep) if p != "."):
+        continue
       for f in sorted(files):
-        if not f.lower().endswith(VIDEO_EXTS):
+        # Dot-files are hidden, e.g. the temp file of a clip whose writer was killed (`wanjax.fileio`).
+        if not f.lower().endswith(VIDEO_EXTS) or f.startswith("."):
           continue
         video = os.path.abspath(os.path.join(root, f))
         side = os.path.splitext(video)[0] + ".txt"
@@ -223,6 +227,8 @@ def frame_indices(num_frames, fps, src_fps):
 def read_clip(path, *, num_frames, fps, sizes, max_aspect_change):
   """(uint8 `[num_frames, H0, W0, 3]` sampled frames, bucket (h, w), source info); raises Skip with the reason.
   Decoding streams and stops after the last needed frame, so long videos are never held in memory."""
+  if not os.path.isfile(path):
+    raise Skip(f"missing: no file {path}")
   if path.lower().endswith(".npy"):
     return read_npy_clip(path, num_frames=num_frames, sizes=sizes, max_aspect_change=max_aspect_change)
   import imageio_ffmpeg
@@ -263,7 +269,12 @@ def read_npy_clip(path, *, num_frames, sizes, max_aspect_change):
   carries no frame rate, so its frames are taken as already at the target fps: the first `num_frames` are used.
   Needs no ffmpeg."""
   try:
+    with open(path, "rb") as f:   # np.load calls any other file "pickled (object) data"
+      if f.read(6) != b"\x93NUMPY":
+        raise Skip("unreadable .npy: not a NumPy .npy file (no NUMPY header)")
     v = np.load(path, mmap_mode="r", allow_pickle=False)
+  except Skip:
+    raise
   except Exception as e:  # noqa: BLE001 - any read failure is a property of the file
     raise Skip(f"unreadable .npy: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") \
         from None
@@ -277,6 +288,12 @@ def read_npy_clip(path, *, num_frames, sizes, max_aspect_change):
   bucket = pick_bucket(h0, w0, sizes, max_aspect_change)
   frames = np.asarray(v[:num_frames])
   if frames.dtype != np.uint8:
+    lo, hi = float(frames.min()), float(frames.max())
+    if not math.isfinite(lo + hi):
+      raise Skip("unreadable .npy: NaN or infinite values in the float clip")
+    if not -1.0 - NPY_RANGE_TOL <= lo <= hi <= 1.0 + NPY_RANGE_TOL:
+      raise Skip(f"out of range: float .npy values span [{lo:g}, {hi:g}], expected [-1, 1] (store uint8 "
+                 f"0..255 frames as uint8)")
     frames = np.round((np.clip(frames, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
   info = {"source_frames_read": num_frames, "source_fps": None, "source_size": [w0, h0]}
   return frames, bucket, info
@@ -327,6 +344,21 @@ def toy_tokenizer(folder):
   return vocab.write_tokenizer(folder)
 
 
+def check_model_paths(c, *, need_video=True):
+  """Every model path `c` needs is given and exists (checked before anything is written or loaded)."""
+  if c.random_encoders:
+    names = ("tokenizer",) if c.tokenizer else ()
+  else:
+    names = ("text_encoder", "tokenizer") + (("vae",) + (("clip",) if c.model_type == "i2v" else ())
+                                              if need_video else ())
+  for name in names:
+    if not c[name]:
+      raise UsageError(f"config.{name} is empty; give a converted {name} dir or raw checkpoint (or use "
+                       f"configs/data/toyworld.py for tiny random encoders)")
+    if not os.path.exists(os.path.expanduser(c[name])):
+      raise UsageError(f"config.{name}={c[name]!r} does not exist")
+
+
 def build_encoders(c, mesh, *, need_video=True, tokenizer=None) -> Encoders:
   """The encoders `c` names: converted dirs or raw torch files (converted once, `infer.models.resolve_model`),
   or with `c.random_encoders` tiny random ones drawn from `c.seed` (tests, smoke runs)."""
@@ -352,10 +384,7 @@ def build_encoders(c, mesh, *, need_video=True, tokenizer=None) -> Encoders:
             lambda: clip_mod.CLIPVisionTower(ccfg, policy=c.clip_dtype, rngs=nnx.Rngs(0)), c.seed + 2), mesh)
     return Encoders(text, vae, clip)
   from infer.models import resolve_model
-  for name in ("text_encoder", "tokenizer") + (("vae",) + (("clip",) if i2v else ()) if need_video else ()):
-    if not c[name]:
-      raise UsageError(f"config.{name} is empty; give a converted {name} dir or raw checkpoint (or use "
-                       f"configs/data/toyworld.py for tiny random encoders)")
+  check_model_paths(c, need_video=need_video)
   text = load_text_encoder(resolve_model(os.path.expanduser(c.text_encoder), family="umt5"),
                            os.path.expanduser(c.tokenizer), policy=c.text_dtype, mesh=mesh, max_length=c.text_len)
   vae = clip = None
@@ -446,6 +475,21 @@ def check_config(c):
   return [parse_size(s) for s in c.sizes]
 
 
+def check_changed_captions(writer, items):
+  """Raises if a video of `items` is cached in the folder under another caption (its sidecar or index row was
+  edited, or the clips folder regenerated): caching it again would leave both versions in the folder."""
+  now = {}   # source -> {id: caption} (an index may give one video several captions)
+  for it in items:
+    if it.source:
+      now.setdefault(it.source, {})[it.id] = it.caption
+  stale = [rec for rec in writer.index["clips"] if rec["source"] in now and rec["id"] not in now[rec["source"]]]
+  if stale:
+    rec = stale[0]
+    raise UsageError(f"{len(stale)} clip(s) of --input are cached in {writer.folder} with another caption, e.g. "
+                     f"{rec['source']}: {rec['caption']!r} then, {next(iter(now[rec['source']].values()))!r} now; "
+                     f"the folder would hold both versions: use a new --output folder")
+
+
 def run(c, input_path, output):
   """Preprocesses `input_path` into the feature folder `output`; returns a summary dict."""
   from tqdm import tqdm
@@ -462,10 +506,15 @@ def run(c, input_path, output):
   prompt_only = all(not it.source for it in items)
   if any(not it.source for it in items) and not prompt_only:
     raise AssertionError("an input mixes prompts and videos")
+  check_model_paths(c, need_video=not prompt_only)
   settings = settings_of(c)
   writer = features.FeatureWriter(output, settings, clips_per_shard=c.clips_per_shard)
   for it in items:
     it.id = clip_id(it, settings)
+  check_changed_captions(writer, items)
+  # Skip records of this input's clips are redone below (a clip skipped before may be cached now).
+  here = {it.source or it.origin for it in items} | {origin for origin, _ in input_skips}
+  writer.skipped = {k: v for k, v in writer.skipped.items() if v["source"] not in here}
   seen, todo, duplicates = set(), [], 0
   for it in items:
     if it.id in seen:
@@ -578,6 +627,8 @@ def main(argv):
   except UsageError as e:
     sys.exit(f"error: {e}")
   sys.stdout.write(summary_line(s) + "\n")
+  if not s["total_clips"]:   # a folder no trainer can read: fail the command (scripts stop here, not later)
+    sys.exit(f"error: no clip could be cached in {s['output']}; the reasons are in skipped.json")
 
 
 if __name__ == "__main__":

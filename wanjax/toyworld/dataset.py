@@ -71,6 +71,20 @@ def _atomic_write(path, write):
     write(f)
 
 
+def _check_no_stale_clips(directory, n, fmt):
+  """Raises if `directory` holds clips this run would not overwrite (an earlier run with a larger n or the other
+  format): readers take every clip in the folder, so they would mix them in."""
+  if not os.path.isdir(directory):
+    return
+  stale = sorted(f for f in os.listdir(directory)
+                 if len(f) == 10 and f[:6].isdigit() and f[6:] in (".mp4", ".npy")
+                 and (int(f[:6]) >= n or f[7:] != fmt))
+  if stale:
+    raise UsageError(f"dataset folder {directory} already holds {len(stale)} clip(s) that a run with n={n}, "
+                     f"format={fmt} would not rewrite ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); "
+                     f"use a new folder or delete them")
+
+
 def write_dataset(directory, n, seed=0, frames=17, size=64, *, fmt="mp4", exclude_heldout=True) -> list:
   """Writes n clips with caption sidecars, tokenizer.json and scenes.json; returns the clip paths."""
   from tqdm import tqdm
@@ -78,10 +92,13 @@ def write_dataset(directory, n, seed=0, frames=17, size=64, *, fmt="mp4", exclud
     raise UsageError(f"n={n} must be >= 1 clips")
   if fmt not in FORMATS:
     raise UsageError(f"fmt={fmt!r} is not a clip format; valid: {', '.join(FORMATS)}")
+  if size < 32 or size % 16:   # checked here to name the flag (`check_video_size` says height and width)
+    raise UsageError(f"size={size} must be a multiple of 16 and >= 32 (e.g. 64 or 96)")
   world.check_video_size(frames, size, size)
   directory = os.fspath(directory)
   if os.path.exists(directory) and not os.path.isdir(directory):
     raise UsageError(f"dataset folder {directory!r} is an existing file; give a directory")
+  _check_no_stale_clips(directory, n, fmt)
   os.makedirs(directory, exist_ok=True)
   exclude = HELDOUT_PROMPTS if exclude_heldout else ()
   paths, manifest = [], []
