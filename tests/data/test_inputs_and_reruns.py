@@ -18,6 +18,7 @@ import pytest
 
 from tests.data.helpers import config
 from train import data, features
+from train import clips
 from train import preprocess as pp
 from wanjax.errors import UsageError
 from wanjax.toyworld.dataset import write_dataset
@@ -42,16 +43,16 @@ def test_bad_npy_clips_and_missing_files_are_skipped_with_their_reason(tmp_path)
   np.save(tmp_path / "nan.npy", nan)
   (tmp_path / "text.npy").write_text("not an array\n")
   np.save(tmp_path / "ok.npy", _clip(2, -1.0005, 1.0005))         # rounding overshoot is accepted
-  with pytest.raises(pp.Skip, match=r"out of range: float \.npy values span \[0\.0\d*, 254\.9\d*\]"):
-    pp.read_clip(str(tmp_path / "u255.npy"), **READ)
-  with pytest.raises(pp.Skip, match="NaN or infinite"):
-    pp.read_clip(str(tmp_path / "nan.npy"), **READ)
-  with pytest.raises(pp.Skip, match="not a NumPy .npy file"):
-    pp.read_clip(str(tmp_path / "text.npy"), **READ)
+  with pytest.raises(clips.Skip, match=r"out of range: float \.npy values span \[0\.0\d*, 254\.9\d*\]"):
+    clips.read_clip(str(tmp_path / "u255.npy"), **READ)
+  with pytest.raises(clips.Skip, match="NaN or infinite"):
+    clips.read_clip(str(tmp_path / "nan.npy"), **READ)
+  with pytest.raises(clips.Skip, match="not a NumPy .npy file"):
+    clips.read_clip(str(tmp_path / "text.npy"), **READ)
   for name in ("gone.npy", "gone.mp4"):
-    with pytest.raises(pp.Skip, match="^missing: no file"):
-      pp.read_clip(str(tmp_path / name), **READ)
-  frames, bucket, _ = pp.read_clip(str(tmp_path / "ok.npy"), **READ)
+    with pytest.raises(clips.Skip, match="^missing: no file"):
+      clips.read_clip(str(tmp_path / name), **READ)
+  frames, bucket, _ = clips.read_clip(str(tmp_path / "ok.npy"), **READ)
   ref = np.round((np.clip(_clip(2, -1.0005, 1.0005), -1, 1) + 1) * 127.5).astype(np.uint8)
   assert bucket == (32, 32) and np.array_equal(frames, ref)
 
@@ -63,7 +64,7 @@ def test_hidden_files_are_not_inputs(tmp_path):
   (tmp_path / ".cache").mkdir()
   np.save(tmp_path / ".cache" / "b.npy", _clip(2))
   (tmp_path / ".cache" / "b.txt").write_text("a blue square")
-  items, skips = pp.list_inputs(str(tmp_path))
+  items, skips = clips.list_inputs(str(tmp_path))
   assert [os.path.basename(it.source) for it in items] == ["a.npy"] and skips == []
 
 

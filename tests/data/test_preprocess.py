@@ -19,6 +19,7 @@ from tests.conftest import max_rel_err
 from tests.data.helpers import (DECODE_TOL, LATENT_TOL, N_TOY, RESIZE_TOL, batch_sharded, config, make_dataset,
                                 ref_indices, ref_resize, ref_video)
 from train import data, features
+from train import clips
 from train import preprocess as pp
 from wanjax import checkpoint
 from wanjax import sharding as shd
@@ -48,11 +49,11 @@ def test_geometry_matches_references():
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (2, 40, 70, 3), dtype=np.uint8)
   for h, w in ((32, 48), (16, 64), (48, 48), (64, 96)):   # crop width / height, shrink and enlarge
-    got = np.asarray(pp.resize_clip(x, h, w))
+    got = np.asarray(clips.resize_clip(x, h, w))
     assert got.shape == (2, h, w, 3)
     assert np.abs(got - ref_resize(x, h, w)).max() <= RESIZE_TOL, (h, w)
   for src in (16.0, 8.0, 24.0, 30.0, 29.97, 60.0):
-    assert pp.frame_indices(81, 16.0, src).tolist() == ref_indices(81, 16.0, src), src
+    assert clips.frame_indices(81, 16.0, src).tolist() == ref_indices(81, 16.0, src), src
 
 
 def test_shapes_dtypes_index_and_skips(full_run, dataset):
@@ -150,15 +151,15 @@ def test_resume_after_interruption_writes_nothing_twice(full_run, dataset, tmp_p
 
 def test_input_errors(tmp_path):
   with pytest.raises(UsageError, match="does not exist"):
-    pp.list_inputs(str(tmp_path / "missing"))
+    clips.list_inputs(str(tmp_path / "missing"))
   (tmp_path / "x.parquet").write_text("")
   with pytest.raises(UsageError, match="unknown index type"):
-    pp.list_inputs(str(tmp_path / "x.parquet"))
+    clips.list_inputs(str(tmp_path / "x.parquet"))
   (tmp_path / "i.csv").write_text("clip,caption\na.mp4,hello\n")
   with pytest.raises(UsageError, match="no video column"):
-    pp.list_inputs(str(tmp_path / "i.csv"))
+    clips.list_inputs(str(tmp_path / "i.csv"))
   with pytest.raises(UsageError, match="multiples of 16"):
-    pp.parse_size("830*480")
+    clips.parse_size("830*480")
 
 
 def test_npy_clips_are_read_losslessly_without_ffmpeg(tmp_path):
@@ -169,15 +170,15 @@ def test_npy_clips_are_read_losslessly_without_ffmpeg(tmp_path):
   np.save(tmp_path / "b.npy", u8)
   (tmp_path / "a.txt").write_text("a red circle")
   (tmp_path / "b.txt").write_text("a blue square")
-  items, skips = pp.list_inputs(str(tmp_path))
+  items, skips = clips.list_inputs(str(tmp_path))
   assert [os.path.basename(it.source) for it in items] == ["a.npy", "b.npy"] and not skips
   for it in items:
-    frames, bucket, info = pp.read_clip(it.source, num_frames=5, fps=16, sizes=[(32, 32), (16, 32)],
+    frames, bucket, info = clips.read_clip(it.source, num_frames=5, fps=16, sizes=[(32, 32), (16, 32)],
                                         max_aspect_change=0.1)
     assert frames.dtype == np.uint8 and bucket == (16, 32) and info["source_size"] == [32, 16]
     np.testing.assert_array_equal(frames, u8[:5])
-  with pytest.raises(pp.Skip, match="too short: 7 frames"):
-    pp.read_clip(str(tmp_path / "b.npy"), num_frames=9, fps=16, sizes=[(16, 32)], max_aspect_change=0.1)
+  with pytest.raises(clips.Skip, match="too short: 7 frames"):
+    clips.read_clip(str(tmp_path / "b.npy"), num_frames=9, fps=16, sizes=[(16, 32)], max_aspect_change=0.1)
   np.save(tmp_path / "c.npy", u8[..., 0])
-  with pytest.raises(pp.Skip, match=r"shape \(7, 16, 32\)"):
-    pp.read_clip(str(tmp_path / "c.npy"), num_frames=5, fps=16, sizes=[(16, 32)], max_aspect_change=0.1)
+  with pytest.raises(clips.Skip, match=r"shape \(7, 16, 32\)"):
+    clips.read_clip(str(tmp_path / "c.npy"), num_frames=5, fps=16, sizes=[(16, 32)], max_aspect_change=0.1)
