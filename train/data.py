@@ -54,13 +54,18 @@ def prompt_encoder(text_encoder, tokenizer, *, text_len, policy="bf16"):
   """The `TextEncoder` of `config.data.text_encoder` / `tokenizer`. Load and use it outside `sharding.activate`:
   its weights live on the default device, not on the training mesh."""
   from wanjax.text.encode import load_text_encoder
+  check_prompt_encoder(text_encoder, tokenizer)
+  return load_text_encoder(text_encoder, tokenizer, policy=policy, max_length=text_len)
+
+
+def check_prompt_encoder(text_encoder, tokenizer):
+  """Both paths given and present (what `prompt_encoder` needs); callers check early, before building models."""
   if not text_encoder or not tokenizer:
     raise UsageError("config.data.text_encoder and config.data.tokenizer are required to encode prompts "
                      "(or set config.data.random_contexts > 0 for a smoke run)")
   for name, p in (("text_encoder", text_encoder), ("tokenizer", tokenizer)):
     if not os.path.exists(p):
       raise UsageError(f"config.data.{name}={p!r} does not exist")
-  return load_text_encoder(text_encoder, tokenizer, policy=policy, max_length=text_len)
 
 
 def encode_prompts(prompts, negative, *, text_encoder, tokenizer, cache_dir, text_len, policy="bf16",

@@ -145,6 +145,8 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
   slots = np.full(num_steps + 1, -1, np.int32)
   slots[keep] = np.arange(len(keep), dtype=np.int32)
 
+  if c.data.random_contexts <= 0:   # before the teacher is built or the output folder made
+    data.check_prompt_encoder(c.data.text_encoder, c.data.tokenizer)
   mcfg = c.models.teacher if "teacher" in c.models else c.models.generator
   mesh = shd.make_mesh(c.mesh)
   rules = shd.override_rules(c.sharding_overrides)

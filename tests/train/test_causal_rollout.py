@@ -233,6 +233,21 @@ def test_ode_pair_keep_indices_match_the_references():
     mop.keep_indices([1.0, 0.9, 0.0], sig)
 
 
+def test_ode_pairs_missing_text_encoder_fails_before_any_work(tmp_path):
+  # A bad encoder path is named before the teacher is built or the output folder is made.
+  from configs.train import toyworld_ode_init
+  from train import make_ode_pairs as mop
+  from wanjax.errors import UsageError
+  c = toyworld_ode_init.get_config()
+  c.data.random_contexts = 0
+  (tmp_path / "p.txt").write_text("a red circle moves left")
+  c.data.prompts = str(tmp_path / "p.txt")
+  c.data.text_encoder, c.data.tokenizer = str(tmp_path / "nope"), str(tmp_path)
+  with pytest.raises(UsageError, match=r"config\.data\.text_encoder=.*nope' does not exist"):
+    mop.run(c, str(tmp_path / "pairs"))
+  assert not (tmp_path / "pairs").exists()
+
+
 # ------------------------------------------------------------------------------------------ pipelines (CLI)
 
 def _env():
