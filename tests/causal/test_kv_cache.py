@@ -154,6 +154,19 @@ def test_windowed_mask_without_sink_is_sf_training_window():
                                 np.asarray(block_causal_mask(6, 1, 2)))
 
 
+def test_block_causal_mask_21_frames_matches_spec_rule():
+  """§10: 21 frames, 3 per block, 4 tokens per frame: `allowed(q, k) = k < end(q) or q == k` with
+  end(q) = (beta(q) + 1)·nfpb·tpf (§4.1), as a dense comparison; query of block beta sees blocks <= beta."""
+  f, nfpb, tpf = 21, 3, 4
+  got = np.asarray(block_causal_mask(f, tpf, nfpb))
+  q, k = np.meshgrid(np.arange(f * tpf), np.arange(f * tpf), indexing="ij")
+  end = (q // tpf // nfpb + 1) * nfpb * tpf
+  np.testing.assert_array_equal(got, (k < end) | (q == k))
+  assert got.sum() == sum((b + 1) * nfpb * tpf * nfpb * tpf for b in range(f // nfpb))
+  # The frame-level mask the rolling cache uses agrees with the token-level one when unwindowed.
+  np.testing.assert_array_equal(np.asarray(kv_cache.token_mask(kv_cache.block_frame_mask(f, nfpb), tpf)), got)
+
+
 def test_cross_attention_cache_equals_recompute(model):
   graphdef, params = nnx.split(model)
   ctx = jnp.asarray(context(seed=9))

@@ -317,6 +317,26 @@ def test_rope_frame_offset_is_a_shift_of_the_table():
   np.testing.assert_array_equal(np.asarray(sin2), np.asarray(sin)[2 * tokens_per_frame:])
 
 
+def test_rope_head_dim_128_matches_float64_spec():
+  """wan_model.md §8.4 at the real head dim (the tiny models have K = 12, where the three axes coincide): 22/21/21
+  pairs with exponents 2j/44 (t) and 2j/42 (h, w), interleaved pairs rotated as complex numbers, positions up
+  to ~1000 frames (KV-cache offsets) accurate as if computed in float64."""
+  k, grid, offset = 128, (3, 5, 7), 997
+  assert rope.axis_dims(k) == (44, 42, 42)
+  cos, sin = jax.jit(rope.rope_cos_sin, static_argnums=(0, 1))(k, grid, jnp.int32(offset))
+  f, h, w = np.meshgrid(np.arange(grid[0]) + offset, np.arange(grid[1]), np.arange(grid[2]), indexing="ij")
+  om = lambda d: 10000.0 ** (-np.arange(0, d, 2, dtype=np.float64) / d)  # noqa: E731
+  ang = np.concatenate([f.reshape(-1, 1) * om(44), h.reshape(-1, 1) * om(42), w.reshape(-1, 1) * om(42)], axis=1)
+  assert ang.shape == (105, 64)
+  assert np.abs(np.asarray(cos, np.float64) - np.cos(ang)).max() <= TOL_SINUSOID
+  assert np.abs(np.asarray(sin, np.float64) - np.sin(ang)).max() <= TOL_SINUSOID
+  x = np.random.default_rng(3).standard_normal((1, 105, 2, k)).astype(np.float32)
+  got = np.asarray(rope.apply_rope(jnp.asarray(x), cos, sin), np.float64)
+  z = (x[..., 0::2] + 1j * x[..., 1::2].astype(np.float64)) * np.exp(1j * ang)[None, :, None, :]
+  want = np.stack([z.real, z.imag], axis=-1).reshape(x.shape)
+  assert max_rel_err(got, want) <= TOL_FP32
+
+
 def test_cached_cross_kv_equals_recomputed(tiny_state):
   """`cross_kv` once per prompt + `blocks_forward(cross_kv=...)` is the plain forward (the KV-cache hook)."""
   graphdef, state = tiny_state

@@ -186,6 +186,50 @@ def test_stub_call_sequence_and_parameter_sensitivity():
   np.testing.assert_array_equal(log[4][2], np.asarray(x0[:, :FPB]))
 
 
+class _BlockStub:
+  """A cache model whose K/V write of block b is scaled by its own parameter wk[b] (b = start // FPB), so the
+  gradient w.r.t. wk[0] of a loss on block 1 alone can only come from block 0's cached K/V."""
+
+  def prompt_kv(self, params):
+    return jnp.float32(0.0)
+
+  def init_cache(self, params, batch, frames, height, width):
+    return jnp.zeros((batch, frames, height, width, C), jnp.float32)
+
+  def cached(self, params, cache, ckv, x, t, start):
+    cache = jax.lax.dynamic_update_slice(cache, params["wk"][start // FPB] * x, (0, start, 0, 0, 0))
+    visible = (jnp.arange(cache.shape[1]) < start + x.shape[1])[None, :, None, None, None]
+    return params["a"] * x + 0.3 * jnp.sum(jnp.where(visible, cache, 0), axis=1, keepdims=True), cache
+
+
+@pytest.mark.parametrize("j", [0, 2])
+def test_no_gradient_through_earlier_blocks_cache_or_noise(j):
+  """§10: the gradient of a loss on block 1 w.r.t. the K/V that block 0 left in the cache is zero (they enter as
+  stop-gradient context), though they change block 1's value; and the noise input gets zero gradient."""
+  params = {"a": jnp.float32(0.6), "wk": jnp.asarray([0.8, 0.5])}
+  noise = jax.random.normal(jax.random.PRNGKey(2), (2, 2 * FPB, H, W, C))
+  roll = lambda p, n: causal.causal_rollout(_BlockStub(), p, n, jax.random.PRNGKey(3), j,  # noqa: E731
+                                            timesteps=TIMESTEPS, gen_grid=GRID, frames_per_block=FPB)
+  block1 = jax.jit(lambda p, n: jnp.sum(roll(p, n)[:, FPB:]))
+  gp, gn = jax.grad(block1, argnums=(0, 1))(params, noise)
+  wk = np.asarray(gp["wk"])
+  print(f"exit {j}: d(block-1 loss)/d wk = {wk}, max |d/d noise| = {float(jnp.max(jnp.abs(gn))):.1e}")
+  assert wk[0] == 0.0 and wk[1] != 0.0 and float(gp["a"]) != 0.0
+  assert float(jnp.max(jnp.abs(gn))) == 0.0
+  # Block 0's cached K/V do reach block 1's value (so a zero gradient is the truncation, not a missing path).
+  moved = block1({"a": params["a"], "wk": params["wk"].at[0].set(1.3)}, noise)
+  assert abs(float(moved) - float(block1(params, noise))) > 1e-3 * abs(float(block1(params, noise)))
+
+
+def test_ode_teacher_grid_values_at_the_kept_indices():
+  """§10 "ODE timesteps": 48-step shift-8 Euler grid at [0, 12, 24, 36] and 50-step at [0, 36, 44]."""
+  from train import make_ode_pairs as mop
+  _, t48 = mop.teacher_grid("euler", 48, 8.0)
+  np.testing.assert_allclose(t48[[0, 12, 24, 36]], [1000, 960, 888.889, 727.273], atol=1e-3)
+  _, t50 = mop.teacher_grid("euler", 50, 8.0)
+  np.testing.assert_allclose(t50[[0, 36, 44]], [1000, 756.757, 521.739], atol=1e-3)
+
+
 # ------------------------------------------------------------------------------------------ CausVid
 
 def test_noised_data_rollout_inputs():
