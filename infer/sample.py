@@ -68,15 +68,23 @@ def _parse_size(size):
 
 
 def _load_image(path):
+  """`[H0, W0, 3]` float32 in [−1, 1], as the reference's `Image.open(path).convert("RGB")`: the first frame of
+  an animation, grey (+ alpha) replicated to RGB, alpha dropped, integer samples scaled by their full range (a
+  16-bit PNG is 0..65535, not 0..255)."""
   import imageio.v3 as iio
   import numpy as np
   try:
-    img = np.asarray(iio.imread(path))
+    img = np.asarray(iio.imread(path, index=0))
   except Exception as e:  # noqa: BLE001 - any decoder failure is the user's file
     raise UsageError(f"cannot read image {path!r} ({e})") from None
   if img.ndim == 2:
-    img = np.repeat(img[..., None], 3, axis=-1)
-  img = img[..., :3].astype(np.float32) / 255.0
+    img = img[..., None]
+  if img.ndim != 3 or img.shape[-1] not in (1, 2, 3, 4) or img.dtype.kind not in "buif":
+    raise UsageError(f"image {path!r} decodes to an array of shape {img.shape} ({img.dtype}); expected a grey, "
+                     f"grey+alpha, RGB or RGBA still image")
+  img = img[..., :3] if img.shape[-1] >= 3 else np.repeat(img[..., :1], 3, axis=-1)
+  scale = np.iinfo(img.dtype).max if img.dtype.kind in "ui" else 1.0   # float images: already in [0, 1]
+  img = np.clip(img.astype(np.float32) / np.float32(scale), 0.0, 1.0)
   return (img - 0.5) / 0.5   # [0, 1] → [−1, 1] as the reference's TF.to_tensor().sub_(0.5).div_(0.5)
 
 
@@ -138,8 +146,12 @@ def check(c) -> Plan:
     if not c.timesteps:
       raise UsageError(f"solver {c.solver!r} needs a step list; set --config.timesteps='(1000, 750, 500, 250)'")
     sigmas, timesteps = schedules.step_list_sigmas(c.timesteps, c.shift)
+    if c.num_steps != len(c.timesteps):
+      logging.warning("num_steps=%s is ignored: the step list timesteps=%s runs %d steps (set --config.timesteps "
+                      "to change them)", c.num_steps, tuple(c.timesteps), len(c.timesteps))
   else:
     sigmas, timesteps = schedules.make_schedule(solver.schedule, num_steps=c.num_steps, shift=c.shift)
+  sampling.check_solver_sigmas(solver, sigmas)
   if c.cfg_scale < 1:
     raise UsageError(f"cfg_scale={c.cfg_scale} must be >= 1 (1 disables CFG)")
   if c.get("guidance", 0.0) < 0:
@@ -308,6 +320,23 @@ def encode_text(c, plan, mesh):
   return encode_with(load_text_encoder_for(c, plan, mesh), c, plan)
 
 
+def model_seed(c):
+  """Seed of random_init models: `c.seed`, 0 for a server preset's seed=-1 (the CLIs resolve -1 first)."""
+  return max(int(c.seed), 0)
+
+
+def resolve_seed(c):
+  """(c, seed); seed=-1 draws one into a copy of `c`: models, noise and sidecar use it, so it reproduces the run."""
+  import ml_collections
+  import numpy as np
+  if c.seed >= 0:
+    return c, int(c.seed)
+  seed = int(np.random.SeedSequence().entropy % (2**31))
+  c = ml_collections.ConfigDict(c.to_dict())
+  c.seed = seed
+  return c, seed
+
+
 def build_dit(c, plan, mesh):
   """The DiT (converted weights, or random for the demo) with `plan.loras` merged, then quantised (`c.quant`)."""
   from flax import nnx
@@ -315,7 +344,7 @@ def build_dit(c, plan, mesh):
   if c.random_init:
     from wanjax.dit.model import WanDiT
     dit = demo.random_model(lambda: WanDiT(plan.dit_cfg, policy=c.dtype, rngs=nnx.Rngs(0), attn_impl=c.attn_impl),
-                            c.seed)
+                            model_seed(c))
   else:
     from infer.models import resolve_dit
     from wanjax.dit.load import load_dit
@@ -332,7 +361,7 @@ def build_vae(c, mesh):
   if c.random_init:
     from wanjax.vae.config import get_config
     from wanjax.vae.model import WanVAE
-    return demo.random_model(lambda: WanVAE(get_config("tiny"), policy=policy, rngs=nnx.Rngs(0)), c.seed + 1)
+    return demo.random_model(lambda: WanVAE(get_config("tiny"), policy=policy, rngs=nnx.Rngs(0)), model_seed(c) + 1)
   from infer.models import resolve_model
   from wanjax.vae.load import load_vae
   return load_vae(resolve_model(os.path.expanduser(c.vae), family="vae"), policy=policy, mesh=mesh)
@@ -344,7 +373,7 @@ def build_clip(c, plan, mesh):
   if c.random_init:
     from wanjax.image.clip import CLIPVisionTower
     cfg = demo.clip_preset_for(plan.dit_cfg)[1]
-    return demo.random_model(lambda: CLIPVisionTower(cfg, policy=policy, rngs=nnx.Rngs(0)), c.seed + 2)
+    return demo.random_model(lambda: CLIPVisionTower(cfg, policy=policy, rngs=nnx.Rngs(0)), model_seed(c) + 2)
   from infer.models import resolve_model
   from wanjax.image.load import load_clip
   return load_clip(resolve_model(os.path.expanduser(c.clip), family="clip"), policy=policy, mesh=mesh)
@@ -465,6 +494,16 @@ class Pipeline:
 
 # ============================================================================================ outputs
 
+def warn_nonfinite(latent):
+  """Logs (and returns) the count of NaN/inf in the final latent: the mp4 is then black although the run ends."""
+  import numpy as np
+  bad = int(np.size(latent) - np.isfinite(np.asarray(latent)).sum())
+  if bad:
+    logging.warning("the final latent has %d non-finite values: the video is black or corrupt (a solver or "
+                    "precision problem; try dtype=float32 or another solver)", bad)
+  return bad
+
+
 def save_npy(path, array):
   import numpy as np
   with atomic_open(path, "wb") as f:
@@ -520,7 +559,7 @@ def run(c):
   plan = check(c)
   from infer.models import use_compilation_cache
   use_compilation_cache(c.compilation_cache)
-  seed = c.seed if c.seed >= 0 else int(np.random.SeedSequence().entropy % (2**31))
+  c, seed = resolve_seed(c)
   name = c.output_name or f"{c.model}_{seed}_{time.strftime('%Y%m%d_%H%M%S')}"
   out_dir = os.path.expanduser(c.output_dir)
   check_outputs(c, out_dir, name)
@@ -545,6 +584,7 @@ def run(c):
   finally:
     for b in bar:
       b.close()
+  warn_nonfinite(latent)
 
   # ---- write (each file atomic; the sidecar last) ----
   t0 = time.perf_counter()
@@ -562,7 +602,8 @@ def run(c):
       "config": c.to_dict(), "seed": seed, "model_type": plan.model_type, "width": plan.width,
       "height": plan.height, "frames": int(frames.shape[0]), "latent_shape": list(shape),
       "sigmas": [float(s) for s in plan.sigmas], "timesteps": [float(t) for t in plan.timesteps],
-      "cfg": cfg_on, "guidance": float(c.get("guidance", 0.0)), "vae_dtype": vae_policy(c),
+      "num_steps": len(plan.timesteps), "cfg": cfg_on, "guidance": float(c.get("guidance", 0.0)),
+      "vae_dtype": vae_policy(c),
       "timings": {k: round(v, 4) for k, v in timings.items()}, "outputs": outputs,
       "devices": [str(d) for d in jax.devices()][:8], "mesh": dict(mesh.shape),
       "dit_weight_bytes": weight_bytes(pipeline.dit),

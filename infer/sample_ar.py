@@ -52,6 +52,35 @@ def denoised_blocks(opts, frames):
   return n // opts.frames_per_block
 
 
+def _frames_for(nf, k):
+  """Pixel frames (4k+1) whose latent frames are k blocks of nf."""
+  return 1 + 4 * (k * nf - 1)
+
+
+def check_frames(c, opts, f):
+  """Edge checks of `f`, the latent frames of one clip / rollout / fragment, against the block size, the mode
+  and the KV cache; each error names the pixel frames and the nearest valid ones. Nothing is built yet."""
+  nf = opts.frames_per_block
+  per = {"none": "", "rollouts": " per rollout", "fragments": " per fragment"}[opts.long_video]
+  if f % nf:
+    near = " or ".join(str(_frames_for(nf, k)) for k in (f // nf, f // nf + 1) if k >= 1)
+    raise UsageError(f"frames={c.frames} gives {f} latent frames{per}, not a multiple of ar.frames_per_block={nf}; "
+                     f"use frames = 1 + 4·(k·{nf} − 1), e.g. {near}")
+  if opts.long_video == "rollouts" and f <= opts.overlap_frames:
+    raise UsageError(f"frames={c.frames} gives {f} latent frames per rollout, no more than ar.overlap_frames="
+                     f"{opts.overlap_frames}: later rollouts would add no frame; use frames >= "
+                     f"{_frames_for(nf, opts.overlap_frames // nf + 1)} or a smaller overlap_frames")
+  if opts.long_video == "fragments" and f <= nf:
+    raise UsageError(f"frames={c.frames} gives {f} latent frames per fragment, one block of {nf}: later fragments "
+                     f"would add no frame; use frames >= {_frames_for(nf, 2)}")
+  if not opts.rolling and f > opts.cache_frames:
+    fit = opts.cache_frames // nf
+    hint = f"use frames <= {_frames_for(nf, fit)}, " if fit else ""
+    raise UsageError(f"frames={c.frames} gives {f} latent frames{per}, more than the KV cache of ar.cache_frames="
+                     f"{opts.cache_frames}; {hint}raise ar.cache_frames, or set ar.rolling=True (with "
+                     f"ar.sink_frames) or an ar.long_video mode")
+
+
 def _load_renoise(path, opts, n_steps, shape, num_blocks):
   """`[num_blocks, steps−1, 16, nfpb, H, W]` (torch layout) → `[num_blocks, steps−1, 1, nfpb, H, W, 16]`."""
   import numpy as np
@@ -77,9 +106,13 @@ def run_ar(c):
   import numpy as np
   from tqdm import tqdm
   from infer import sample as S
+  from infer.models import weight_bytes
   from wanjax import sampling_ar, sharding, video
 
   opts = ar_options(c)
+  if c.get("guidance", 0.0):
+    raise UsageError(f"guidance={c.guidance}: the AR samplers run no guidance embedding (they are CFG-free "
+                     f"distilled models); use guidance=0")
   # The shared checks load init_noise for one clip; long videos need more frames, so it is loaded here.
   plain = ml_collections.ConfigDict(c.to_dict())
   plain.init_noise = ""
@@ -90,7 +123,7 @@ def run_ar(c):
     raise UsageError(f"cfg_scale={c.cfg_scale}: the AR samplers are CFG-free (distilled); use cfg_scale=1")
   from infer.models import use_compilation_cache
   use_compilation_cache(c.compilation_cache)
-  seed = c.seed if c.seed >= 0 else int(np.random.SeedSequence().entropy % (2**31))
+  c, seed = S.resolve_seed(c)
   name = c.output_name or f"{c.model}_ar_{seed}_{time.strftime('%Y%m%d_%H%M%S')}"
   out_dir = os.path.expanduser(c.output_dir)
   S.check_outputs(c, out_dir, name)
@@ -98,9 +131,7 @@ def run_ar(c):
   timings = {}
 
   b, f, h, w, ch = S.latent_shape(plan)
-  if opts.long_video == "none" and f % opts.frames_per_block:
-    raise UsageError(f"frames={c.frames} gives {f} latent frames, not a multiple of ar.frames_per_block="
-                     f"{opts.frames_per_block}; use frames = 1 + 4·(k·{opts.frames_per_block} − 1)")
+  check_frames(c, opts, f)
   shape = (b, noise_frames(opts, f), h, w, ch)
   n_steps = len(sampling_ar.schedule(opts)[0])
   init_noise = S._load_init_noise(S._exists("init_noise", c.init_noise, "an .npy"), shape) if c.init_noise else None
@@ -138,23 +169,27 @@ def run_ar(c):
       writer.append(np.concatenate(frames_all))
   timings.update(sampling_ar_s=res.stats["total_s"], ttff_s=res.stats.get("ttff_s", 0.0))
   frames = np.concatenate(frames_all)
+  S.warn_nonfinite(res.latents)
 
+  t0 = time.perf_counter()
   outputs = {"video": mp4}
   if c.save_latents:
     S.save_npy(os.path.expanduser(c.save_latents), np.asarray(res.latents).transpose(0, 4, 1, 2, 3))
     outputs["latents"] = c.save_latents
   if c.save_frames:
     outputs["frames"] = video.write_png_frames(os.path.join(out_dir, name + "_frames"), frames)
+  timings["write_s"] = time.perf_counter() - t0
   t_s, sig = sampling_ar.schedule(opts)
   sidecar = {
       "config": c.to_dict(), "seed": seed, "model_type": plan.model_type, "width": plan.width,
       "height": plan.height, "frames": int(frames.shape[0]), "latent_shape": list(res.latents.shape),
-      "sigmas": [float(s) for s in sig], "timesteps": [float(t) for t in t_s], "cfg": False,
-      "vae_dtype": S.vae_policy(c),
+      "sigmas": [float(s) for s in sig], "timesteps": [float(t) for t in t_s], "num_steps": len(t_s),
+      "cfg": False, "guidance": 0.0, "vae_dtype": S.vae_policy(c),
       "model_calls": res.stats["model_calls"], "blocks": res.stats["blocks"],
       "fps": round(frames.shape[0] / res.stats["total_s"], 3),
       "timings": {k: round(v, 4) for k, v in timings.items()}, "outputs": outputs,
       "devices": [str(d) for d in jax.devices()][:8], "mesh": dict(mesh.shape),
+      "dit_weight_bytes": weight_bytes(dit),
   }
   S.save_json(os.path.join(out_dir, name + ".json"), sidecar)
   logging.info("wrote %s (%d frames, %d model calls); ttff %.2fs, %.2f fps (compile included)", mp4,

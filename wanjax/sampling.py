@@ -131,12 +131,25 @@ def _loop(denoise_fn, solver: Solver, use_cfg: bool, params, noise, sigmas, time
 _loop_jit = jax.jit(_loop, static_argnums=(0, 1, 2))
 
 
+def check_solver_sigmas(solver, sigmas):
+  """Refuses a schedule the solver cannot integrate. UniPC's log-SNR λ = log((1 − σ)/σ) is −∞ at σ = 1, so a
+  step list starting at t = 1000 (σ = 1) turns its second-order corrector into ∞/∞ = NaN from the third step
+  on: a black video with no error. (Its own schedules start below 1: `unipc_sigmas` at σ ≤ 0.9998.)"""
+  name = solver if isinstance(solver, str) else solver.name
+  sigmas = np.asarray(sigmas, np.float32)
+  if name == "unipc" and sigmas.shape[0] > 3 and sigmas[0] >= 1.0:
+    raise UsageError(f"solver 'unipc' cannot start at sigma 1 (timestep 1000) with {sigmas.shape[0] - 1} steps: "
+                     f"its log-SNR is -inf there and the result is NaN; start the step list below 1000 (e.g. "
+                     f"999, as causvid_lightx2v) or use solver 'euler' or 'consistency'")
+
+
 def _prepare(denoise_fn, noise, sigmas, timesteps, solver, cfg_scale, cond, uncond, rng, params):
   solver = get_solver(solver)
   sigmas = np.asarray(sigmas, np.float32)
   timesteps = np.asarray(timesteps)
   if sigmas.ndim != 1 or timesteps.ndim != 1 or sigmas.shape[0] != timesteps.shape[0] + 1:
     raise UsageError(f"sigmas {sigmas.shape} must be [N+1] for timesteps {timesteps.shape} [N]")
+  check_solver_sigmas(solver, sigmas)
   if sigmas[-1] != 0:
     raise UsageError(f"sigmas must end in 0 (final_sigmas_type='zero'); got {sigmas[-1]}")
   if not isinstance(cond, dict) or "context" not in cond:

@@ -38,6 +38,7 @@ from flax import nnx
 from wanjax import schedules
 from wanjax.dit import kv_cache
 from wanjax.errors import UsageError
+from wanjax.sampling import check_solver_sigmas
 from wanjax.solvers import get_solver
 
 F32 = jnp.float32
@@ -84,10 +85,13 @@ class AROptions:
                                           or self.overlap_frames % self.frames_per_block):
       raise UsageError(f"overlap_frames={self.overlap_frames} must be a positive multiple of frames_per_block="
                        f"{self.frames_per_block} (CausVid uses 3)")
+    if not self.rolling and self.sink_frames:
+      raise UsageError(f"sink_frames={self.sink_frames} is only used by a rolling cache; set rolling=True, or "
+                       f"sink_frames=0")
     if self.rolling and not 0 <= self.sink_frames < self.cache_frames - self.frames_per_block + 1:
       raise UsageError(f"sink_frames={self.sink_frames} leaves no room for a block of {self.frames_per_block} "
                        f"frames in a rolling cache of {self.cache_frames} frames")
-    schedule(self)
+    check_solver_sigmas(self.update, schedule(self)[1])
     return self
 
 

@@ -5,7 +5,8 @@ t = 0 context pass per block (4 + 1 calls per block, 35 for 81 frames). CFG-free
 python -m infer.sample --config configs/sample/self_forcing.py --config.weights=/ckpt/self_forcing_dmd.pt \
   --config.text_encoder=/ckpt/umt5 --config.tokenizer=/ckpt/tokenizer --config.vae=/ckpt/vae \
   --config.prompt="A cat surfing a wave"          # CPU demo: configs/sample/self_forcing.py:runlocal
-Longer than 81 frames: --config.frames=161 --config.ar.rolling=True --config.ar.sink_frames=3.
+Longer than 81 frames: --config.frames=165 --config.ar.rolling=True --config.ar.sink_frames=3 (42 latent frames;
+frames must be 1 + 4·(3k − 1)).
 """
 
 import ml_collections

@@ -57,6 +57,7 @@ def get_config(arg=None):
     c.distilled = True
     c.solver = "consistency"                # fresh noise between steps, as DMD trains
     c.timesteps = (1000, 750, 500, 250)     # warped by shift 5 to the trained list (1000, 937.5, 833.3, 625)
+    c.num_steps = 4                         # = len(timesteps): the step list sets the steps (recorded in the JSON)
     if arg.model == "dmd2":
       c.timesteps = (1000, 500)             # warped to (1000, 833.3) (configs/train/toyworld_dmd2.py)
       c.num_steps = 2
