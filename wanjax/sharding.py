@@ -76,13 +76,19 @@ def parse_mesh(spec) -> dict:
     sizes = {}
     for part in filter(None, (p.strip() for p in str(spec or "").split(","))):
       name, _, val = part.partition("=")
+      name = name.strip()
+      if name in sizes:
+        raise UsageError(f"mesh {spec!r} names axis {name!r} twice; give each axis once, e.g. 'data=2,fsdp=-1'")
       try:
-        sizes[name.strip()] = int(val)
+        sizes[name] = int(val)
       except ValueError:
         raise UsageError(f"bad mesh entry {part!r}; expected axis=size, e.g. 'data=1,fsdp=-1'") from None
   bad = sorted(set(sizes) - set(MESH_AXES))
   if bad:
     raise UsageError(f"unknown mesh axes {bad}; valid: {', '.join(MESH_AXES)}")
+  nonpositive = {a: v for a, v in sizes.items() if v < 1 and v != -1}
+  if nonpositive:
+    raise UsageError(f"mesh {spec!r}: axis sizes must be >= 1 (or -1 for the remaining devices), got {nonpositive}")
   return sizes
 
 

@@ -1,0 +1,29 @@
+"""`--config.mesh` strings: what parses, and one clear error for each mistake (the axis or size at fault)."""
+
+import re
+
+import jax
+import pytest
+
+from wanjax import sharding
+from wanjax.errors import UsageError
+
+
+def test_mesh_spec_sizes_and_fill():
+  assert sharding.parse_mesh("data=2, fsdp=-1") == {"data": 2, "fsdp": -1}
+  assert sharding.parse_mesh("") == {}
+  mesh = sharding.make_mesh("data=2,fsdp=-1", devices=jax.devices()[:8])
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "context": 1, "tensor": 1}
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("data=2,data=4", "names axis 'data' twice"),            # was silently data=4
+    ("data=0", "axis sizes must be >= 1 (or -1 for the remaining devices), got {'data': 0}"),
+    ("tensor=-2", "got {'tensor': -2}"),
+    ("data=x", "bad mesh entry 'data=x'"),
+    ("batch=2", "unknown mesh axes ['batch']"),
+    ("data=-1,fsdp=-1", "only one mesh axis may be -1"),
+])
+def test_mesh_spec_errors(spec, message):
+  with pytest.raises(UsageError, match=re.escape(message)):
+    sharding.make_mesh(spec, devices=jax.devices()[:8])
