@@ -6,9 +6,11 @@ frames can be appended progressively (`VideoWriter`: open, append chunks, atomic
 see a half-written file under the final name.
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -46,6 +48,15 @@ def _temp_path(path):
   return tmp
 
 
+@contextlib.contextmanager
+def _fork_then_exec():
+  """Silences JAX's "os.fork() was called" RuntimeWarning for starting ffmpeg: `subprocess` forks and execs at
+  once, so the deadlock it warns about cannot happen, and the warning only alarms users of the CLIs."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    yield
+
+
 class VideoWriter:
   """Progressive, atomic mp4 writer: `append(frames)` any number of times, then `close()` renames into place.
 
@@ -69,7 +80,8 @@ class VideoWriter:
       self._gen = self._ffmpeg.write_frames(
           self._tmp, self.size, fps=self.fps, codec="libx264", quality=self.quality, macro_block_size=2,
           ffmpeg_log_level="error")
-      self._gen.send(None)
+      with _fork_then_exec():
+        self._gen.send(None)   # starts ffmpeg
     for f in frames:
       self._gen.send(np.ascontiguousarray(f))
     self.num_frames += frames.shape[0]
@@ -137,7 +149,8 @@ def read_video(path):
   """Reads an mp4 back: returns (frames uint8 `[T, H, W, 3]`, fps). For tests and tools."""
   import imageio_ffmpeg
   gen = imageio_ffmpeg.read_frames(str(path))
-  meta = gen.__next__()
+  with _fork_then_exec():
+    meta = gen.__next__()   # starts ffmpeg
   w, h = meta["size"]
   frames = [np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen]
   return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8), float(meta["fps"])
