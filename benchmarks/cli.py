@@ -29,8 +29,8 @@ def int_list(parser, flag, text, allow_empty=False):
 def check_frames(parser, frames, flag="--frames"):
   """Pixel frame counts of the Wan VAE are 4k+1."""
   if frames < 1 or (frames - 1) % 4:
-    lo = 1 + 4 * max(0, (frames - 1) // 4)
-    parser.error(f"{flag}={frames} must be 4k+1 (e.g. {lo} or {lo + 4}; 81 for Wan2.1)")
+    from wanjax.video import frame_count_hint
+    parser.error(f"{flag}={frames} must be 4k+1 ({frame_count_hint(frames)}; 81 for Wan2.1)")
 
 
 def exit_if_failed(failed):

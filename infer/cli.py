@@ -1,4 +1,5 @@
-"""Flag plumbing shared by the inference CLIs (`infer.sample`, `infer.serve`): the `--config` preset flag and a
+"""Flag plumbing shared by the inference CLIs (`infer.sample`, `infer.serve`; the trainers use `flags_parser`
+too): the `--config` preset flag and a
 flags parser that turns preset and `--config.<field>` mistakes into one `error: ...` line with exit code 2,
 like every other usage error, instead of ml_collections' tracebacks.
 
@@ -17,10 +18,10 @@ from ml_collections import config_flags
 USAGE_EXIT = 2
 
 
-def fail(message):
-  """Prints `error: <message>` as one line on stderr and exits 2."""
+def fail(message, exit_code=USAGE_EXIT):
+  """Prints `error: <message>` as one line on stderr and exits (2 unless told otherwise)."""
   print("error: " + " ".join(str(message).split()), file=sys.stderr)
-  sys.exit(USAGE_EXIT)
+  sys.exit(exit_code)
 
 
 def config_error_message(e) -> str:
@@ -49,17 +50,24 @@ def define_config_flag(default, help_text):
     fail(config_error_message(e))
 
 
-def parse_flags(argv):
-  """`flags_parser` for `absl.app.run`: parses argv; flag and preset errors become one line, exit 2."""
-  try:
-    rest = flags.FLAGS(argv)
-  except (AttributeError, KeyError, flags.Error) as e:
-    fail(config_error_message(e))
-  if "config" in flags.FLAGS:
-    try:   # ml_collections defers a preset file that cannot be loaded until the config is first read
-      flags.FLAGS.config.get
-    except OSError as e:
-      lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-      fail(f"--config={flags.FLAGS['config'].serialize().partition('=')[2]}: cannot load the preset file "
-           f"({lines[-1] if lines else e}); pass configs/sample/<preset>.py[:arg]")
-  return rest
+def flags_parser(*, what="preset", hint="configs/sample/<preset>.py[:arg]", exit_code=USAGE_EXIT):
+  """A `flags_parser` for `absl.app.run`: parses argv; flag and `--config` errors become one line and exit
+  `exit_code`. `what` / `hint` word the message for a config file that cannot be loaded (the trainers say
+  "config file" and point to configs/train/)."""
+  def parse(argv):
+    try:
+      rest = flags.FLAGS(argv)
+    except (AttributeError, KeyError, flags.Error) as e:
+      fail(config_error_message(e), exit_code)
+    if "config" in flags.FLAGS:
+      try:   # ml_collections defers a config file that cannot be loaded until the config is first read
+        getattr(flags.FLAGS.config, "get", None)
+      except OSError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        fail(f"--config={flags.FLAGS['config'].serialize().partition('=')[2]}: cannot load the {what} file "
+             f"({lines[-1] if lines else e}); pass {hint}", exit_code)
+    return rest
+  return parse
+
+
+parse_flags = flags_parser()   # the inference CLIs': exit 2

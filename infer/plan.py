@@ -11,7 +11,7 @@ import os
 from absl import logging
 
 from infer import demo
-from wanjax import sampling
+from wanjax import sampling, video
 from wanjax.errors import UsageError
 
 T2V_SIZE_MULTIPLE = 16   # VAE stride 8 × patch 2
@@ -123,8 +123,7 @@ def check(c) -> Plan:
   from wanjax.sharding import parse_mesh
   dit_cfg = get_config(c.model)
   if c.frames < 1 or (c.frames - 1) % 4:
-    lo = max(1, c.frames - (c.frames - 1) % 4)
-    raise UsageError(f"frames={c.frames} must be 4k+1 (e.g. {lo} or {lo + 4})")
+    raise UsageError(f"frames={c.frames} must be 4k+1 ({video.frame_count_hint(c.frames)})")
   w, h = _parse_size(c.size)
   solver = solvers.get_solver(c.solver)
   if solver.schedule == "step_list" or c.timesteps:

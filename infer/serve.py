@@ -43,6 +43,7 @@ from absl import app as absl_app, flags, logging
 from pydantic import Field
 
 from wanjax.errors import UsageError
+from wanjax.video import frame_count_hint
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
 MAX_PROMPT_CHARS = 2000
@@ -77,7 +78,7 @@ class VideoRequest(pydantic.BaseModel):
   @classmethod
   def _frames_4k_plus_1(cls, v):
     if v is not None and (v - 1) % 4:
-      raise ValueError(f"frames={v} must be 4k+1 (e.g. {v - (v - 1) % 4} or {v - (v - 1) % 4 + 4})")
+      raise ValueError(f"frames={v} must be 4k+1 ({frame_count_hint(v)})")
     return v
 
 

@@ -117,7 +117,7 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
   ends like a finished one and `train.export` picks it up. A resume continues towards `total_steps`.
   """
   writer = _writer(settings.workdir)
-  streak, skipped_total, last_good_step = 0, 0, start_step
+  streak, skipped_total = 0, 0
   pbar = tqdm.tqdm(total=settings.total_steps, initial=start_step, desc="train", unit="step",
                    disable=jax.process_index() != 0)
   t_last = t_start = time.perf_counter()
@@ -132,7 +132,7 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
       dt, t_last = now - t_last, now
       done = step + 1
       if bool(metrics.pop("finite")):
-        streak, last_good_step = 0, done
+        streak = 0
       else:
         streak += 1
         skipped_total += 1
@@ -208,26 +208,11 @@ def run_cli(train_fn, example_config):
   import sys
   from absl import app, flags
   from ml_collections import config_flags
+  from infer import cli
   config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
   for name in ("config", "workdir"):   # defined here, not in __main__: list them under --help as well
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-
-  def parse_flags(argv):
-    # A mistyped `--config.<field>` raises a bare AttributeError/KeyError (or a flags error embedding the
-    # config's traceback) from ml_collections while absl parses: make it one line, as every usage error.
-    from infer.cli import config_error_message
-    try:
-      rest = flags.FLAGS(argv)
-    except (AttributeError, KeyError, flags.Error) as e:
-      sys.exit(f"error: {config_error_message(e)}")
-    try:   # ml_collections defers a config file that cannot be loaded until the config is first read
-      getattr(flags.FLAGS.config, "get", None)
-    except OSError as e:
-      lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-      sys.exit(f"error: --config={flags.FLAGS['config'].serialize().partition('=')[2]}: cannot load the config "
-               f"file ({lines[-1] if lines else e}); pass configs/train/<name>.py[:arg]")
-    return rest
 
   def main(argv):
     if len(argv) > 1:
@@ -241,4 +226,6 @@ def run_cli(train_fn, example_config):
     except (UsageError, NonFiniteError) as e:
       sys.exit(f"error: {e}")
 
-  app.run(main, flags_parser=parse_flags)
+  # Config typos and unloadable config files: one line, exit 1 as the trainers' other usage errors.
+  app.run(main, flags_parser=cli.flags_parser(what="config", hint="configs/train/<name>.py[:arg]",
+                                              exit_code=1))

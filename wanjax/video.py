@@ -21,6 +21,12 @@ DEFAULT_FPS = 16
 QUALITY = 8  # the reference's imageio quality (0–10)
 
 
+def frame_count_hint(frames: int, minimum: int = 1) -> str:
+  """'e.g. A or B': the valid 4k+1 frame counts (at least `minimum`, itself 4k+1) around `frames`, for errors."""
+  lo = max(minimum, frames - (frames - 1) % 4)
+  return f"e.g. {lo} or {lo + 4}"
+
+
 def to_uint8(frames):
   """Frames in [−1, 1] (float, `[T, H, W, 3]`) → uint8; uint8 input passes through."""
   frames = np.asarray(frames)

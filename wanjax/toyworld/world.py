@@ -24,6 +24,7 @@ import numpy as np
 
 from wanjax.errors import UsageError
 from wanjax.toyworld import vocab
+from wanjax.video import frame_count_hint
 
 # Colours in [−1, 1] (the video range); object colours are near-pure so a palette lookup segments them.
 COLOURS = {
@@ -293,8 +294,7 @@ def sample_scene(rng, *, exclude=()) -> Scene:
 def check_video_size(frames: int, height: int, width: int):
   """T = 4k + 1 ≥ 5 (the Wan VAE's temporal grid), H and W multiples of 16 and ≥ 32."""
   if frames < 5 or (frames - 1) % 4:
-    lo = max(5, frames - (frames - 1) % 4)
-    raise UsageError(f"frames={frames} must be 4k+1 and >= 5 (e.g. {lo} or {lo + 4})")
+    raise UsageError(f"frames={frames} must be 4k+1 and >= 5 ({frame_count_hint(frames, minimum=5)})")
   for name, v in (("height", height), ("width", width)):
     if v < 32 or v % 16:
       raise UsageError(f"{name}={v} must be a multiple of 16 and >= 32 (e.g. 64 or 96)")
