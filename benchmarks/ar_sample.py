@@ -33,8 +33,7 @@ def main():
   p.add_argument("--no-decode", action="store_true", help="DiT only (no VAE)")
   p.add_argument("--small", action="store_true", help="tiny DiT + tiny VAE on CPU (smoke test)")
   args = p.parse_args()
-  if args.small:
-    args.model, args.frames, args.height, args.width, args.iters = "tiny", 21, 32, 48, 1
+  cli.apply_small(p, args, dict(model="tiny", frames=21, height=32, width=48, iters=1), preset="model")
   cli.check_frames(p, args.frames)
   for flag, val in (("--nfpb", args.nfpb), ("--iters", args.iters)):
     if val < 1:

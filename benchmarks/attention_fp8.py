@@ -172,9 +172,16 @@ def main():
     args.kv_lengths = [int(v) for v in args.kv_lengths.split(",") if v.strip()]
   except ValueError:
     p.error(f"--kv-lengths must be a comma list of integers, got {args.kv_lengths!r}")
+  cli.apply_small(p, args, dict(tokens=256, heads=2, iters=2, ref_rows=64, query_tokens=64))
   if args.small:
-    args.tokens, args.heads, args.iters, args.ref_rows, args.query_tokens = 256, 2, 2, 64, 64
-    args.kv_lengths = [n for n in args.kv_lengths if n <= 256]
+    dropped = [n for n in args.kv_lengths if n > args.tokens]
+    if dropped:
+      print(f"--small: dropped --kv-lengths {','.join(map(str, dropped))} (longer than the {args.tokens}-token "
+            f"buffer)", file=sys.stderr)
+    args.kv_lengths = [n for n in args.kv_lengths if n <= args.tokens]
+  too_long = [n for n in args.kv_lengths if n > args.tokens]
+  if too_long:
+    p.error(f"--kv-lengths {','.join(map(str, too_long))}: longer than the --tokens={args.tokens} key buffer")
   for name, val in (("--tokens", args.tokens), ("--heads", args.heads), ("--head-dim", args.head_dim),
                     ("--iters", args.iters), ("--ref-rows", args.ref_rows), ("--query-tokens", args.query_tokens),
                     *(("--kv-lengths", n) for n in args.kv_lengths)):

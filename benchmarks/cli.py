@@ -1,7 +1,9 @@
 """What every benchmark script does with a bad input: one line on stderr naming the value at fault, exit code 2
 (as `infer.sample` and argparse do), instead of a traceback. Also the checks that a script running its parts in
-subprocesses makes up front, so that a bad flag fails once, before any child starts."""
+subprocesses makes up front, so that a bad flag fails once, before any child starts, and what `--small` sets
+(`apply_small`: a flag given explicitly is kept and listed, the model flag it replaces is an error)."""
 
+import argparse
 import sys
 
 
@@ -38,3 +40,45 @@ def exit_if_failed(failed):
   if failed:
     print(f"error: {', '.join(failed)} run failed (see above)", file=sys.stderr)
     sys.exit(1)
+
+
+_UNSET = object()
+
+
+def given_flags(parser, dests, argv=None) -> set:
+  """The `dests` among `dests` whose flag the command line gives explicitly (even at its default value)."""
+  ns = argparse.Namespace(**{d: _UNSET for d in dests})
+  parser.parse_args(sys.argv[1:] if argv is None else argv, namespace=ns)
+  return {d for d in dests if getattr(ns, d) is not _UNSET}
+
+
+def _flag(parser, dest):
+  return next(a.option_strings[-1] for a in parser._actions if a.dest == dest)
+
+
+def apply_small(parser, args, settings, *, preset=None, runs=None, argv=None):
+  """`--small`: sets `settings` ({dest: value}) on `args`, and says so on stderr in one line.
+
+  `preset` (a dest, e.g. "model") is the flag --small replaces by its own model (`runs` describes it; default
+  the preset named in `settings`): giving it as well is a parser error naming both (`--model t2v_14b --small`
+  used to run the tiny model without a word). Any other flag of `settings` that the command line gives keeps
+  its value, and the line lists it as kept. Returns `args`."""
+  if not args.small:
+    return args
+  dests = list(settings) + ([preset] if preset and preset not in settings else [])
+  given = given_flags(parser, dests, argv)
+  if preset in given:
+    flag, value = _flag(parser, preset), getattr(args, preset)
+    runs = runs or f"the {settings[preset]!r} preset"
+    parser.error(f"--small runs {runs} and cannot be combined with {flag}={value!r}; drop --small to benchmark "
+                 f"{value!r}, or drop {flag}")
+  changed, kept = [], []
+  for dest, value in settings.items():
+    if dest in given:
+      kept.append(f"{_flag(parser, dest)}={getattr(args, dest)}")
+    else:
+      setattr(args, dest, value)
+      changed.append(f"{_flag(parser, dest)}={value}")
+  print("--small: " + " ".join(changed + ([f"({runs})"] if runs else []))
+        + (f"; kept from the command line: {' '.join(kept)}" if kept else ""), file=sys.stderr, flush=True)
+  return args

@@ -166,8 +166,7 @@ def main():
   p.add_argument("--small", action="store_true", help="tiny model on CPU (smoke test)")
   p.add_argument("--only", choices=["jax", "torch"], help=argparse.SUPPRESS)
   args = p.parse_args()
-  if args.small:
-    args.model, args.shape, args.iters = "tiny", "small", 2
+  cli.apply_small(p, args, dict(model="tiny", shape="small", iters=2), preset="model")
   if args.only:
     res = run_jax(args) if args.only == "jax" else run_torch(args)
     print("RESULT " + json.dumps(res))

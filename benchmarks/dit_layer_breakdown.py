@@ -155,6 +155,7 @@ def main():
   p.add_argument("--iters", type=int, default=10)
   p.add_argument("--small", action="store_true", help="tiny config on a 3x4x6 latent (CPU smoke run)")
   args = p.parse_args()
+  cli.apply_small(p, args, {}, preset="model", runs="a dim-64, 2-head block on a 3x4x6 latent")
   if args.iters < 1:
     p.error(f"--iters must be >= 1, got {args.iters}")
   r = run(args)

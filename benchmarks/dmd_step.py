@@ -187,8 +187,7 @@ def main():
   p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the card (H100/H200 SXM)")
   p.add_argument("--small", action="store_true", help="dmd_smoke's tiny models on CPU (smoke test)")
   args = p.parse_args()
-  if args.small:
-    args.iters = min(args.iters, 2)
+  cli.apply_small(p, args, {}, preset="model", runs="dmd_smoke's tiny models")
 
   import jax
   import numpy as np

@@ -75,6 +75,7 @@ def main():
   p.add_argument("--cache-min-compile-s", type=float, default=1.0, help="cache only programs that took at "
                  "least this long to compile (JAX's default 1 s; 0 caches everything, e.g. for --small)")
   args = p.parse_args()
+  cli.apply_small(p, args, dict(model="tiny", frames=5, height=32, width=48), preset="model")
 
   import dataclasses
   import jax
@@ -94,8 +95,6 @@ def main():
     os.makedirs(args.compilation_cache, exist_ok=True)
     cache_entries = len(os.listdir(args.compilation_cache))
     use_compilation_cache(args.compilation_cache, min_compile_s=args.cache_min_compile_s)
-  if args.small:
-    args.model, args.frames, args.height, args.width = "tiny", 5, 32, 48
   if args.cfg_steps is None:
     args.cfg_steps = 2 if args.small else 10
   if args.cfg_steps < 0:

@@ -73,9 +73,9 @@ def main():
   p.add_argument("--mesh", default="fsdp=-1", help="mesh over all devices, e.g. fsdp=-1 or tensor=-1")
   p.add_argument("--small", action="store_true", help="tiny config on CPU (smoke test)")
   args = p.parse_args()
+  cli.apply_small(p, args, dict(config="tiny", iters=3), preset="config")
   if args.small:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    args.config, args.iters = "tiny", 3
 
   import jax
   import numpy as np

@@ -128,9 +128,8 @@ def main():
   p.add_argument("--small", action="store_true", help="tiny model, 17x64x64, on whatever device (CPU smoke)")
   p.add_argument("--mode", help=argparse.SUPPRESS)
   args = p.parse_args()
-  if args.small:
-    args.model, args.frames, args.height, args.width, args.iters = "tiny", 17, 64, 64, 1
-    args.tile, args.overlap = "4,4", 2
+  cli.apply_small(p, args, dict(model="tiny", frames=17, height=64, width=64, iters=1, tile="4,4", overlap=2),
+                  preset="model")
   modes = [m.strip() for m in args.modes.split(",") if m.strip()]
   if not modes or any(m not in MODES for m in modes):
     p.error(f"--modes={args.modes!r}: a comma list of {', '.join(MODES)}")

@@ -6,8 +6,10 @@ model directory: `config.json` (architecture + "family" + "source_layout") and J
   python -m converters.convert --src self_forcing_dmd.pt --out ckpt/sf --subkey generator_ema
   python -m converters.convert --src wan2.1_t2v_14b_int8.safetensors --out ckpt/int8 --keep-quantized
 
-Layouts are detected (original Wan, diffusers, ComfyUI, LightX2V int8/fp8, Self-Forcing/CausVid `.pt`); the
-layout found is logged and printed in the final summary line.
+Layouts are detected (original Wan, diffusers, ComfyUI, LightX2V int8/fp8, Self-Forcing/CausVid `.pt`; keys
+behind a training wrapper's prefix such as `module.` are read without it); the layout found is logged and
+printed in the final summary line. An existing conversion in `--out` is replaced crash-safely
+(`converters/replace.py`).
 """
 
 import glob
@@ -21,9 +23,9 @@ import ml_dtypes
 import numpy as np
 from absl import logging
 
-from converters import engine, families
-from converters.reader import TensorSource, TorchSource, open_source
-from wanjax.errors import UsageError
+from converters import engine, families, replace
+from converters.reader import PrefixedSource, TensorSource, TorchSource, open_source
+from wanjax.errors import CheckpointError, UsageError
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 # Self-Forcing / CausVid training checkpoints nest the weights; EMA first, as SF's inference (--use_ema).
@@ -82,6 +84,8 @@ def convert_checkpoint(src, out_dir, *, dtype=None, keep_quantized=False, subkey
   """
   if dtype is not None and dtype not in DTYPES:
     raise UsageError(f"dtype={dtype!r}; valid: {', '.join(DTYPES)}")
+  if num_heads is not None and (isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1):
+    raise UsageError(f"--num-heads={num_heads!r} must be a whole number >= 1 (a divisor of the model dim)")
   done = _converted_family(src)
   if done:
     raise UsageError(f"--src {src!r} is already a converted wanjax {done} folder (config.json with a 'family'); "
@@ -92,6 +96,7 @@ def convert_checkpoint(src, out_dir, *, dtype=None, keep_quantized=False, subkey
     raise UsageError(f"output folder {out_dir!r} already holds other safetensors files {sorted(foreign)}; "
                      f"choose an empty folder")
   created = _make_out_dir(out_dir)
+  replace.recover(out_dir)   # an earlier run that crashed while replacing the files: finish it first (logged)
   try:
     summary = _convert(src, out_dir, dtype, keep_quantized, subkey, family, num_heads, progress)
   except BaseException:
@@ -136,9 +141,9 @@ def _convert(src, out_dir, dtype, keep_quantized, subkey, family, num_heads, pro
   """The conversion itself, into the existing folder `out_dir`; returns the summary dict."""
   source, subkey = open_checkpoint(src, subkey)
   try:
-    mod, layout = families.detect(source, family)
+    found, mod, layout = _detect(source, family, src)
     logging.info("%s: found a %s checkpoint in layout %r", src, mod.FAMILY, layout)
-    view = families.prepare(mod, source, layout, keep_quantized=keep_quantized)
+    view = families.prepare(mod, found, layout, keep_quantized=keep_quantized)
     kwargs = {}
     if num_heads is not None:
       if "num_heads" not in inspect.signature(mod.config_from_keys).parameters:
@@ -162,6 +167,39 @@ def _convert(src, out_dir, dtype, keep_quantized, subkey, family, num_heads, pro
   return {"family": mod.FAMILY, "layout": layout, "subkey": subkey, "tensors": len(steps),
           "dtype": dtype or "as stored", "out_dir": os.path.abspath(out_dir), "config": config,
           "description": mod.describe(config) if hasattr(mod, "describe") else ""}
+
+
+# Wrapper prefixes stripped when no layout matches otherwise, at most this deep (`module._orig_mod.`).
+MAX_WRAPPERS = 3
+
+
+def _common_prefix(keys) -> str:
+  """'module.' when every key starts with that same first component (a training wrapper's), else ''."""
+  heads = {k.split(".", 1)[0] + "." for k in keys if "." in k}
+  return heads.pop() if len(heads) == 1 and all("." in k for k in keys) else ""
+
+
+def _detect(source, family, src):
+  """(source as read, family module, layout). Keys that all carry a prefix no layout knows (DDP's `module.`,
+  torch.compile's `_orig_mod.`) are read without it, with a warning; errors name `src`."""
+  try:
+    return (source, *families.detect(source, family))
+  except CheckpointError as e:
+    first = e
+  view, stripped = source, ""
+  for _ in range(MAX_WRAPPERS):
+    prefix = _common_prefix(view.keys())
+    if not prefix:
+      break
+    view, stripped = PrefixedSource(view, prefix), stripped + prefix
+    try:
+      mod, layout = families.detect(view, family)
+    except CheckpointError:
+      continue
+    logging.warning("%s: every key starts with %r, which no known layout uses; reading the keys without it",
+                    src, stripped)
+    return view, mod, layout
+  raise CheckpointError(f"{src}: {first}") from None
 
 
 def summary_line(s) -> str:

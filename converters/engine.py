@@ -1,7 +1,10 @@
 """Runs an expanded name-table plan: checks keys and shapes, then converts tensor by tensor.
 
-`write_model` streams into a JAX-layout model directory (`config.json` + `model.safetensors`, written
-atomically); `to_arrays` returns the converted tensors in memory (tests, small models).
+`write_model` streams into a JAX-layout model directory (`config.json` + `model.safetensors`); `to_arrays`
+returns the converted tensors in memory (tests, small models).
+
+Files already in the folder are replaced crash-safely (`converters/replace.py`): the new pair is written
+complete into a staging folder first, then renamed into place under a journal that the next run finishes.
 """
 
 import json
@@ -9,7 +12,7 @@ import os
 
 import numpy as np
 
-from converters import table, transforms
+from converters import replace, table, transforms
 from wanjax.checkpoint import StreamingWriter
 from wanjax.fileio import atomic_open
 
@@ -45,20 +48,21 @@ def write_model(source, steps, out_dir, *, config: dict, dtype=None, ignore=(), 
     src_dt = _np_dtype(source.dtype(s.source))
     dt = dtype if (dtype is not None and (np.issubdtype(src_dt, np.floating) or src_dt.kind == "V")) else src_dt
     entries.append((s.target, np.dtype(dt), shape))
-  os.makedirs(out_dir, exist_ok=True)
-  writer = StreamingWriter(os.path.join(out_dir, filename), entries, metadata={"format": "wanjax"})
-  try:
-    for s, (_, dt, _) in zip(steps, entries):
-      w = table.run_step(source, s)
-      writer.write(s.target, w.astype(dt, copy=False))
-      del w
-      if progress is not None:
-        progress.update(1)
-  except BaseException:
-    writer.abort()
-    raise
-  writer.close()
-  write_json_atomic(os.path.join(out_dir, "config.json"), config)
+  with replace.staging(out_dir) as stage:
+    writer = StreamingWriter(os.path.join(stage, filename), entries, metadata={"format": "wanjax"})
+    try:
+      for s, (_, dt, _) in zip(steps, entries):
+        w = table.run_step(source, s)
+        writer.write(s.target, w.astype(dt, copy=False))
+        del w
+        if progress is not None:
+          progress.update(1)
+    except BaseException:
+      writer.abort()
+      raise
+    writer.close()
+    write_json_atomic(os.path.join(stage, replace.CONFIG), config)
+    replace.commit(out_dir, (filename, replace.CONFIG))
 
 
 def _np_dtype(name) -> np.dtype:

@@ -64,12 +64,28 @@ def detect(source, family=None):
     layout = _detect_one(mod, source)
     if layout is not None:
       return mod, layout
+  lora = lora_keys(source.keys())
+  if lora:
+    raise CheckpointError(f"this is a LoRA / weight-diff file ({len(lora)} of its {len(source.keys())} keys, e.g. "
+                          f"{lora[0]!r}), not a model checkpoint: LoRAs are not converted, they are merged when "
+                          f"sampling (infer.sample --config.lora=PATH[:strength])")
   if family:
     mod.detect(source.keys())   # families whose detect raises give their own, more specific message
   looked = "; ".join(f"{m.FAMILY}: {getattr(m, 'LOOKS_FOR', 'its marker keys')}" for m in mods)
   sample = sorted(source.keys())[:6]
   raise CheckpointError(f"checkpoint matches no known model family or layout (looked for {looked}); it has "
                         f"{len(source.keys())} keys, e.g. {sample}")
+
+
+def lora_keys(keys) -> list:
+  """The keys of a LoRA or weight-diff file (every spelling `wanjax.lora` reads: lora_down/up, lora_A/B, PEFT,
+  Kohya `lora_unet_...`, `.diff`/`.diff_b`/`.diff_m`), sorted; empty unless they are at least half the keys."""
+  from wanjax.lora import KOHYA_PREFIXES, SUFFIXES
+  roles = tuple(suffix for suffix, role in SUFFIXES if role != "alpha")
+  keys = list(keys)
+  found = sorted(k for k in keys if k.endswith(roles) or k.startswith(KOHYA_PREFIXES))
+  found.sort(key=lambda k: not k.endswith(roles))   # a down/up key first: the clearest example
+  return found if found and 2 * len(found) >= len(keys) else []
 
 
 def prepare(mod, source, layout, *, keep_quantized=False):

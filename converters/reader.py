@@ -48,11 +48,52 @@ _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, 
               "F8_E5M2": ml_dtypes.float8_e5m2, "BOOL": np.bool_, "I16": np.int16}
 
 
+# Leading bytes of the files a checkpoint path is most often mistaken for.
+_MAGIC = ((b"version https://git-lfs", "a Git LFS pointer, not the weights: fetch the file itself (git lfs pull, or "
+                                       "download it again)"),
+          (b"\x80", "a torch checkpoint (legacy pickle); give it a .pt name"),
+          (b"GGUF", "a GGUF file (llama.cpp / ComfyUI-GGUF quantisation), which is not supported; convert the "
+                    "original safetensors instead"),
+          (b"\x93NUMPY", "a NumPy .npy array, not a model checkpoint"))
+
+
+def _sniff(path) -> str:
+  """What the first bytes of `path` say it is: 'safetensors', a description, or '' when nothing known."""
+  with open(path, "rb") as f:
+    head = f.read(64)
+  if not head:
+    return "an empty file"
+  if len(head) >= 9 and 0 < int.from_bytes(head[:8], "little") < 100_000_000 and head[8:9] == b"{":
+    return "safetensors"
+  if head.startswith(b"PK\x03\x04"):
+    import zipfile
+    try:
+      with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+      return "a zip archive"
+    if any(n.endswith("data.pkl") for n in names):
+      return "a torch checkpoint (torch.save zip); give it a .pt name"
+    if names and all(n.endswith(".npy") for n in names):
+      return "a NumPy .npz archive, not a model checkpoint"
+    return "a zip archive"
+  known = next((what for magic, what in _MAGIC if head.startswith(magic)), "")
+  if known:
+    return known
+  try:
+    text = head.decode("utf-8")
+  except UnicodeDecodeError:
+    return ""
+  return f"a text file starting {text[:40]!r}" if text.isprintable() or "\n" in text else ""
+
+
 def _read_st_header(path):
   with open(path, "rb") as f:
     n = int.from_bytes(f.read(8), "little")
     if n <= 0 or n > 100_000_000:
-      raise CheckpointError(f"{path}: not a safetensors file (header length {n})")
+      what = _sniff(path)
+      raise CheckpointError(f"{path}: not a safetensors file" + (f": it is {what}" if what else
+                                                                  f" (header length {n})"))
     try:
       header = json.loads(f.read(n))
     except json.JSONDecodeError as e:
@@ -73,7 +114,9 @@ class SafetensorsSource(TensorSource):
       self.metadata.update(header.pop("__metadata__", None) or {})
       for k, info in header.items():
         if k in self._index:
-          raise CheckpointError(f"{p}: key {k!r} also in {self._index[k][0]}")
+          raise CheckpointError(f"key {k!r} is in both {self._index[k][0]} and {p}: these files overlap (e.g. a "
+                                f"checkpoint and its fp16 variant, or two models in one folder); pass the one file "
+                                f"or shard index to convert as --src")
         start, end = info["data_offsets"]
         self._index[k] = (p, info["dtype"], tuple(info["shape"]), start, end, off)
     self._mm = {}
@@ -140,8 +183,12 @@ class TorchSource(TensorSource):
       raise CheckpointError(_torch_load_error(path, e)) from None
     if subkey is not None:
       if not isinstance(sd, dict) or subkey not in sd:
-        keys = sorted(sd)[:10] if isinstance(sd, dict) else type(sd).__name__
-        raise CheckpointError(f"{path}: no entry {subkey!r} (top-level keys: {keys})")
+        nested = sorted(k for k, v in sd.items() if isinstance(v, dict)) if isinstance(sd, dict) else []
+        if isinstance(sd, dict) and not nested:
+          raise CheckpointError(f"{path}: no entry {subkey!r}: the file is a flat state dict of {len(sd)} entries "
+                                f"with no nested one; drop --subkey")
+        keys = nested or type(sd).__name__
+        raise CheckpointError(f"{path}: no entry {subkey!r}; its nested state dicts are {keys}")
       sd = sd[subkey]
     if not isinstance(sd, dict):
       raise CheckpointError(f"{path}: expected a state dict, found {type(sd).__name__}")
@@ -189,36 +236,74 @@ class PrefixedSource(TensorSource):
     return self.base.get(self._map[key])
 
 
+_TORCH_EXT = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def _folder_hint(path) -> str:
+  """What a folder without safetensors holds that could be meant: checkpoint files, or model subfolders."""
+  names = sorted(os.listdir(path))
+  ckpts = [n for n in names if n.endswith(_TORCH_EXT) and os.path.isfile(os.path.join(path, n))]
+  subs = [n for n in names if os.path.isdir(os.path.join(path, n))
+          and glob.glob(os.path.join(path, n, "*.safetensors*"))]
+  if subs:
+    return (f"; it holds the model subfolders {', '.join(s + '/' for s in subs)} (a diffusers pipeline?): pass the "
+            f"one to convert, e.g. --src {os.path.join(path, subs[0])}")
+  if ckpts:
+    return f"; it holds {', '.join(ckpts)}: pass the file to convert as --src"
+  return ""
+
+
+def _open_index(path):
+  try:
+    with open(path) as f:
+      weight_map = json.load(f)["weight_map"]
+    files = sorted({str(v) for v in weight_map.values()})
+  except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{path}: not a safetensors shard index (a JSON object with a 'weight_map' of "
+                          f"key -> shard file; {type(e).__name__}: {e})") from None
+  if not files:
+    raise CheckpointError(f"{path}: the shard index's weight_map is empty")
+  folder = os.path.dirname(os.path.abspath(path))
+  # Shard names are relative to the index (usually bare file names; subfolder paths are honoured).
+  paths = [os.path.normpath(os.path.join(folder, v)) for v in files]
+  missing = [v for v, p in zip(files, paths) if not os.path.isfile(p)]
+  if missing:
+    raise CheckpointError(f"{path}: {len(missing)} of the {len(files)} shard files its weight_map lists are "
+                          f"missing from {folder}: {', '.join(missing)}; download them beside the index")
+  return SafetensorsSource(paths)
+
+
 def open_source(path, subkey=None) -> TensorSource:
   """Opens a checkpoint file or folder for streaming reads."""
   if not os.path.exists(path):
     raise CheckpointError(f"checkpoint {path!r} does not exist")
   if os.path.isdir(path):
     idx = sorted(glob.glob(os.path.join(path, "*.safetensors.index.json")))
+    if len(idx) > 1:
+      raise CheckpointError(f"{path}: folder has {len(idx)} shard indexes ({', '.join(map(os.path.basename, idx))}; "
+                            f"variants of one model, e.g. fp16): pass the one to convert as --src")
     if idx:
-      return open_source(idx[0])
+      return _open_index(idx[0])
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     if not files:
-      raise CheckpointError(f"{path}: folder has no *.safetensors files or *.safetensors.index.json")
+      raise CheckpointError(f"{path}: folder has no *.safetensors files or *.safetensors.index.json"
+                            + _folder_hint(path))
     return SafetensorsSource(files)
-  if path.endswith(".index.json"):
-    with open(path) as f:
-      try:
-        weight_map = json.load(f)["weight_map"]
-      except (json.JSONDecodeError, KeyError) as e:
-        raise CheckpointError(f"{path}: not a safetensors index ({e})") from None
-    folder = os.path.dirname(path)
-    files = sorted({os.path.join(folder, os.path.basename(v)) for v in weight_map.values()})
-    missing = [f for f in files if not os.path.exists(f)]
-    if missing:
-      raise CheckpointError(f"{path}: shard files missing: {missing}")
-    return SafetensorsSource(files)
+  if path.endswith(".json"):
+    return _open_index(path)
   if path.endswith(".safetensors"):
     return SafetensorsSource([path])
-  if path.endswith((".pt", ".pth", ".bin", ".ckpt")):
+  if path.endswith(_TORCH_EXT):
+    what = _sniff(path)   # before importing torch: these need no torch to be told apart
+    if what == "safetensors":
+      raise CheckpointError(f"{path}: is a safetensors file despite its {os.path.splitext(path)[1]} name; rename "
+                            f"it to .safetensors")
+    if what and not what.startswith(("a torch checkpoint", "a zip archive")):
+      raise CheckpointError(f"{path}: cannot be read as a torch state dict: it is {what}")
     return TorchSource(path, subkey=subkey)
-  raise CheckpointError(f"{path}: unknown checkpoint file type; expected .safetensors, a shard index/folder, "
-                        f"or .pt/.pth")
+  what = _sniff(path)
+  raise CheckpointError(f"{path}: unknown checkpoint file type" + (f" (it is {what})" if what else "")
+                        + "; expected .safetensors, a shard index .json or folder of shards, or .pt/.pth/.bin/.ckpt")
 
 
 class DictSource(TensorSource):

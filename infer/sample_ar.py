@@ -1,6 +1,8 @@
 """The block-wise autoregressive branch of `infer.sample` (presets with `sampler="ar"`: Self-Forcing, CausVid,
 LightX2V CausVid): config → checks → encoders → `wanjax.sampling_ar.generate` with streaming decode into the mp4
-→ sidecar JSON with time to first frame and frames per second.
+→ sidecar JSON with the time to first frame (`timings.ttff_s`) and the generation throughput
+(`generated_frames_per_s`, frames decoded per wall-clock second of sampling, compile included; `video_fps` is the
+mp4's playback rate).
 
   python -m infer.sample --config configs/sample/self_forcing.py --config.weights=... --config.prompt=...
   python -m infer.sample --config configs/sample/self_forcing.py:runlocal --config.output_dir=/tmp/out  # CPU
@@ -186,12 +188,14 @@ def run_ar(c):
       "sigmas": [float(s) for s in sig], "timesteps": [float(t) for t in t_s], "num_steps": len(t_s),
       "cfg": False, "guidance": 0.0, "vae_dtype": S.vae_policy(c),
       "model_calls": res.stats["model_calls"], "blocks": res.stats["blocks"],
-      "fps": round(frames.shape[0] / res.stats["total_s"], 3),
+      # Throughput, not the video's frame rate (that is `video_fps`): old sidecars called this "fps".
+      "generated_frames_per_s": round(frames.shape[0] / res.stats["total_s"], 3), "video_fps": float(c.fps),
       "timings": {k: round(v, 4) for k, v in timings.items()}, "outputs": outputs,
       "devices": [str(d) for d in jax.devices()][:8], "mesh": dict(mesh.shape),
       "dit_weight_bytes": weight_bytes(dit),
   }
   S.save_json(os.path.join(out_dir, name + ".json"), sidecar)
-  logging.info("wrote %s (%d frames, %d model calls); ttff %.2fs, %.2f fps (compile included)", mp4,
-               frames.shape[0], res.stats["model_calls"], timings["ttff_s"], sidecar["fps"])
+  logging.info("wrote %s (%d frames at %g fps, %d model calls); first frame after %.2f s, %.2f frames generated "
+               "per second (compile included)", mp4, frames.shape[0], c.fps, res.stats["model_calls"],
+               timings["ttff_s"], sidecar["generated_frames_per_s"])
   return sidecar

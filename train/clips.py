@@ -8,6 +8,8 @@ with the reason that `skipped.json` records.
 
 import csv
 import dataclasses
+import hashlib
+import io
 import json
 import math
 import os
@@ -37,7 +39,65 @@ class Item:
 
 
 
+# ------------------------------------------------------------------------------------------------ fingerprints
+# Decision (issue: edited clips kept stale latents): each cached clip stores {size, mtime_ns, sha256} of its
+# file. A re-run compares size + mtime_ns first (a stat: what make and rsync trust), and only when the mtime
+# alone differs (touched, copied with `cp -r`, checked out again) hashes the file to tell an unchanged file from
+# an edit of the same size. The hash costs one extra read of a clip when it is encoded; a re-run of unchanged
+# clips reads nothing. Records without a fingerprint (folders cached before it existed) are trusted as they are
+# and given the file's current size and mtime (no hash), so later edits are noticed.
+
+def file_sha256(path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def fingerprint(path, *, digest=True) -> dict:
+  """{size, mtime_ns, sha256} of a file (sha256 None without `digest`)."""
+  st = os.stat(path)
+  return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": file_sha256(path) if digest else None}
+
+
+def compare_file(fp, path):
+  """('same' | 'changed' | 'missing', refreshed fingerprint or None) for the file `path` against a stored
+  fingerprint `fp`; the refreshed one is returned when the content is the same but the stored stat is not."""
+  try:
+    st = os.stat(path)
+  except FileNotFoundError:
+    return "missing", None
+  if fp is None:   # a record of an older folder: trusted, and given the stat it is trusted with
+    return "same", {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": None}
+  if st.st_size != fp["size"]:
+    return "changed", None
+  if st.st_mtime_ns == fp["mtime_ns"]:
+    return "same", None
+  try:
+    if fp.get("sha256") and file_sha256(path) == fp["sha256"]:
+      return "same", dict(fp, mtime_ns=int(st.st_mtime_ns))
+  except OSError:   # unreadable now: encoding it again records why (skipped.json)
+    pass
+  return "changed", None
+
+
 # ------------------------------------------------------------------------------------------------ inputs
+
+def input_root(path):
+  """The folder relative to which `--input`'s clips are named: the folder itself, or an index file's folder."""
+  path = os.path.abspath(os.path.expanduser(path))
+  return path if os.path.isdir(path) else os.path.dirname(path)
+
+
+def same_place(old_source, source, root) -> bool:
+  """Whether `old_source` ends with `source`'s path relative to `root` (its basename when outside `root`):
+  the clip sits at the same place in a clips folder that was moved or copied."""
+  rel = os.path.relpath(source, root)
+  if rel.startswith(os.pardir + os.sep) or rel == os.pardir:
+    rel = os.path.basename(source)
+  return old_source == source or old_source.endswith(os.sep + rel)
+
 
 def _resolve(base, p):
   p = os.path.expanduser(str(p).strip())
@@ -50,6 +110,34 @@ def _pick(row: dict, names, what, where):
       return str(row[n])
   raise UsageError(f"{where}: no {what} column/key; expected one of {', '.join(names)} (found "
                    f"{', '.join(sorted(row)) or 'none'})")
+
+
+def read_text(path, *, newline=None):
+  """The text of a UTF-8 file, a leading byte-order mark dropped (Windows editors and Excel write one);
+  `UsageError` naming the file and the first bad byte otherwise."""
+  try:
+    with open(path, encoding="utf-8-sig", newline=newline) as f:
+      return f.read()
+  except UnicodeDecodeError as e:
+    raise UsageError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as "
+                     f"UTF-8") from None
+
+
+def _json_rows(path, text, jsonl):
+  def parse(s, line0):
+    try:
+      return json.loads(s)
+    except json.JSONDecodeError as e:
+      raise UsageError(f"{path}:{line0 + e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+  if jsonl:
+    return [parse(line, n) for n, line in enumerate(text.split("\n")) if line.strip()]
+  rows = parse(text, 0)
+  if isinstance(rows, dict):
+    return [{"video": k, "caption": v} for k, v in rows.items()]
+  if not isinstance(rows, list):
+    raise UsageError(f"{path}: expected a list of objects with video and caption keys, or one {{video: caption}} "
+                     f"object; got {type(rows).__name__}")
+  return rows
 
 
 def list_inputs(path):
@@ -71,8 +159,11 @@ def list_inputs(path):
         side = os.path.splitext(video)[0] + ".txt"
         caption = ""
         if os.path.exists(side):
-          with open(side, encoding="utf-8") as f:
-            caption = f.read().strip()
+          try:
+            caption = read_text(side).strip()
+          except UsageError as e:
+            skips.append((video, f"unreadable caption: {e}"))
+            continue
         if caption:
           items.append(Item(video, caption, video))
         else:
@@ -83,27 +174,26 @@ def list_inputs(path):
   base = os.path.dirname(os.path.abspath(path))
   ext = os.path.splitext(path)[1].lower()
   if ext == ".txt":
-    with open(path, encoding="utf-8") as f:
-      for n, line in enumerate(f, 1):
-        if line.strip():
-          items.append(Item("", line.strip(), f"{path}:{n}"))
+    for n, line in enumerate(read_text(path).split("\n"), 1):
+      if line.strip():
+        items.append(Item("", line.strip(), f"{path}:{n}"))
   elif ext == ".csv":
-    with open(path, encoding="utf-8", newline="") as f:
-      for n, row in enumerate(csv.DictReader(f), 2):
-        where = f"{path}:{n}"
-        items.append(Item(_resolve(base, _pick(row, VIDEO_COLUMNS, "video", where)),
-                          _pick(row, CAPTION_COLUMNS, "caption", where).strip(), where))
+    reader = csv.DictReader(io.StringIO(read_text(path, newline=""), newline=""))
+    for row in reader:
+      where = f"{path}:{reader.line_num}"
+      items.append(Item(_resolve(base, _pick(row, VIDEO_COLUMNS, "video", where)),
+                        _pick(row, CAPTION_COLUMNS, "caption", where).strip(), where))
   elif ext in (".json", ".jsonl"):
-    with open(path, encoding="utf-8") as f:
-      rows = ([json.loads(line) for line in f if line.strip()] if ext == ".jsonl" else json.load(f))
-    if isinstance(rows, dict):
-      rows = [{"video": k, "caption": v} for k, v in rows.items()]
+    rows = _json_rows(path, read_text(path), ext == ".jsonl")
     for n, row in enumerate(rows):
       where = f"{path}[{n}]"
       if not isinstance(row, dict):
         raise UsageError(f"{where}: expected an object with video and caption keys, got {type(row).__name__}")
       items.append(Item(_resolve(base, _pick(row, VIDEO_COLUMNS, "video", where)),
                         _pick(row, CAPTION_COLUMNS, "caption", where).strip(), where))
+  elif ext in VIDEO_EXTS:
+    raise UsageError(f"--input {path} is a single clip; give the folder holding it (its caption in "
+                     f"{os.path.splitext(os.path.basename(path))[0]}.txt beside it) or a .csv/.json index")
   else:
     raise UsageError(f"--input {path}: unknown index type {ext!r}; valid: a folder, .csv, .json, .jsonl, .txt")
   kept = []
@@ -201,12 +291,33 @@ def frame_indices(num_frames, fps, src_fps):
 
 
 def read_clip(path, *, num_frames, fps, sizes, max_aspect_change):
-  """(uint8 `[num_frames, H0, W0, 3]` sampled frames, bucket (h, w), source info); raises Skip with the reason.
-  Decoding streams and stops after the last needed frame, so long videos are never held in memory."""
+  """(uint8 `[num_frames, H0, W0, 3]` sampled frames, bucket (h, w), source info with the file's
+  `fingerprint`); raises Skip with the reason. Decoding streams and stops after the last needed frame, so long
+  videos are never held in memory."""
   if not os.path.isfile(path):
     raise Skip(f"missing: no file {path}")
+  try:
+    fp = fingerprint(path)   # before decoding: a write during the read shows as another stat afterwards
+  except FileNotFoundError:
+    raise Skip(f"missing: no file {path}") from None
+  except OSError as e:
+    raise Skip(f"unreadable: {e.strerror or type(e).__name__}") from None
   if path.lower().endswith(".npy"):
-    return read_npy_clip(path, num_frames=num_frames, sizes=sizes, max_aspect_change=max_aspect_change)
+    out = read_npy_clip(path, num_frames=num_frames, sizes=sizes, max_aspect_change=max_aspect_change)
+  else:
+    out = read_video_clip(path, num_frames=num_frames, fps=fps, sizes=sizes, max_aspect_change=max_aspect_change)
+  try:
+    after = fingerprint(path, digest=False)
+  except FileNotFoundError:
+    raise Skip(f"missing: {path} was removed while it was read") from None
+  if (after["size"], after["mtime_ns"]) != (fp["size"], fp["mtime_ns"]):
+    raise Skip("changed while it was read (being written?); run again to cache it")
+  out[2]["fingerprint"] = fp
+  return out
+
+
+def read_video_clip(path, *, num_frames, fps, sizes, max_aspect_change):
+  """`read_clip` for a video file (decoded by ffmpeg)."""
   import imageio_ffmpeg
   try:
     gen = imageio_ffmpeg.read_frames(path)

@@ -30,11 +30,12 @@ def read_prompts(path):
   if os.path.isfile(os.path.join(path, "index.json")):  # a `train.preprocess` folder: captions in clip order
     from train import features
     return features.FeatureSet(path).captions()
+  from train.clips import read_text   # UTF-8, a byte-order mark dropped; one clear error otherwise
   if os.path.isdir(path):
     files = sorted(glob.glob(os.path.join(path, "*.txt")))
-    prompts = [open(f, encoding="utf-8").read().strip() for f in files]
+    prompts = [read_text(f).strip() for f in files]
   elif os.path.isfile(path):
-    prompts = [line.strip() for line in open(path, encoding="utf-8")]
+    prompts = [line.strip() for line in read_text(path).split("\n")]
   else:
     raise UsageError(f"config.data.prompts={path!r} is neither a file nor a folder")
   prompts = [p for p in prompts if p]

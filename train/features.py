@@ -13,6 +13,11 @@ atomically), `uncond.safetensors` (`empty`: umT5 of "" as the reference's `null.
 prompt), `index.json` (settings + one record per clip, rewritten atomically after every shard) and
 `skipped.json` (clips that were not cached, with the reason). `FeatureSet` reads it through memory maps;
 nothing is loaded until a clip is asked for.
+
+A video clip's record holds the `fingerprint` of its source file ({size, mtime_ns, sha256}, `train/clips.py`),
+so a re-run notices a file edited in place or moved (`train/preprocess.py`); records of older folders have none
+and still load. A writer holds `.lock` (flock) while it runs: a second writer of the same folder is refused,
+and temp files of an interrupted one (`.tmp-*.safetensors`, `.index.json.*.tmp.json`) are removed on opening.
 """
 
 import collections
@@ -20,14 +25,16 @@ import json
 import os
 
 import numpy as np
+from absl import logging
 
 from wanjax import checkpoint
+from wanjax import fileio
 from wanjax.fileio import atomic_open
 from wanjax.errors import UsageError
 
 FORMAT = "wanjax-features"
 VERSION = 1
-INDEX, SKIPPED, UNCOND = "index.json", "skipped.json", "uncond.safetensors"
+INDEX, SKIPPED, UNCOND, LOCK = "index.json", "skipped.json", "uncond.safetensors", ".lock"
 NAMES = ("latent", "context", "clip_fea", "y")
 # The names `train/data.py: LatentShards(key=...)` may ask for, and the tensor each one reads.
 KEY_ALIASES = {"latents": "latent", "latent": "latent", "context": "context", "clip_fea": "clip_fea", "y": "y"}
@@ -58,18 +65,63 @@ def settings_diff(old: dict, new: dict) -> list:
   return [f"{k}: {old.get(k)!r} vs {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
+def _ours(name):
+  return (name in (INDEX, SKIPPED, UNCOND, "toy_tokenizer") or name.startswith(".")
+          or (name.startswith("shard-") and name.endswith(".safetensors")))
+
+
+def check_output_folder(folder):
+  """Creates the feature folder `folder`, or checks that an existing one is a feature folder (or empty): a
+  mistyped --output (the clips folder, a file) is refused before anything is written into it."""
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise UsageError(f"--output {folder} is a file; give a folder (a new one, or one train.preprocess wrote to "
+                     f"resume it)")
+  if os.path.isdir(folder) and not os.path.exists(os.path.join(folder, INDEX)):
+    other = sorted(n for n in os.listdir(folder) if not _ours(n))
+    if other:
+      raise UsageError(f"--output {folder} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}"
+                       f") and no {INDEX}: not a feature folder; give a new or empty folder")
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise UsageError(f"--output {folder}: cannot create the folder ({e.strerror})") from None
+
+
 class FeatureWriter:
   """Appends clips to a feature folder: buffers `clips_per_shard` clips, then writes one shard and the index.
 
   Opening an existing folder resumes it: `done` holds the finished clip ids. Settings that differ from the
-  folder's raise (a folder never mixes clips cached with different frame counts, sizes or encoders).
+  folder's raise (a folder never mixes clips cached with different frame counts, sizes or encoders). The
+  writer locks the folder until `close()` (or the process ends): one writer per folder at a time.
   """
 
   def __init__(self, folder, settings: dict, *, clips_per_shard=64):
     if clips_per_shard < 1:
       raise UsageError(f"clips_per_shard={clips_per_shard} must be >= 1")
     self.folder, self.clips_per_shard = folder, int(clips_per_shard)
-    os.makedirs(folder, exist_ok=True)
+    check_output_folder(folder)
+    lock = os.path.join(folder, LOCK)
+    try:
+      self._lock = fileio.try_lock(lock)
+    except PermissionError:
+      raise UsageError(f"--output {folder} is not writable (cannot create {LOCK} in it)") from None
+    except OSError as e:   # a filesystem without flock (some network mounts): run unlocked
+      logging.warning("%s: cannot lock %s (%s); do not run two train.preprocess into this folder at once", folder,
+                      LOCK, e.strerror)
+      self._lock = -1
+    if self._lock is None:
+      raise UsageError(f"{folder} is being written by another train.preprocess run (it holds {lock}); wait for "
+                       f"it to finish or use another --output folder")
+    try:
+      self._open(settings)
+    except BaseException:
+      self.close()
+      raise
+
+  def _open(self, settings):
+    folder = self.folder
+    # With the lock held no other writer of ours is live here: every temp file is an interrupted write's.
+    fileio.sweep_temps(folder, everything=self._lock >= 0)
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
     if os.path.exists(os.path.join(folder, INDEX)):
       self.index = read_index(folder)
@@ -80,6 +132,13 @@ class FeatureWriter:
     else:
       self.index = {"format": FORMAT, "version": VERSION, "settings": settings, "shards": [], "clips": [],
                     "uncond": None}
+    lost = sorted({c["shard"] for c in self.index["clips"] if not os.path.exists(os.path.join(folder, c["shard"]))})
+    if lost:   # deleted or lost: their clips are encoded again (the names of new shards never reuse theirs)
+      n = sum(c["shard"] in lost for c in self.index["clips"])
+      logging.warning("%s: %d shard(s) named by %s are missing (%s); their %d clip(s) will be encoded again",
+                      folder, len(lost), INDEX, ", ".join(lost), n)
+      self.index["clips"] = [c for c in self.index["clips"] if c["shard"] not in lost]
+    self.dirty = bool(lost)   # records changed in place (dropped, moved): the index is rewritten at `flush`
     self.done = {c["id"] for c in self.index["clips"]}
     self.skipped = {}
     skipped_path = os.path.join(folder, SKIPPED)
@@ -89,7 +148,28 @@ class FeatureWriter:
     self.buffer = []          # [(record, {name: array})]
     self.shards_written = 0   # in this session
 
+  def close(self):
+    """Releases the folder's lock (buffered clips not flushed are dropped, as a crash would)."""
+    if self._lock is not None and self._lock >= 0:
+      os.close(self._lock)
+    self._lock = None
+
   # -- writing
+  def drop(self, ids):
+    """Removes the records of `ids` from the index (clips whose source changed, to be cached again); their
+    tensors stay in their shard as dead bytes, which no record names."""
+    ids = set(ids)
+    if ids:
+      self.index["clips"] = [c for c in self.index["clips"] if c["id"] not in ids]
+      self.done -= ids
+      self.dirty = True
+
+  def update(self, record, **fields):
+    """Changes fields of a cached clip's record (one of `index["clips"]`: a moved source, a refreshed
+    fingerprint)."""
+    record.update(fields)
+    self.dirty = True
+
   def add(self, record: dict, tensors: dict):
     """Queues one clip: `record` (id, source, caption, …) and its arrays by name (see NAMES)."""
     if record["id"] in self.done:
@@ -123,7 +203,10 @@ class FeatureWriter:
       self.index["clips"].extend(records)
       self.buffer = []
       self.shards_written += 1
+      self.dirty = True
+    if self.dirty:
       write_json(os.path.join(self.folder, INDEX), self.index)
+      self.dirty = False
     self.write_skipped()
 
   def write_skipped(self):
@@ -139,6 +222,7 @@ class FeatureWriter:
     self.index["uncond"] = {"file": UNCOND, "negative_prompt": negative_prompt,
                             "lengths": {"empty": int(len(empty)), "negative": int(len(negative))}}
     write_json(os.path.join(self.folder, INDEX), self.index)
+    self.dirty = False
 
 
 class _ClipArray:
@@ -172,6 +256,11 @@ class FeatureSet:
     if not self.clips:
       raise UsageError(f"{folder}: no cached clips for rank {rank} of {num_ranks} "
                        f"({len(self.index['clips'])} clips in all)")
+    lost = sorted({c["shard"] for c in self.clips if not os.path.exists(os.path.join(folder, c["shard"]))})
+    if lost:
+      raise UsageError(f"{folder}: {len(lost)} shard(s) named by {INDEX} are missing ({', '.join(lost[:3])}"
+                       f"{', ...' if len(lost) > 3 else ''}); run train.preprocess again with the same --input and "
+                       f"--output to encode their clips again")
     self.text_len = int(text_len or self.settings["text_len"])
     longest = max(c["keys"]["context"]["shape"][0] for c in self.clips if "context" in c["keys"])
     if longest > self.text_len:

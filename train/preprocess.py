@@ -5,8 +5,9 @@ Mirrors distill_wan2.1 `scripts/data_preprocess/preprocess_wan_dataset.py` + `re
 CLIP features of the first frame and the 20-channel `y`; plus the unconditional embeddings once. Unlike the
 reference (pre-resized 16:9 clips, batch 1, one `.pt` per tensor) this reads raw clips, picks an aspect bucket,
 centre-crops and resizes (antialiased bicubic, as PIL), samples `frames` (4k+1) at `fps`, encodes batches
-sharded over the mesh, and resumes: clips already in the index are not read again. Reading and fitting the
-input clips is `train/clips.py`.
+sharded over the mesh, and resumes: clips already in the index are not read again, unless their file changed
+(size, mtime, sha256 fingerprints); a moved clips folder reuses its records (`plan_work`). Reading and fitting
+the input clips is `train/clips.py`.
 
   python -m train.preprocess --config configs/data/t2v_480p.py --input clips/ --output features/t2v \
       --config.vae=ckpt/Wan2.1_VAE.pth --config.text_encoder=ckpt/umt5 --config.tokenizer=ckpt/tokenizer
@@ -34,7 +35,8 @@ import numpy as np
 from absl import logging
 
 from train import features
-from train.clips import Item, Skip, list_inputs, parse_size, read_clip, resize_clip
+from train.clips import (Item, Skip, compare_file, fingerprint, input_root, list_inputs, parse_size, read_clip,
+                         resize_clip, same_place)
 from wanjax import sharding as shd
 from wanjax.errors import UsageError
 
@@ -225,22 +227,127 @@ def check_config(c):
 def check_changed_captions(writer, items):
   """Raises if a video of `items` is cached in the folder under another caption (its sidecar or index row was
   edited, or the clips folder regenerated): caching it again would leave both versions in the folder."""
-  now = {}   # source -> {id: caption} (an index may give one video several captions)
+  now = {}   # source -> {caption} (an index may give one video several captions)
   for it in items:
     if it.source:
-      now.setdefault(it.source, {})[it.id] = it.caption
-  stale = [rec for rec in writer.index["clips"] if rec["source"] in now and rec["id"] not in now[rec["source"]]]
+      now.setdefault(it.source, set()).add(it.caption)
+  stale = [rec for rec in writer.index["clips"] if rec["source"] in now and rec["caption"] not in now[rec["source"]]]
   if stale:
     rec = stale[0]
     raise UsageError(f"{len(stale)} clip(s) of --input are cached in {writer.folder} with another caption, e.g. "
-                     f"{rec['source']}: {rec['caption']!r} then, {next(iter(now[rec['source']].values()))!r} now; "
+                     f"{rec['source']}: {rec['caption']!r} then, {sorted(now[rec['source']])[0]!r} now; "
                      f"the folder would hold both versions: use a new --output folder")
+
+
+@dataclasses.dataclass
+class Plan:
+  todo: list                                        # items to encode
+  already: int = 0                                  # cached and unchanged (moved ones included)
+  moved: int = 0                                    # cached under a path that no longer exists: record moved
+  changed: list = dataclasses.field(default_factory=list)   # sources edited since cached: encoded again
+  duplicates: int = 0
+
+
+def _moved_candidates(records):
+  """Lookups over cached clips whose source is gone: by (caption, file name), and by (caption, size) for
+  those with a sha256."""
+  by_name, by_size = {}, {}
+  for r in records:
+    by_name.setdefault((r["caption"], os.path.basename(r["source"])), []).append(r)
+    fp = r.get("fingerprint")
+    if fp and fp.get("sha256"):
+      by_size.setdefault((r["caption"], fp["size"]), []).append(r)
+  return by_name, by_size
+
+
+def _find_moved(it, candidates, taken, root):
+  """The record of `candidates` (`_moved_candidates`) that holds `it`'s file, with the fingerprint to store,
+  or (None, None): at the same place in the folder with the same size and mtime (a moved folder), else with
+  the same sha256 (a copied or renamed file). A record without a fingerprint (an older folder) is trusted at
+  the same place."""
+  by_name, by_size = candidates
+  st = os.stat(it.source)
+  for rec in by_name.get((it.caption, os.path.basename(it.source)), ()):
+    if rec["id"] in taken or not same_place(rec["source"], it.source, root):
+      continue
+    fp = rec.get("fingerprint")
+    if fp is None:
+      return rec, {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": None}
+    if (fp["size"], fp["mtime_ns"]) == (st.st_size, st.st_mtime_ns):
+      return rec, fp
+  same_size = [r for r in by_size.get((it.caption, st.st_size), ()) if r["id"] not in taken]
+  if same_size:
+    try:
+      digest = fingerprint(it.source)
+    except OSError:   # unreadable: encoding it records why
+      return None, None
+    for rec in same_size:
+      if rec["fingerprint"]["sha256"] == digest["sha256"]:
+        return rec, digest
+  return None, None
+
+
+def plan_work(writer, items, root) -> Plan:
+  """Which of `items` need encoding, updating `writer`'s records on the way. A video is cached when a record
+  has its path and caption and its file is unchanged (`train/clips.py: compare_file`; a cached clip whose
+  file was deleted stays cached); an edited file's record is dropped and the clip encoded again; a video with
+  no record of its path reuses one whose path no longer exists (a moved or renamed clips folder) when the file
+  is the same (`_find_moved`), and that record takes the new path. Clip ids stay unique in the folder."""
+  by_path = {(r["source"], r["caption"]): r for r in writer.index["clips"]}
+  plan, seen, new, dropped = Plan([]), set(), [], []
+  for it in items:
+    if it.id in seen:
+      plan.duplicates += 1
+      continue
+    seen.add(it.id)
+    rec = by_path.get((it.source, it.caption)) if it.source else None
+    if rec is None:
+      if it.source:
+        new.append(it)
+      elif it.id in writer.done:
+        plan.already += 1
+      else:
+        plan.todo.append(it)
+      continue
+    state, refreshed = compare_file(rec.get("fingerprint"), it.source)
+    if state == "changed":
+      dropped.append(rec["id"])
+      plan.changed.append(it.source)
+      plan.todo.append(it)
+      continue
+    plan.already += 1
+    if refreshed:
+      writer.update(rec, fingerprint=refreshed)
+  writer.drop(dropped)
+  if new:
+    current = {it.source for it in items}
+    candidates = _moved_candidates([r for r in writer.index["clips"] if "latent" in r.get("keys", {}) and
+                                    r["source"] not in current and not os.path.exists(r["source"])])
+    taken = set()
+    for it in new:
+      rec, fp = _find_moved(it, candidates, taken, root) if os.path.isfile(it.source) else (None, None)
+      if rec is None:
+        plan.todo.append(it)
+        continue
+      taken.add(rec["id"])
+      writer.update(rec, source=it.source, fingerprint=fp)
+      plan.already += 1
+      plan.moved += 1
+  used = set(writer.done)
+  for it in plan.todo:   # a moved record keeps its id, which a new clip at its old path would compute
+    base, n = it.id, 0
+    while it.id in used:
+      n += 1
+      it.id = hashlib.sha256(f"{base}+{n}".encode()).hexdigest()[:20]
+    used.add(it.id)
+  if plan.changed:
+    logging.warning("%d cached clip(s) changed on disk since they were cached (e.g. %s); encoding them again",
+                    len(plan.changed), plan.changed[0])
+  return plan
 
 
 def run(c, input_path, output):
   """Preprocesses `input_path` into the feature folder `output`; returns a summary dict."""
-  from tqdm import tqdm
-  from configs.common import negative_prompt
   t0 = time.time()
   sizes = check_config(c)
   # JAX warns on every fork; the ffmpeg readers' fork (subprocess) is followed by exec at once, so it cannot
@@ -249,6 +356,7 @@ def run(c, input_path, output):
                           module="subprocess")
   if not output:
     raise UsageError("--output is required (the feature folder; an existing one is resumed)")
+  output = os.path.expanduser(output)
   items, input_skips = list_inputs(input_path)
   prompt_only = all(not it.source for it in items)
   if any(not it.source for it in items) and not prompt_only:
@@ -256,21 +364,29 @@ def run(c, input_path, output):
   check_model_paths(c, need_video=not prompt_only)
   settings = settings_of(c)
   writer = features.FeatureWriter(output, settings, clips_per_shard=c.clips_per_shard)
+  try:
+    return _fill(c, writer, items, input_skips, input_path, settings, sizes, t0)
+  except KeyboardInterrupt:
+    writer.flush()   # the clips encoded so far are whole: keep them, a re-run resumes after them
+    raise
+  finally:
+    writer.close()
+
+
+def _fill(c, writer, items, input_skips, input_path, settings, sizes, t0):
+  """`run` with the folder's writer open: plans the work, encodes it, returns the summary dict."""
+  from tqdm import tqdm
+  from configs.common import negative_prompt
+  output = writer.folder
+  prompt_only = all(not it.source for it in items)
   for it in items:
     it.id = clip_id(it, settings)
   check_changed_captions(writer, items)
   # Skip records of this input's clips are redone below (a clip skipped before may be cached now).
   here = {it.source or it.origin for it in items} | {origin for origin, _ in input_skips}
   writer.skipped = {k: v for k, v in writer.skipped.items() if v["source"] not in here}
-  seen, todo, duplicates = set(), [], 0
-  for it in items:
-    if it.id in seen:
-      duplicates += 1
-      continue
-    seen.add(it.id)
-    if it.id not in writer.done:
-      todo.append(it)
-  already = len(seen) - len(todo)
+  plan = plan_work(writer, items, input_root(input_path))
+  todo = plan.todo
   for origin, reason in input_skips:
     writer.skip(hashlib.sha256(origin.encode()).hexdigest()[:20], origin, reason)
 
@@ -346,7 +462,8 @@ def run(c, input_path, output):
   for s in writer.skipped.values():
     r = s["reason"].split(":")[0].split(" (")[0]
     reasons[r] = reasons.get(r, 0) + 1
-  summary = {"output": output, "cached": counts["cached"], "already_cached": already, "duplicates": duplicates,
+  summary = {"output": output, "cached": counts["cached"], "already_cached": plan.already, "moved": plan.moved,
+             "changed": len(plan.changed), "duplicates": plan.duplicates,
              "skipped": len(writer.skipped), "skip_reasons": reasons, "shards_written": writer.shards_written,
              "total_clips": len(writer.index["clips"]), "seconds": round(time.time() - t0, 1)}
   logging.info("preprocess summary: %s", summary)
@@ -355,8 +472,11 @@ def run(c, input_path, output):
 
 def summary_line(s) -> str:
   why = ", ".join(f"{n} {r}" for r, n in sorted(s["skip_reasons"].items()))
+  moved = f" ({s['moved']} of them moved)" if s["moved"] else ""
+  changed = f", {s['changed']} changed since cached and encoded again" if s["changed"] else ""
   return (f"cached {s['cached']} clips in {s['shards_written']} new shard(s) ({s['already_cached']} already "
-          f"cached, {s['skipped']} skipped{': ' + why if why else ''}; see skipped.json) -> {s['output']} "
+          f"cached{moved}{changed}, {s['skipped']} skipped{': ' + why if why else ''}; see skipped.json) -> "
+          f"{s['output']} "
           f"[{s['total_clips']} clips in all, {s['seconds']} s]")
 
 
@@ -373,6 +493,10 @@ def main(argv):
     s = run(f.config, f.input, f.output)
   except UsageError as e:
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    sys.stderr.write(f"interrupted: the clips cached so far are kept in {f.output}; run the same command again "
+                     f"to resume\n")
+    sys.exit(130)
   sys.stdout.write(summary_line(s) + "\n")
   if not s["total_clips"]:   # a folder no trainer can read: fail the command (scripts stop here, not later)
     sys.exit(f"error: no clip could be cached in {s['output']}; the reasons are in skipped.json")

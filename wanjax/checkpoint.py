@@ -12,7 +12,6 @@ the slice each device owns from a memory map.
 import glob
 import json
 import os
-import tempfile
 
 import jax
 import ml_dtypes
@@ -21,6 +20,7 @@ from flax import nnx
 
 from wanjax import sharding as shd
 from wanjax.errors import CheckpointError, format_key_problems
+from wanjax import fileio
 from wanjax.fileio import publish
 
 ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
@@ -105,7 +105,8 @@ class StreamingWriter:
     raw += b" " * (-len(raw) % 8)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, self.tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
+    fileio.sweep_once(folder)
+    fd, self.tmp = fileio.mkstemp(path)
     self.f = os.fdopen(fd, "wb")
     self.f.write(len(raw).to_bytes(8, "little"))
     self.f.write(raw)

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from wanjax.errors import UsageError
+from wanjax import fileio
 from wanjax.fileio import publish
 
 DEFAULT_FPS = 16
@@ -48,8 +49,8 @@ def _check_frames(frames, size=None):
 
 
 def _temp_path(path):
-  d, base = os.path.split(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp.mp4", dir=d)
+  fileio.sweep_once(os.path.dirname(os.path.abspath(path)))
+  fd, tmp = fileio.mkstemp(path)
   os.close(fd)
   return tmp
 

@@ -184,6 +184,8 @@ def prepare(source, layout, *, keep_quantized=False):
     # Only the block matmuls stay quantised (what wanjax.quant loads); ComfyUI scaled-fp8 files also scale the
     # embeddings and the head, which are dequantised.
     view = QuantizedView(view, keep=keep_quantized and (lambda w: bool(QUANTIZABLE_SOURCE.fullmatch(w))))
+    if keep_quantized:
+      _check_all_block_matmuls_kept(view)
     rest = sorted(set(view.scaled_weights()) - set(view.quantized_weights())) if keep_quantized else []
     if rest:
       logging.warning("--keep-quantized keeps the block matmuls quantised; dequantising %d other quantised "
@@ -193,6 +195,20 @@ def prepare(source, layout, *, keep_quantized=False):
                      f"this one is layout {layout!r} without them")
   view.prepared_layout = layout
   return view
+
+
+def _check_all_block_matmuls_kept(view):
+  """--keep-quantized needs every block matmul quantised: the model stacks each one over the layers in a single
+  dtype (`wanjax.quant.quantize_model`), so a file with some of them stored in float cannot be kept as stored."""
+  matmuls = [k for k in view.keys() if QUANTIZABLE_SOURCE.fullmatch(k) and len(view.shape(k)) == 2]
+  kept = set(view.quantized_weights())
+  plain = sorted(k for k in matmuls if k not in kept)
+  if plain:
+    raise CheckpointError(
+        f"--keep-quantized: {len(plain)} of {len(matmuls)} block matmul weights are stored unquantised (e.g. "
+        f"{', '.join(plain[:3])}) and {len(kept)} are {view.format} (e.g. {', '.join(sorted(kept)[:2]) or 'none'}); "
+        f"the model keeps all block matmuls in one dtype, so convert without --keep-quantized (every weight "
+        f"dequantised to float) and quantise when sampling (--config.quant=int8 or fp8)")
 
 
 # ------------------------------------------------------------------------------------ config from shapes

@@ -23,6 +23,18 @@ CASES = [
     ("vae_decode.py", ("--model", "nope"), "error: unknown VAE preset 'nope'"),
     ("t5_encode.py", ("--batches", "1,x"), "--batches must be a comma list of integers >= 1, got '1,x'"),
     ("convert_memory.py", ("--preset", "nope"), "error: unknown DiT preset 'nope'"),
+    # --small chooses the model itself: naming one as well was silently overridden (the tiny model ran).
+    *((script, (flag, value, "--small"), f"--small runs {runs} and cannot be combined with {flag}='{value}'")
+      for script, flag, value, runs in (
+          ("dit_forward.py", "--model", "t2v_14b", "the 'tiny' preset"),
+          ("dit_layer_breakdown.py", "--model", "t2v_14b", "a dim-64, 2-head block on a 3x4x6 latent"),
+          ("sample.py", "--model", "t2v_1_3b", "the 'tiny' preset"),
+          ("ar_sample.py", "--model", "t2v_14b", "the 'tiny' preset"),
+          ("vae_decode.py", "--model", "wan21", "the 'tiny' preset"),
+          ("dmd_step.py", "--model", "t2v_14b", "dmd_smoke's tiny models"),
+          ("t5_encode.py", "--config", "umt5_xxl", "the 'tiny' preset"))),
+    ("attention_fp8.py", ("--tokens", "512", "--kv-lengths", "256,1024"),
+     "--kv-lengths 1024: longer than the --tokens=512 key buffer"),
 ]
 
 
@@ -54,3 +66,27 @@ def test_helpers():
     cli.exit_if_failed(["jax"])
   assert e.value.code == 1
   cli.exit_if_failed([])
+
+
+def test_apply_small_sets_defaults_keeps_given_flags_and_says_so(capsys):
+  import argparse
+  p = argparse.ArgumentParser()
+  p.add_argument("--model", default="t2v_1_3b")
+  p.add_argument("--frames", type=int, default=81)
+  p.add_argument("--iters", type=int, default=5)
+  p.add_argument("--small", action="store_true")
+  small = dict(model="tiny", frames=21, iters=1)
+  # Without --small nothing changes and nothing is printed.
+  args = cli.apply_small(p, p.parse_args(["--iters", "3"]), small, preset="model", argv=["--iters", "3"])
+  assert (args.model, args.frames, args.iters) == ("t2v_1_3b", 81, 3) and capsys.readouterr().err == ""
+  # A flag given explicitly, even at its default value or abbreviated, keeps its value and is listed as kept.
+  argv = ["--small", "--iters=5", "--fr", "41"]
+  args = cli.apply_small(p, p.parse_args(argv), small, preset="model", argv=argv)
+  assert (args.model, args.frames, args.iters) == ("tiny", 41, 5)
+  assert capsys.readouterr().err.strip() == "--small: --model=tiny; kept from the command line: --frames=41 --iters=5"
+  # The model flag itself (at its default value too) is an error naming both flags.
+  for argv in (["--small", "--model", "t2v_1_3b"], ["--model=t2v_14b", "--small"]):
+    with pytest.raises(SystemExit) as e:
+      cli.apply_small(p, p.parse_args(argv), small, preset="model", argv=argv)
+    assert e.value.code == 2
+    assert "--small runs the 'tiny' preset and cannot be combined with --model=" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """`infer.sample` with an AR preset (configs/sample/self_forcing.py:runlocal): injected init_noise + renoise give
-bit-identical latents across runs, the mp4 holds every decoded frame, the sidecar reports calls/ttff/fps."""
+bit-identical latents across runs, the mp4 holds every decoded frame, the sidecar reports calls, ttff, and the
+generation throughput and the playback frame rate under separate names."""
 
 import json
 import os
@@ -38,3 +39,17 @@ def test_cli_ar_is_reproducible_with_injected_noise(tmp_path):
     assert json.load(open(tmp_path / f"run{k}.json"))["latent_shape"] == [1, f, h, w, 16]
   assert outs[0].shape == (1, 16, f, h, w)
   np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_cli_ar_sidecar_names_throughput_and_frame_rate(tmp_path):
+  """The sidecar's generation throughput is `generated_frames_per_s` (frames / sampling seconds) and the mp4's
+  playback rate `video_fps`; the ambiguous top-level "fps" (it held the throughput) is gone."""
+  from infer.sample import run
+  from wanjax import video
+  c = self_forcing.get_config("runlocal")
+  c.fps = 12
+  c.output_dir, c.output_name = str(tmp_path), "clip"
+  side = run(c)
+  assert "fps" not in side and json.load(open(tmp_path / "clip.json")) == json.loads(json.dumps(side))
+  assert side["generated_frames_per_s"] == pytest.approx(side["frames"] / side["timings"]["sampling_ar_s"], rel=1e-2)
+  assert side["video_fps"] == 12.0 == video.probe_video(tmp_path / "clip.mp4")["fps"]

@@ -168,3 +168,31 @@ def test_converted_folder_as_src_says_so(tmp_path):
   with pytest.raises(UsageError, match=r"already a converted wanjax dit folder"):
     convert_checkpoint(str(tmp_path / "jax"), str(tmp_path / "again"), num_heads=2, progress=False)
   assert not (tmp_path / "again").exists()
+
+
+def test_keep_quantized_partly_quantised_file_names_the_plain_weights(original, tmp_path):
+  """A LightX2V-style file with some block matmuls stored in float: --keep-quantized cannot keep it as stored (the
+  model stacks each block matmul over the layers in one dtype), so it fails naming the float and the quantised
+  keys and the fix (was '2 missing key(s): ...weight_scale'); without the flag it converts, every kernel float."""
+  from tests.converters.dit_fixtures import quantize_lightx2v
+  _, sd = original
+  q, deq = quantize_lightx2v(sd, "int8")
+  plain = ("blocks.0.self_attn.q.weight", "blocks.1.ffn.0.weight")
+  for k in plain:
+    q[k] = sd[k]
+    del q[k + "_scale"]
+  save_tensors(str(tmp_path / "part.safetensors"), q)
+  with pytest.raises(CheckpointError) as e:
+    convert_checkpoint(str(tmp_path / "part.safetensors"), str(tmp_path / "keep"), num_heads=2, keep_quantized=True,
+                       progress=False)
+  msg = str(e.value)
+  assert msg.startswith("--keep-quantized: 2 of 30 block matmul weights are stored unquantised (e.g. "
+                        "blocks.0.self_attn.q.weight, blocks.1.ffn.0.weight) and 28 are int8"), msg
+  assert "convert without --keep-quantized" in msg and "\n" not in msg and "missing" not in msg
+  assert not (tmp_path / "keep").exists()
+  s = convert_checkpoint(str(tmp_path / "part.safetensors"), str(tmp_path / "deq"), num_heads=2, progress=False)
+  assert "quantization" not in s["config"]
+  out = _tensors(tmp_path / "deq")
+  np.testing.assert_array_equal(out["blocks.0.self_attn.q.kernel"], sd["blocks.0.self_attn.q.weight"].T)
+  np.testing.assert_array_equal(out["blocks.1.ffn.fc1.kernel"], sd["blocks.1.ffn.0.weight"].T)
+  np.testing.assert_array_equal(out["blocks.0.self_attn.k.kernel"], deq["blocks.0.self_attn.k.weight"].T)
