@@ -5,10 +5,12 @@ model directory: `config.json` (architecture + "family" + "source_layout") and J
   python -m converters.convert --src Wan2.1-T2V-1.3B/ --out ckpt/t2v_1_3b [--dtype bfloat16]
   python -m converters.convert --src self_forcing_dmd.pt --out ckpt/sf --subkey generator_ema
   python -m converters.convert --src wan2.1_t2v_14b_int8.safetensors --out ckpt/int8 --keep-quantized
+  python -m converters.convert --src style_lora.pt --out loras/      # -> loras/style_lora.safetensors
 
 Layouts are detected (original Wan, diffusers, ComfyUI, LightX2V int8/fp8, Self-Forcing/CausVid `.pt`; keys
 behind a training wrapper's prefix such as `module.` are read without it); the layout found is logged and
-printed in the final summary line. An existing conversion in `--out` is replaced crash-safely
+printed in the final summary line. A `.pt/.pth` LoRA is rewritten as safetensors with its keys unchanged (LoRAs
+are merged at sampling time, `--config.lora`; safetensors LoRAs need no conversion). An existing conversion in `--out` is replaced crash-safely
 (`converters/replace.py`).
 """
 
@@ -86,6 +88,8 @@ def convert_checkpoint(src, out_dir, *, dtype=None, keep_quantized=False, subkey
     raise UsageError(f"dtype={dtype!r}; valid: {', '.join(DTYPES)}")
   if num_heads is not None and (isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1):
     raise UsageError(f"--num-heads={num_heads!r} must be a whole number >= 1 (a divisor of the model dim)")
+  if _is_torch_lora(src, subkey):
+    return convert_lora(src, out_dir, dtype=dtype, subkey=subkey)
   done = _converted_family(src)
   if done:
     raise UsageError(f"--src {src!r} is already a converted wanjax {done} folder (config.json with a 'family'); "
@@ -105,6 +109,59 @@ def convert_checkpoint(src, out_dir, *, dtype=None, keep_quantized=False, subkey
     raise
   logging.info("wrote %d tensors to %s", summary["tensors"], out_dir)
   return summary
+
+
+def _is_torch_lora(src, subkey) -> bool:
+  """Whether `src` is a `.pt/.pth` LoRA / weight-diff file (read once more by `convert_lora`; LoRAs are small)."""
+  if not (os.path.isfile(str(src)) and str(src).endswith((".pt", ".pth", ".bin", ".ckpt"))):
+    return False
+  source, _ = open_checkpoint(src, subkey)
+  try:
+    return bool(families.lora_keys(source.keys()))
+  finally:
+    source.close()
+
+
+def lora_out_path(src, out) -> str:
+  """`--out` for a LoRA: a `.safetensors` file path as given, else `<out>/<src stem>.safetensors`."""
+  if str(out).endswith(".safetensors"):
+    return str(out)
+  return os.path.join(str(out), os.path.splitext(os.path.basename(str(src)))[0] + ".safetensors")
+
+
+def convert_lora(src, out, *, dtype=None, subkey=None) -> dict:
+  """Rewrites a `.pt/.pth` LoRA as safetensors with its keys unchanged (every spelling `wanjax.lora` reads is
+  kept as is; the sampler maps them when merging), so that `--config.lora` can memory-map it without torch.
+  Floating tensors are cast to `dtype` when given. Returns the summary dict."""
+  from wanjax.checkpoint import StreamingWriter
+  path = lora_out_path(src, out)
+  if os.path.isdir(path):
+    raise UsageError(f"--out {path!r} is a folder; pass a .safetensors file path or the folder to write into")
+  folder = os.path.dirname(os.path.abspath(path))
+  created = _make_out_dir(folder)
+  source, subkey = open_checkpoint(src, subkey)
+  try:
+    cast = CastSource(source, DTYPES.get(dtype))
+    keys = sorted(cast.keys())
+    entries = [(k, engine._np_dtype(cast.dtype(k)), tuple(cast.shape(k))) for k in keys]
+    writer = StreamingWriter(path, entries, metadata={"format": "lora", "source": os.path.basename(str(src))})
+    try:
+      for k in keys:
+        writer.write(k, np.asarray(cast.get(k)))
+      writer.close()
+    except BaseException:
+      writer.abort()
+      raise
+  except BaseException:
+    if created and os.path.isdir(folder) and not os.listdir(folder):
+      os.rmdir(folder)
+    raise
+  finally:
+    source.close()
+  logging.info("wrote LoRA %s (%d tensors)", path, len(keys))
+  return {"family": "lora", "layout": "as stored", "subkey": subkey, "tensors": len(keys),
+          "dtype": dtype or "as stored", "out_dir": os.path.abspath(path), "config": {},
+          "description": f"use it with infer.sample --config.lora={path}[:strength]"}
 
 
 def _converted_family(src):

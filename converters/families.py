@@ -67,8 +67,8 @@ def detect(source, family=None):
   lora = lora_keys(source.keys())
   if lora:
     raise CheckpointError(f"this is a LoRA / weight-diff file ({len(lora)} of its {len(source.keys())} keys, e.g. "
-                          f"{lora[0]!r}), not a model checkpoint: LoRAs are not converted, they are merged when "
-                          f"sampling (infer.sample --config.lora=PATH[:strength])")
+                          f"{lora[0]!r}), not a model checkpoint: a safetensors LoRA needs no conversion, it is merged "
+                          f"when sampling (infer.sample --config.lora=PATH[:strength])")
   if family:
     mod.detect(source.keys())   # families whose detect raises give their own, more specific message
   looked = "; ".join(f"{m.FAMILY}: {getattr(m, 'LOOKS_FOR', 'its marker keys')}" for m in mods)

@@ -85,7 +85,8 @@ def read_lora_file(path) -> dict:
   if not os.path.isfile(path):
     raise UsageError(f"LoRA file {path!r} does not exist")
   if not str(path).endswith(".safetensors"):
-    raise UsageError(f"LoRA file {path!r} is not a .safetensors file; convert .pt LoRAs to safetensors first")
+    raise UsageError(f"LoRA file {path!r} is not a .safetensors file; rewrite a .pt/.pth LoRA as safetensors with `python -m converters.convert --src LORA.pt --out DIR` "
+                     f"(writes DIR/LORA.safetensors)")
   reader = SafetensorsReader([path])
   return {k: reader.view(k) for k in reader.keys()}
 

@@ -135,7 +135,7 @@ def test_lora_file_is_named_as_one(tmp_path, style):
   save_tensors(str(tmp_path / "l.safetensors"), {k: np.zeros((2, 2), np.float32) for k in keys})
   msg = _fails(tmp_path / "l.safetensors", tmp_path / "out", r"l\.safetensors: this is a LoRA / weight-diff file "
                                                               r"\(6 of its 6 keys, e\.g\. '")
-  assert msg.endswith("LoRAs are not converted, they are merged when sampling (infer.sample "
+  assert msg.endswith("a safetensors LoRA needs no conversion, it is merged when sampling (infer.sample "
                       "--config.lora=PATH[:strength])"), msg
   assert ".alpha'" not in msg   # the example is a down/up or diff key
   _fails(tmp_path / "l.safetensors", tmp_path / "out", r"this is a LoRA / weight-diff file", family="dit")
@@ -151,6 +151,35 @@ def test_lora_file_via_cli_is_one_line(tmp_path):
   errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
   assert len(errors) == 1 and "this is a LoRA / weight-diff file" in errors[0], r.stderr[-2000:]
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("out_name", ["loras", "loras/mine.safetensors"])
+def test_torch_lora_is_rewritten_as_safetensors(tmp_path, out_name):
+  """A .pt LoRA (which wanjax.lora cannot read without torch) comes out as safetensors with the same keys and
+  values, bf16 kept; `read_lora_file` reads it and its error for a .pt names this command."""
+  import ml_dtypes
+  import torch
+  from wanjax.lora import read_lora_file
+  keys = [k.format(i=i) for i in range(2) for k in LORAS["comfyui"]]
+  sd = {k: torch.randn(3, 2, dtype=torch.bfloat16) for k in keys}
+  sd["diffusion_model.blocks.0.self_attn.q.alpha"] = torch.tensor(4.0)
+  torch.save(sd, str(tmp_path / "style.pt"))
+  with pytest.raises(UsageError, match=r"style\.pt' is not a \.safetensors file; rewrite a \.pt/\.pth LoRA as "
+                                       r"safetensors with `python -m converters\.convert --src LORA\.pt --out DIR`"):
+    read_lora_file(str(tmp_path / "style.pt"))
+  s = convert_checkpoint(str(tmp_path / "style.pt"), str(tmp_path / out_name), progress=False)
+  want = tmp_path / ("loras/style.safetensors" if out_name == "loras" else out_name)
+  assert s["family"] == "lora" and s["out_dir"] == str(want) and s["tensors"] == 5
+  got = read_lora_file(str(want))
+  assert sorted(got) == sorted(sd)
+  for k, v in sd.items():
+    want_v = v.float().numpy() if v.dtype == torch.float32 else v.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    assert got[k].dtype == want_v.dtype and np.array_equal(np.asarray(got[k]), want_v), k
+  assert sorted(os.listdir(want.parent)) == [want.name]
+  # --dtype casts the floating tensors.
+  s = convert_checkpoint(str(tmp_path / "style.pt"), str(tmp_path / "f32"), dtype="float32", progress=False)
+  assert read_lora_file(s["out_dir"])[keys[0]].dtype == np.float32
 
 
 def test_training_wrapper_prefix_is_read_through(sd, tmp_path, caplog):

@@ -70,3 +70,15 @@ def test_converter_file_shapes_match_model():
     assert set(got) == set(want), (name, sorted(set(got) ^ set(want))[:10])
     bad = sorted(k for k in got if tuple(got[k]) != tuple(want[k]))
     assert not bad, [(k, got[k], want[k]) for k in bad[:10]]
+
+
+@pytest.mark.parametrize("field,value", [("num_heads", 0), ("num_heads", -2), ("num_layers", 0), ("dim", 0),
+                                         ("ffn_dim", -1), ("text_len", 0), ("num_heads", 1.5)])
+def test_config_refuses_non_positive_sizes(field, value):
+  from wanjax.dit.config import PRESETS, DiTConfig
+  from wanjax.errors import UsageError
+  import dataclasses
+  kw = {f.name: getattr(PRESETS["tiny"], f.name) for f in dataclasses.fields(DiTConfig)}
+  kw[field] = value
+  with pytest.raises(UsageError, match=rf"DiT config {field}={value!r} must be a whole number >= 1"):
+    DiTConfig(**kw)

@@ -34,6 +34,10 @@ class DiTConfig:
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
       raise UsageError(f"model_type={self.model_type!r}; valid: {', '.join(MODEL_TYPES)}")
+    for name in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim", "text_len", "freq_dim"):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise UsageError(f"DiT config {name}={v!r} must be a whole number >= 1")
     if self.dim % self.num_heads:
       raise UsageError(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
     if self.head_dim % 2:
