@@ -141,3 +141,27 @@ def test_second_conversion_into_a_folder_being_written_is_refused(pairs, tmp_pat
     os.close(fd)
   assert _visible(out) == old
   _convert(d / "new.safetensors", out)   # the lock is gone with its holder
+
+
+def test_loader_names_an_interrupted_replacement(pairs, tmp_path, monkeypatch):
+  """Between "old config aside" and "new config in" the folder has no config.json; the sampler's loader must
+  not take it for a raw checkpoint to convert, but say what happened and how to finish it."""
+  from infer.models import resolve_dit
+  d, _, _ = pairs
+  out = tmp_path / "out"
+  _convert(d / "old.safetensors", out)
+  real = os.replace
+
+  def crashing(a, b):
+    if os.path.relpath(b, out) == "model.safetensors":
+      raise _Crash
+    return real(a, b)
+
+  monkeypatch.setattr(os, "replace", crashing)
+  with pytest.raises(_Crash):
+    _convert(d / "new.safetensors", out)
+  monkeypatch.setattr(os, "replace", real)
+  with pytest.raises(UsageError, match=rf"model folder '{out}' holds \.convert-pending\.json: a conversion into it "
+                                       r"was interrupted .* run the same `python -m converters\.convert --out"):
+    resolve_dit(str(out), cache_dir=str(tmp_path / "cache"))
+  assert not (tmp_path / "cache").exists()
