@@ -25,7 +25,7 @@ import numpy as np
 from train import loop
 from train import post_training as pt
 from train import state as st
-from train.distill import optimizer, prompt_contexts
+from train.distill import optimizer
 from train.models import build_dit
 from wanjax import schedules
 from wanjax.errors import UsageError
@@ -90,6 +90,12 @@ def cfg_step(state, batch, *, student_fn, teacher_fn, tx, sigmas, w_range, huber
 
 def train(c, workdir, mesh, rules):
   d = c.cfg_distill
+  pt.check_guidance_embed(c.models.teacher.weights, "teacher", False,
+                          "CFG distillation starts from a plain Wan DiT (the two-pass CFG teacher); a distilled one "
+                          "is step_distill's teacher or reward_lora's generator")
+  pt.check_guidance_embed(c.models.generator.weights, "generator", True,
+                          "leave models.generator.weights empty (the student starts from the teacher) or give "
+                          "a CFG-distilled export")
   teacher = build_dit(pt.guided(c.models.teacher, False), seed=c.seed, mesh=mesh, rules=rules)
   student = build_dit(pt.guided(c.models.generator, True), seed=c.seed + 1, mesh=mesh, rules=rules)
   if d.w_min < 1 or d.w_max < d.w_min:
@@ -113,8 +119,9 @@ def train(c, workdir, mesh, rules):
   def create():
     return jax.jit(make_state, out_shardings=shardings)(teacher.load(mesh, rules), student.load(mesh, rules))
 
-  contexts, negative = prompt_contexts(c, workdir, teacher.cfg)
-  get = pt.latent_getter(c, len(contexts), teacher.cfg.out_dim)
+  source = pt.latent_source(c, teacher.cfg)   # before any prompt is encoded: a bad folder fails fast
+  contexts, negative = pt.latent_contexts(c, workdir, teacher.cfg)
+  get = pt.latent_getter(c, source, len(contexts))
   batch_for = pt.latent_batches(c, mesh, rules, contexts, negative, get)
   step = jax.jit(functools.partial(cfg_step, student_fn=student.fn, teacher_fn=teacher.fn, tx=tx,
                                    sigmas=tuple(float(s) for s in sigmas), w_range=(d.w_min, d.w_max),

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -351,6 +352,11 @@ def read_video_clip(path, *, num_frames, fps, sizes, max_aspect_change):
   return np.stack([kept[int(i)] for i in idx]), bucket, info
 
 
+# np.load parses the .npy header with ast.literal_eval, which CPython 3.11 can fail on when threads build ASTs at
+# once ("AST constructor recursion depth mismatch", cpython#106905): preprocessing's reader threads take turns.
+_NPY_LOAD_LOCK = threading.Lock()
+
+
 def read_npy_clip(path, *, num_frames, sizes, max_aspect_change):
   """A lossless `.npy` clip: `[T, H, W, 3]` uint8, or float in [−1, 1] (the toy-world dataset's format). It
   carries no frame rate, so its frames are taken as already at the target fps: the first `num_frames` are used.
@@ -359,7 +365,8 @@ def read_npy_clip(path, *, num_frames, sizes, max_aspect_change):
     with open(path, "rb") as f:   # np.load calls any other file "pickled (object) data"
       if f.read(6) != b"\x93NUMPY":
         raise Skip("unreadable .npy: not a NumPy .npy file (no NUMPY header)")
-    v = np.load(path, mmap_mode="r", allow_pickle=False)
+    with _NPY_LOAD_LOCK:   # header parse + mmap only: cheap
+      v = np.load(path, mmap_mode="r", allow_pickle=False)
   except Skip:
     raise
   except Exception as e:  # noqa: BLE001 - any read failure is a property of the file

@@ -105,6 +105,18 @@ def guided(mcfg, guidance_embed):
   return m
 
 
+def check_guidance_embed(weights, role, want, hint):
+  """One clear line when the model dir `weights` of `models.<role>` has (or lacks) the guidance embedding the
+  recipe needs, before `build_dit` compares whole configs. A missing dir or config is left to `build_dit`."""
+  if not weights or not os.path.isfile(os.path.join(weights, "config.json")):
+    return
+  from wanjax.dit.load import read_config
+  has = read_config(weights)[0].guidance_embed
+  if has != bool(want):
+    raise UsageError(f"models.{role}.weights={weights} {'is' if has else 'is not'} a CFG-distilled model (it has "
+                     f"{'a' if has else 'no'} guidance embedding); {hint}")
+
+
 def export_dit(out_dir, cfg, params, *, extra=None):
   """Writes DiT `params` (pure dict, stacked blocks) as a converted model directory that `load_dit`,
   `infer.sample --config.weights` and the trainers' `weights` read: `config.json` (DiTConfig + family) and
@@ -151,21 +163,72 @@ def batch_sharding(mesh, rules, shape, axes):
   return jax.sharding.NamedSharding(mesh, shd.spec_for(axes, shape, mesh, rules))
 
 
-def latent_getter(c, num_prompts, channels):
-  """get(indices) -> clean latents `[B, F, H, W, C]` float32: shards paired by index with the prompts, or random
-  fixed latents from the seed (smoke)."""
-  if c.data.get("latents", ""):
-    lat = data.LatentShards(c.data.latents, rank=jax.process_index(), num_ranks=jax.process_count())
+def latent_source(c, cfg):
+  """(shards or None, sample shape `(F, H, W, C)`) of the clean latents, checked before any prompt is encoded.
+
+  With `data.latents` the shape is the data's: `data.latent_shape=()` (the configs' default) takes it as it is,
+  an explicit `(F, H, W)` must equal it. Without `data.latents` only smoke runs (`data.random_contexts > 0`)
+  train, on random latents of `data.latent_shape`. The shape is checked against the DiT (channels, patch)."""
+  want = tuple(int(x) for x in c.data.latent_shape)
+  if want and len(want) != 3:
+    raise UsageError(f"data.latent_shape={want}: give (F, H, W) of the latent video, or () to read it from "
+                     f"data.latents")
+  path = c.data.get("latents", "")
+  if path:
+    lat = data.LatentShards(path, rank=jax.process_index(), num_ranks=jax.process_count())
+    shape = tuple(int(x) for x in lat.sample_shape)
+    if want and shape[:3] != want:
+      raise UsageError(f"{path}: latents have shape {shape} but data.latent_shape={want}; set "
+                       f"--config.data.latent_shape=() to train on the data's shape {shape[:3]}")
+  elif c.data.random_contexts > 0:
+    if not want:
+      raise UsageError("data.latent_shape=() reads the shape from data.latents, which is empty; give "
+                       "config.data.latents or (smoke) an explicit data.latent_shape=(F, H, W)")
+    lat, shape = None, want + (cfg.in_dim,)
+  else:
+    raise UsageError("config.data.latents is empty: give clean latent shards or a train.preprocess feature folder "
+                     "(paired by index with config.data.prompts); only smoke runs (data.random_contexts > 0) "
+                     "train on random latents")
+  check_latent_shape(path or "data.latent_shape", shape, cfg)
+  return lat, shape
+
+
+def check_latent_shape(where, shape, cfg):
+  """Latents `[F, H, W, C]` the DiT reads: C = in_dim, F, H, W divisible by its patch (one line naming `where`)."""
+  shape = tuple(shape)
+  if len(shape) != 4 or shape[-1] != cfg.in_dim or any(s % p for s, p in zip(shape[:3], cfg.patch_size)):
+    raise UsageError(f"{where}: latents of shape {shape}; the DiT reads [F, H, W, {cfg.in_dim}] with F, H, W "
+                     f"divisible by its patch {tuple(cfg.patch_size)}")
+
+
+def latent_getter(c, source, num_prompts):
+  """get(indices) -> clean latents `[B, F, H, W, C]` float32: the shards of `latent_source` paired by index
+  with the prompts, or random fixed latents from the seed (smoke)."""
+  lat, shape = source
+  if lat is not None:
     if len(lat) != num_prompts:
       raise UsageError(f"{c.data.latents}: {len(lat)} latents but {num_prompts} prompts; they pair by index")
-    want = tuple(c.data.latent_shape) + (channels,)
-    if tuple(lat.sample_shape) != want:
-      raise UsageError(f"{c.data.latents}: latents have shape {lat.sample_shape}; the config wants {want} "
-                       f"(data.latent_shape + channels)")
     return lat.get
-  fake = np.random.default_rng([c.seed, 0x9057]).standard_normal(
-      (num_prompts,) + tuple(c.data.latent_shape) + (channels,)).astype(np.float32)
+  fake = np.random.default_rng([c.seed, 0x9057]).standard_normal((num_prompts,) + shape).astype(np.float32)
   return lambda idx: fake[idx]
+
+
+def latent_contexts(c, workdir, cfg):
+  """(contexts `[n]`-indexable -> `[B, S, D]`, negative `[S, D]`) paired by index with the latents: the prompts of
+  `data.prompts` encoded once (cached in the workdir), or, when `data.latents` is a `train.preprocess` feature
+  folder and `data.prompts` is empty, the folder's own cached contexts and negative-prompt embedding (as the
+  teacher's trainer reads them; no text encoder needed)."""
+  from train.distill import prompt_contexts
+  path = c.data.get("latents", "")
+  if c.data.random_contexts <= 0 and path and not c.data.prompts and os.path.isfile(
+      os.path.join(path, "index.json")):
+    if c.data.negative_prompt:
+      raise UsageError(f"data.negative_prompt is set, but the contexts come from the feature folder {path} (with "
+                       f"the negative prompt it was preprocessed with); give data.prompts={path} and "
+                       f"data.text_encoder/tokenizer to encode them again")
+    from train.flow_matching import feature_contexts
+    return feature_contexts(path, cfg, "negative")
+  return prompt_contexts(c, workdir, cfg)
 
 
 def latent_batches(c, mesh, rules, contexts, negative, get_latents):

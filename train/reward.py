@@ -129,7 +129,12 @@ def make_reward(r, prompts, total_frames):
   """(reward_fn(params, frames, inputs) -> (r [B], terms), reward params pytree, per-prompt inputs [P, ...])."""
   if r.reward == "toy":
     from wanjax.toyworld import reward as toy
-    return toy_reward, {}, toy.batch_targets(prompts, total_frames)
+    try:
+      targets = toy.batch_targets(prompts, total_frames)
+    except UsageError as e:
+      raise UsageError(f"reward_lora.reward='toy' scores toy-world prompts only (reward=clip scores any): {e}"
+                       ) from None
+    return toy_reward, {}, targets
   if r.reward == "clip":
     if not r.clip_tower or not r.clip_head:
       raise UsageError("reward='clip' needs reward_lora.clip_tower (converted CLIP dir) and reward_lora.clip_head "
@@ -140,7 +145,7 @@ def make_reward(r, prompts, total_frames):
 
 # ------------------------------------------------------------------------------------------------ step
 
-def reward_step(state, batch, *, fn, vae_graphdef, reward_fn, tx, sigmas, timesteps, solver, grad_steps,
+def reward_step(state, batch, *, fn, vae_graphdef, reward_fn, tx, lr_fn, sigmas, timesteps, solver, grad_steps,
                 decode_frames, latent_shape, scale, guidance, cfg_scale, max_reward, loss_scale, poison_steps):
   from wanjax.vae.model import decode_latent
   k_noise, k_roll = jax.random.split(pt.step_key(state, 13))
@@ -171,19 +176,27 @@ def reward_step(state, batch, *, fn, vae_graphdef, reward_fn, tx, sigmas, timest
   old = state.generator
   (loss, (r, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(old.params)
   new, gnorm = st.apply_updates(old, grads, tx)
-  metrics = {"loss/reward": loss, "reward/mean": jnp.mean(r), **{f"reward/{k}": jnp.mean(v) for k, v in terms.items()}}
+  metrics = {"loss/reward": loss, "reward/mean": jnp.mean(r), "lr/lora": lr_fn(state.step),
+             **{f"reward/{k}": jnp.mean(v) for k, v in terms.items()}}
   return pt.finish_update(state, old, new, loss, gnorm, metrics)
 
 
 # ------------------------------------------------------------------------------------------------ trainer
 
-def lora_optimizer(t, total_steps, schedule):
-  """AdamW (decoupled decay on the LoRA params) after optional clipping; cosine decay or constant LR."""
+def lora_schedule(t, total_steps, schedule):
+  """step -> learning rate: cosine decay from `t.lr` to 0 over the run, or constant."""
   if t.lr <= 0:
     raise UsageError(f"learning rate {t.lr} must be > 0")
   if schedule not in ("cosine", "constant"):
     raise UsageError(f"reward_lora.lr_schedule={schedule!r}; valid: cosine, constant")
-  lr = optax.cosine_decay_schedule(t.lr, max(int(total_steps), 1)) if schedule == "cosine" else t.lr
+  if schedule == "cosine":
+    return optax.cosine_decay_schedule(t.lr, max(int(total_steps), 1))
+  return optax.constant_schedule(t.lr)
+
+
+def lora_optimizer(t, total_steps, schedule):
+  """AdamW (decoupled decay on the LoRA params) after optional clipping; cosine decay or constant LR."""
+  lr = lora_schedule(t, total_steps, schedule)
   parts = [optax.clip_by_global_norm(t.clip)] if t.clip and t.clip > 0 else []
   parts.append(optax.adamw(lr, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay))
   return optax.chain(*parts)
@@ -207,17 +220,50 @@ def build_vae(c):
   return create_vae(get_config(c.models.vae.preset), seed=c.seed + 7)
 
 
+def check_settings(r):
+  """The `reward_lora` section's own values, checked before any model, prompt or reward is built."""
+  if int(r.sample_steps) < 1:
+    raise UsageError(f"reward_lora.sample_steps={r.sample_steps} must be >= 1 (reference: 3)")
+  if not 1 <= int(r.backprop_steps) <= int(r.sample_steps):
+    raise UsageError(f"reward_lora.backprop_steps={r.backprop_steps} must be in [1, reward_lora.sample_steps="
+                     f"{r.sample_steps}]")
+  try:
+    get_solver(r.solver)
+  except (UsageError, ValueError, KeyError) as e:
+    raise UsageError(f"reward_lora.solver: {e}") from None
+  if r.reward not in REWARDS:
+    raise UsageError(f"reward_lora.reward={r.reward!r}; valid: {', '.join(REWARDS)}")
+  try:
+    lora_train.scale_of(r.rank, r.alpha)
+    lora_train.target_paths(tuple(r.targets))
+  except UsageError as e:
+    raise UsageError(f"reward_lora: {e}") from None
+
+
 def train(c, workdir, mesh, rules):
   r = c.reward_lora
-  gen = build_dit(c.models.generator, seed=c.seed, mesh=mesh, rules=rules)
+  check_settings(r)
+  m = c.models.generator
+  pt.check_guidance_embed(m.weights, "generator", m.guidance_embed,
+                          f"reward_lora.guidance={r.guidance:g} samples through the guidance embedding: give a "
+                          f"CFG-distilled generator (e.g. runs/half/export), or set "
+                          f"models.generator.guidance_embed=False and reward_lora.guidance=0 (two-pass CFG at "
+                          f"reward_lora.cfg_scale)" if m.guidance_embed else
+                          "set models.generator.guidance_embed=True for it")
+  gen = build_dit(m, seed=c.seed, mesh=mesh, rules=rules)
   if r.guidance > 0 and not gen.cfg.guidance_embed:
     raise UsageError(f"reward_lora.guidance={r.guidance} needs a guidance-embedded generator (set "
                      f"models.generator.guidance_embed=True with CFG-distilled weights) or use guidance=0")
   sigmas, timesteps = schedules.unipc_sigmas(r.sample_steps, r.shift)
-  latent_shape = tuple(c.data.latent_shape) + (gen.cfg.out_dim,)
+  if len(c.data.latent_shape) != 3:
+    raise UsageError(f"data.latent_shape={tuple(c.data.latent_shape)}: give (F, H, W) of the sampled latent video "
+                     f"(the rollouts start from noise), e.g. (21, 60, 104) for 81 frames at 480x832")
+  latent_shape = tuple(int(x) for x in c.data.latent_shape) + (gen.cfg.out_dim,)
+  pt.check_latent_shape(f"data.latent_shape={tuple(c.data.latent_shape)}", latent_shape, gen.cfg)
   if not 1 <= r.decode_latent_frames <= latent_shape[0]:
     raise UsageError(f"reward_lora.decode_latent_frames={r.decode_latent_frames} must be in [1, {latent_shape[0]}]")
   tx = lora_optimizer(c.generator, c.total_steps, r.lr_schedule)
+  lr_fn = lora_schedule(c.generator, c.total_steps, r.lr_schedule)   # logged per step as lr/lora
   scale = lora_train.scale_of(r.rank, r.alpha)
   targets = tuple(r.targets)
   lora_train.target_paths(targets)   # validates the names at the edge
@@ -254,7 +300,7 @@ def train(c, workdir, mesh, rules):
             "reward": put({k: np.asarray(v[idx]) for k, v in inputs.items()}), **fixed}
 
   step = jax.jit(functools.partial(
-      reward_step, fn=gen.fn, vae_graphdef=vae_graphdef, reward_fn=reward_fn, tx=tx,
+      reward_step, fn=gen.fn, vae_graphdef=vae_graphdef, reward_fn=reward_fn, tx=tx, lr_fn=lr_fn,
       sigmas=tuple(map(float, sigmas)), timesteps=tuple(map(float, timesteps)), solver=r.solver,
       grad_steps=int(r.backprop_steps), decode_frames=int(r.decode_latent_frames), latent_shape=latent_shape,
       scale=scale, guidance=float(r.guidance), cfg_scale=float(r.cfg_scale), max_reward=float(r.max_reward),
@@ -272,7 +318,7 @@ def train(c, workdir, mesh, rules):
 
   state = pt.run(c, workdir, abstract_state=abstract_state, shardings=shardings, create=create,
                  step_fn_for=lambda _: step, batch_for=batch_for, mesh=mesh, rules=rules,
-                 lrs=(("lora", c.generator.lr),), on_save=export)
+                 lrs=(), on_save=export)
   export(int(jax.device_get(state.step)), state, "last.safetensors")
   return state
 

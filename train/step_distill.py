@@ -34,7 +34,7 @@ import numpy as np
 from train import loop
 from train import post_training as pt
 from train import state as st
-from train.distill import optimizer, prompt_contexts
+from train.distill import optimizer
 from train.models import build_dit
 from wanjax import schedules
 from wanjax.errors import UsageError
@@ -123,6 +123,16 @@ def train(c, workdir, mesh, rules):
     raise UsageError("step_distill.use_ema=True needs generator.ema_decay > 0 (reference: 0.97)")
   if s.w_max < s.w_min:
     raise UsageError(f"step_distill guidance range [{s.w_min}, {s.w_max}] is empty")
+  if s.half2_target not in HALF2_TARGETS:
+    raise UsageError(f"step_distill.half2_target={s.half2_target!r}; valid: {', '.join(HALF2_TARGETS)}")
+  if s.mode == "half2" and int(s.student_steps) < 1:
+    raise UsageError(f"step_distill.student_steps={s.student_steps} must be >= 1 (reference: 20)")
+  for role in ("teacher", "generator"):
+    m = c.models[role]
+    pt.check_guidance_embed(m.weights, role, m.guidance_embed,
+                            "step distillation starts from a CFG-distilled model (the export of "
+                            "configs/train/cfg_distill.py, e.g. runs/cfgd/export)" if m.guidance_embed else
+                            f"set models.{role}.guidance_embed=True for it")
   teacher = build_dit(c.models.teacher, seed=c.seed, mesh=mesh, rules=rules)
   if c.models.generator.weights and c.models.generator.weights != c.models.teacher.weights:
     student = build_dit(c.models.generator, seed=c.seed, mesh=mesh, rules=rules)
@@ -155,9 +165,9 @@ def train(c, workdir, mesh, rules):
     loaded_s = student.load(mesh, rules) if student is not None else None
     return jax.jit(make_state, out_shardings=shardings)(teacher.load(mesh, rules), loaded_s)
 
-  contexts, negative = prompt_contexts(c, workdir, teacher.cfg)
-  batch_for = pt.latent_batches(c, mesh, rules, contexts, negative,
-                                pt.latent_getter(c, len(contexts), teacher.cfg.out_dim))
+  source = pt.latent_source(c, teacher.cfg)   # before any prompt is encoded: a bad folder fails fast
+  contexts, negative = pt.latent_contexts(c, workdir, teacher.cfg)
+  batch_for = pt.latent_batches(c, mesh, rules, contexts, negative, pt.latent_getter(c, source, len(contexts)))
   step = jax.jit(functools.partial(
       distill_step, fn=teacher.fn, tx=tx, mode=s.mode, k=int(s.k), grid=tuple(tuple(map(float, a)) for a in grid),
       half2_mode=s.half2_target, w_range=(s.w_min, s.w_max), guided=teacher.cfg.guidance_embed,

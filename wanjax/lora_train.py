@@ -104,7 +104,9 @@ def apply_lora(params, lora, scale):
 
 
 def scale_of(rank, alpha):
-  """PEFT's scaling alpha / r."""
+  """PEFT's scaling alpha / r (rank >= 1, alpha > 0: a zero scale would train nothing)."""
+  if int(rank) < 1 or float(alpha) <= 0:
+    raise UsageError(f"LoRA rank={rank}, alpha={alpha}: need rank >= 1 and alpha > 0 (reference: 128, 64)")
   return float(alpha) / float(rank)
 
 

@@ -2,8 +2,7 @@
 learns v_u + w·(v_c − v_u) of the frozen teacher, w ~ U{1..8}; afterwards one forward per sampling step.
 
   python -m train.distill --config configs/train/cfg_distill.py:model=t2v_1_3b --workdir runs/cfgd \
-      --config.models.teacher.weights=ckpt/t2v_1_3b --config.data.latents=latents/ --config.data.prompts=p.txt \
-      --config.data.text_encoder=ckpt/umt5 --config.data.tokenizer=ckpt/tokenizer
+      --config.models.teacher.weights=ckpt/t2v_1_3b --config.data.latents=features/   # train.preprocess folder
   python -m infer.sample --config configs/sample/t2v_1_3b.py --config.weights=runs/cfgd/export \
       --config.guidance=5 ...
 Smoke (tiny random models, CPU, < 1 min):
@@ -33,8 +32,10 @@ def get_config(arg=None):
   # Export: a converted model dir (relative to the workdir) for infer.sample / step_distill; '' = none.
   c.export = "export"
   c.export_ema = True          # export the EMA weights when an EMA is kept
-  # Data: clean latent shards [N, F, H, W, 16] paired by index with the prompts ('' + smoke = random).
+  # Data: a train.preprocess folder (its cached contexts, or data.prompts encoded again) or latent shards
+  # [N, F, H, W, 16] paired by index with data.prompts; smoke: random latents of data.latent_shape.
   c.data.latents = ""
+  c.data.latent_shape = ()     # (F, H, W); () = the shape of data.latents (an explicit one must match it)
   c = common.maybe_smoke(c, arg.smoke)
   if arg.smoke:
     c.total_steps, c.checkpoint_every = 3, 3

@@ -42,6 +42,9 @@ def get_config(arg=None):
   # Cadence: the LoRA is exported beside every checkpoint (<workdir>/lora/step_N.safetensors) and at the end.
   c.total_steps = 10000
   c.checkpoint_every = 10
+  # Data: prompts only (rollouts start from noise); (F, H, W) of the sampled latents: 81 frames at 480x832, or the
+  # toy world's 17 frames at 64x64.
+  c.data.latent_shape = (5, 8, 8) if arg.model == "toyworld" else (21, 60, 104)
   c = common.maybe_smoke(c, arg.smoke)
   if arg.smoke:
     c.total_steps, c.checkpoint_every = 3, 3

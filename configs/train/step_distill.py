@@ -3,8 +3,7 @@
 mode=half2 (default; the final 720p run): teacher grid 40, student grid 20, shift 3, target = teacher (no EMA).
 mode=consistency: grid 10, k 1, EMA 0.97 target, shift 5.
   python -m train.distill --config configs/train/step_distill.py:model=t2v_1_3b --workdir runs/half \
-      --config.models.teacher.weights=runs/cfgd/export --config.data.latents=latents/ --config.data.prompts=p.txt \
-      --config.data.text_encoder=ckpt/umt5 --config.data.tokenizer=ckpt/tokenizer
+      --config.models.teacher.weights=runs/cfgd/export --config.data.latents=features/   # as cfg_distill.py
   python -m infer.sample --config configs/sample/t2v_1_3b.py --config.weights=runs/half/export \
       --config.guidance=5 --config.num_steps=20 ...
 Smoke (tiny random models, CPU, < 1 min):
@@ -42,6 +41,7 @@ def get_config(arg=None):
   c.export = "export"          # converted model dir (relative to the workdir); '' = none
   c.export_ema = True          # the reference saves the EMA model when it keeps one
   c.data.latents = ""
+  c.data.latent_shape = ()     # (F, H, W); () = the shape of data.latents (an explicit one must match it)
   c = common.maybe_smoke(c, arg.smoke)
   if arg.smoke:
     c.total_steps, c.checkpoint_every = 3, 3

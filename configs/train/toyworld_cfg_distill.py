@@ -1,15 +1,14 @@
 """Toy-world CFG distillation (post_training.md A.3): the toy teacher plus a zero-initialised guidance MLP learns
 the teacher's two-pass CFG velocity `v_u + w·(v_c − v_u)`, w ~ U{1..8}, in one forward pass.
 
-Data: the `train.preprocess` feature folder of the teacher (latents 5×8×8×16 of 64×64×17 clips); its captions
-(in clip order) are the prompts, re-encoded with the frozen toy umT5 in bf16 exactly as the cached contexts.
-The unconditional branch is the negative prompt's embedding, the one the teacher's CFG dropout used.
+Data: the `train.preprocess` feature folder of the teacher (latents 5×8×8×16 of 64×64×17 clips; the latent
+shape is read from it) and its cached contexts; with `data.prompts` set to the same folder its captions (in clip
+order) are encoded again with the frozen toy umT5 in bf16, which gives the same contexts (tested). The
+unconditional branch is the negative prompt's embedding, the one the teacher's CFG dropout used.
 
   python -m train.distill --config configs/train/toyworld_cfg_distill.py --workdir runs/toyworld_post/cfgd \
       --config.models.teacher.weights=wanjax/toyworld/checkpoints/teacher \
-      --config.data.latents=runs/toyworld/features --config.data.prompts=runs/toyworld/features \
-      --config.data.text_encoder=wanjax/toyworld/checkpoints/umt5 \
-      --config.data.tokenizer=wanjax/toyworld/checkpoints/tokenizer
+      --config.data.latents=runs/toyworld/features
   # -> runs/toyworld_post/cfgd/export (guidance-embedded DiT); sample with --config.guidance=4
 Smoke: configs/train/toyworld_cfg_distill.py:smoke=True (32×32×5 features). Whole demo:
 scripts/post_train_toyworld.py.
@@ -32,4 +31,6 @@ def get_config(arg=None):
   c.checkpoint_every = 200
   c.log_every = 25
   # Data: feature folder (latents) paired by index with its own captions; 5×8×8 latents (64×64×17).
-  return common.toyworld(c, arg.smoke, batch_size=16, smoke_batch_size=4)
+  common.toyworld(c, arg.smoke, batch_size=16, smoke_batch_size=4)
+  c.data.latent_shape = ()     # read from the feature folder (5×8×8; 2×4×4 in the smoke run)
+  return c

@@ -6,9 +6,7 @@ draws 3..8 around its cfg 5).
 
   python -m train.distill --config configs/train/toyworld_step_distill.py --workdir runs/toyworld_post/half2 \
       --config.models.teacher.weights=runs/toyworld_post/cfgd/export \
-      --config.data.latents=runs/toyworld/features --config.data.prompts=runs/toyworld/features \
-      --config.data.text_encoder=wanjax/toyworld/checkpoints/umt5 \
-      --config.data.tokenizer=wanjax/toyworld/checkpoints/tokenizer
+      --config.data.latents=runs/toyworld/features
   # -> runs/toyworld_post/half2/export; sample with --config.guidance=4 --config.num_steps=25
 Smoke: configs/train/toyworld_step_distill.py:smoke=True (32×32×5 features). Whole demo:
 scripts/post_train_toyworld.py.
@@ -34,4 +32,6 @@ def get_config(arg=None):
   c.checkpoint_every = 200
   c.log_every = 25
   # Data: as toyworld_cfg_distill (feature folder + its captions); 5×8×8 latents.
-  return common.toyworld(c, arg.smoke, batch_size=16, smoke_batch_size=4)
+  common.toyworld(c, arg.smoke, batch_size=16, smoke_batch_size=4)
+  c.data.latent_shape = ()     # read from the feature folder (5×8×8; 2×4×4 in the smoke run)
+  return c

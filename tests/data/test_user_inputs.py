@@ -122,3 +122,35 @@ def test_ctrl_c_keeps_the_clips_encoded_so_far(tmp_path, monkeypatch):
   s = pp.run(config(**dict(SMALL, clips_per_shard=8)), str(tmp_path / "clips"), out)
   assert (s["cached"], s["already_cached"], s["total_clips"]) == (1, 4, 5)
   assert json.load(open(os.path.join(out, "skipped.json"))) == []
+
+
+def test_npy_clips_are_opened_one_thread_at_a_time(tmp_path, monkeypatch):
+  """Reader threads never parse .npy headers at once (CPython 3.11's ast is not safe for that: a clip was once
+  skipped as "unreadable .npy: AST constructor recursion depth mismatch")."""
+  import threading
+  import time
+  from concurrent.futures import ThreadPoolExecutor
+  from train import clips as clipsmod
+  paths = []
+  for i in range(4):
+    paths.append(str(tmp_path / f"{i}.npy"))
+    np.save(paths[-1], np.zeros((5, 16, 16, 3), np.uint8))
+  real, inside, most = np.load, [0], [0]
+  guard = threading.Lock()
+
+  def slow_load(*a, **kw):
+    with guard:
+      inside[0] += 1
+      most[0] = max(most[0], inside[0])
+    time.sleep(0.05)
+    try:
+      return real(*a, **kw)
+    finally:
+      with guard:
+        inside[0] -= 1
+
+  monkeypatch.setattr(np, "load", slow_load)
+  with ThreadPoolExecutor(4) as pool:
+    out = list(pool.map(lambda p: clipsmod.read_npy_clip(p, num_frames=5, sizes=[(16, 16)], max_aspect_change=0.1),
+                        paths))
+  assert len(out) == 4 and most[0] == 1

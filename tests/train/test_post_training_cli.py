@@ -50,7 +50,11 @@ def test_cfg_then_half2_then_reward_lora(tmp_path):
   model = demo.random_model(lambda: WanDiT(guided, rngs=nnx.Rngs(0)), seed=5)
   pt.export_dit(str(gen), guided, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   rl = tmp_path / "rl"
-  _run("reward_lora.py:smoke=True", str(rl), f"--config.models.generator.weights={gen}")
+  _run("reward_lora.py:smoke=True", str(rl), f"--config.models.generator.weights={gen}", "--config.log_every=1")
+  sys.path.insert(0, os.path.join(ROOT, "scripts"))
+  from train_toyworld import read_scalars
+  lrs = read_scalars(str(rl / "tb"))["lr/lora"]     # the cosine schedule's rate of each step, not the base rate
+  np.testing.assert_allclose([v for _, v in lrs], [1e-4, 5e-5], rtol=1e-5)
   files = sorted(os.listdir(rl / "lora"))
   assert files == ["last.safetensors", "step_2.safetensors"]
   tensors = lora.read_lora_file(str(rl / "lora" / "last.safetensors"))
