@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wanjax.errors import UsageError
+from wanjax.fileio import file_sha256
 
 VIDEO_EXTS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi", ".m4v", ".npy")
 VIDEO_COLUMNS = ("video", "path", "file", "filename")
@@ -47,14 +48,6 @@ class Item:
 # an edit of the same size. The hash costs one extra read of a clip when it is encoded; a re-run of unchanged
 # clips reads nothing. Records without a fingerprint (folders cached before it existed) are trusted as they are
 # and given the file's current size and mtime (no hash), so later edits are noticed.
-
-def file_sha256(path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
 
 def fingerprint(path, *, digest=True) -> dict:
   """{size, mtime_ns, sha256} of a file (sha256 None without `digest`)."""

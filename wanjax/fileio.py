@@ -11,6 +11,7 @@ live writer's temp file is never removed: its process runs, and it keeps writing
 """
 
 import contextlib
+import hashlib
 import os
 import re
 import socket
@@ -163,3 +164,12 @@ def try_lock(path):
     os.close(fd)
     raise
   return fd
+
+
+def file_sha256(path) -> str:
+  """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()

@@ -7,7 +7,6 @@ Every prompt is cleaned, tokenised with `</s>` appended, truncated and padded to
 `tokenizer(texts, padding='max_length', truncation=True, max_length=512, add_special_tokens=True)`.
 """
 
-import hashlib
 import html
 import os
 import re
@@ -16,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from wanjax.errors import UsageError
+from wanjax.fileio import file_sha256
 
 try:
   import ftfy
@@ -36,14 +36,6 @@ def clean_prompt(text: str) -> str:
   return re.sub(r"\s+", " ", text).strip()
 
 
-def _file_sha256(path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 class Tokenizer:
   """`tokenizer(texts) -> (ids [B, max_length] int32, mask [B, max_length] int32)`; texts are not cleaned here."""
 
@@ -61,7 +53,7 @@ class Tokenizer:
     else:
       raise UsageError(f"no tokenizer at {path!r}: expected a folder with tokenizer.json (or spiece.model with "
                        f"the sentencepiece package), e.g. the `tokenizer/` folder of a diffusers Wan checkpoint")
-    self.identity = f"{os.path.basename(self.path)}:{_file_sha256(self.path)}:{max_length}"
+    self.identity = f"{os.path.basename(self.path)}:{file_sha256(self.path)}:{max_length}"
 
   def _init_json(self, path):
     import tokenizers
