@@ -130,7 +130,7 @@ def restore_trained(workdir, *, step=None):
   from train import loop
   if not os.path.isdir(loop.checkpoint_dir(workdir)):   # checked first: the manager would create the folder
     raise UsageError(f"--workdir {workdir}: no checkpoint in {loop.checkpoint_dir(workdir)}; train first")
-  manager = loop.checkpoint_manager(workdir, keep=1_000_000, async_save=False)
+  manager = loop.checkpoint_manager(workdir, keep=1_000_000, async_save=False, read_only=True)
   steps = sorted(manager.all_steps())
   if not steps or (step is not None and step not in steps):
     manager.close()

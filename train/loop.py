@@ -1,4 +1,5 @@
-"""THE training loop every trainer uses: checkpoint/resume, non-finite policy, logging, progress.
+"""THE training loop every trainer uses: checkpoint/resume (`train/checkpoints.py`), non-finite policy, logging,
+progress.
 
 Mirrors the scaffolding of Self-Forcing's `trainer/distillation.py` (step counter, periodic checkpoints) in the
 big_vision `train.py` shape: the state is born sharded (`jit(create, out_shardings=…)`) or restored straight into
@@ -12,15 +13,19 @@ Trainers supply: the abstract state and its shardings, a `create()` thunk for a 
 """
 
 import dataclasses
+import json
 import os
 import time
+from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
 
+from train.checkpoints import (TMP_MARK, WorkdirError, abstract_sharded, check_writable, checkpoint_dir,  # noqa: F401
+                               checkpoint_manager, complete_steps, first_line, restore_or_create, save,
+                               saved_metadata, write_error, write_failure)
 from wanjax.errors import UsageError
 
 
@@ -41,6 +46,7 @@ class LoopSettings:
   sleep_per_step: float = 0.0        # debug only: widens the window of the kill/resume test
   async_checkpoints: bool = True
   max_seconds: float = 0.0           # > 0: stop (and save) at the first step end past this wall time
+  config: Any = None                 # the run's config as JSON data: recorded in every checkpoint's metadata
 
   def __post_init__(self):
     if not self.workdir:
@@ -53,59 +59,37 @@ class LoopSettings:
       raise UsageError(f"max_train_seconds={self.max_seconds} must be >= 0 (0 = no wall-clock limit)")
 
 
-# ------------------------------------------------------------------------------------------------ checkpoints
-
-def checkpoint_dir(workdir):
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
-
-
-def checkpoint_manager(workdir, *, keep=3, async_save=True) -> ocp.CheckpointManager:
-  """Keep-last-K manager; orbax writes each step to a temp dir and renames it when complete (atomic), and
-  cleans up the temp dirs of interrupted saves on start."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                                         enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
-
-
-def abstract_sharded(abstract, shardings):
-  """ShapeDtypeStructs carrying the target shardings: restore places every array straight into its shard."""
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
-def restore_or_create(manager, *, abstract_state, shardings, create):
-  """Restores the latest checkpoint into the abstract sharded state, or builds a fresh one with `create()`.
-  Returns (state, step restored or None)."""
-  latest = manager.latest_step()
-  if latest is None:
-    return create(), None
-  target = abstract_sharded(abstract_state, shardings)
-  try:
-    state = manager.restore(latest, args=ocp.args.StandardRestore(target))
-  except (ValueError, KeyError) as e:
-    raise UsageError(f"checkpoint step {latest} in {manager.directory} does not match this config's train "
-                     f"state ({e}); use a fresh --workdir or the config that wrote it") from None
-  logging.info("resumed from step %d (%s)", latest, manager.directory)
-  return state, latest
-
-
-def save(manager, step, state):
-  # Orbax copies device arrays to the host before the async write begins, so the state may be donated next.
-  with jax.transfer_guard("allow"):
-    manager.save(step, args=ocp.args.StandardSave(state), force=True)
-
-
 # ------------------------------------------------------------------------------------------------ the loop
 
-def _writer(workdir):
+def _writer(workdir, start_step):
+  """The chief's TensorBoard writer: a new event file per run (named by the start time in ns, so a resumed run's
+  file sorts after the killed one's). A resumed run first writes a `SessionLog.START` at `start_step + 1`:
+  TensorBoard then drops the killed run's values after the checkpoint (the resumed run logs those steps again);
+  the values up to the checkpoint step stay. The Rust data server drops them anyway (a repeated step preempts
+  the later ones), the Python loader (`--load_fast=false`, EventAccumulator) only with this event."""
   if jax.process_index() != 0:
     return None
   import tensorboardX  # deferred: only the chief process writes event files
-  return tensorboardX.SummaryWriter(os.path.join(os.path.abspath(workdir), "tb"))
+  return tensorboardX.SummaryWriter(os.path.join(os.path.abspath(workdir), "tb"),
+                                    filename_suffix=f".{time.time_ns()}",
+                                    purge_step=start_step + 1 if start_step else None)
+
+
+def _close_quietly(writer):
+  try:
+    writer.close()
+  except OSError:   # a full disk: the error was raised where the write failed
+    pass
 
 
 def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, manager, on_save=None):
   """Runs steps [start_step, total_steps). Returns the final state (also saved as the last checkpoint).
   `on_save(step, state)`, if given, runs after each checkpoint save (e.g. to export a LoRA beside it).
+
+  Resume: from a `start_step` at or past `total_steps` nothing is trained (past it, a warning says to raise
+  `--config.total_steps`; a rerun of a finished run, or of one phase of a longer schedule, stays a no-op). The
+  progress bar starts at `start_step`; the count of skipped non-finite steps carries over through the
+  checkpoint metadata, which also records `settings.config`.
 
   Non-finite policy: a step whose loss, gradient or updated params are not finite is skipped inside the step
   function (the params and optimiser state stay; step and RNG advance) and counted here; after
@@ -115,12 +99,26 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
   Wall-clock budget: with `max_seconds > 0` the loop stops after the first step that ends past that many
   seconds (counted from entry, so the first step's compile counts too) and saves that step, so a budgeted run
   ends like a finished one and `train.export` picks it up. A resume continues towards `total_steps`.
+
+  A write that fails for lack of space or permissions (checkpoint or event file) is one `WorkdirError` line.
   """
-  writer = _writer(settings.workdir)
-  streak, skipped_total = 0, 0
+  if start_step >= settings.total_steps:   # a finished run rerun, or total_steps lowered: nothing to train
+    past = start_step > settings.total_steps
+    (logging.warning if past else logging.info)(
+        "checkpoint step %d in %s %s total_steps=%d: nothing to train. Raise --config.total_steps above %d to "
+        "train on%s", start_step, manager.directory, "is past" if past else "reached", settings.total_steps,
+        start_step, "; train.export --step N exports an earlier kept checkpoint" if past else "")
+    return state
+  skipped_total = int(saved_metadata(manager, start_step).get("nonfinite_skipped_total", 0)) if start_step else 0
+  try:
+    writer = _writer(settings.workdir, start_step)
+  except OSError as e:
+    raise write_error(e, "the TensorBoard log", manager) or e from None
+  streak = 0
   pbar = tqdm.tqdm(total=settings.total_steps, initial=start_step, desc="train", unit="step",
                    disable=jax.process_index() != 0)
   t_last = t_start = time.perf_counter()
+  finished = False
   try:
     for step in range(start_step, settings.total_steps):
       batch = batch_for(step)
@@ -157,12 +155,19 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
         writer.add_scalar("perf/step_time_s", dt, done)
         writer.add_scalar("perf/samples_per_s", settings.samples_per_step / max(dt, 1e-9), done)
         writer.add_scalar("nonfinite/skipped_total", skipped_total, done)
-        writer.flush()
+        try:
+          writer.flush()
+        except OSError as e:
+          raise write_error(e, "the TensorBoard log", manager) or e from None
       pbar.update(1)
       pbar.set_postfix({k: f"{float(np.asarray(v)):.4g}" for k, v in metrics.items() if k.startswith("loss")})
       out_of_time = settings.max_seconds > 0 and now - t_start >= settings.max_seconds
       if streak == 0 and (done % settings.checkpoint_every == 0 or done == settings.total_steps or out_of_time):
-        save(manager, done, state)
+        try:
+          save(manager, done, state, {"config": settings.config, "nonfinite_skipped_total": skipped_total})
+        except Exception as e:   # noqa: BLE001  (an async save reports the previous save's failure here)
+          what = "checkpoints" if settings.async_checkpoints else f"checkpoint step {done}"
+          raise write_error(e, what, manager) or e from None
         if on_save is not None:
           on_save(done, state)
       if settings.sleep_per_step:
@@ -173,11 +178,18 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
         if writer is not None:
           writer.add_scalar("perf/stopped_by_time_limit", 1.0, done)
         break
+    finished = True
   finally:
     pbar.close()
-    manager.wait_until_finished()
+    try:
+      manager.wait_until_finished()
+    except Exception as e:   # noqa: BLE001
+      err = write_error(e, "checkpoints", manager)
+      if finished:   # nothing else is being raised: this failure is the error
+        raise err or e from None
+      logging.warning("the last checkpoint save failed too: %s", first_line(err or e))
     if writer is not None:
-      writer.close()
+      _close_quietly(writer)
   if skipped_total:
     logging.warning("%d steps were skipped as non-finite", skipped_total)
   return state
@@ -189,7 +201,13 @@ def settings_from_config(c, workdir, *, samples_per_step, learning_rates=()) -> 
                       keep_checkpoints=c.keep_checkpoints, log_every=c.log_every,
                       max_consecutive_nonfinite=c.max_consecutive_nonfinite, samples_per_step=samples_per_step,
                       learning_rates=tuple(learning_rates), sleep_per_step=c.debug.sleep_per_step,
-                      async_checkpoints=c.async_checkpoints, max_seconds=c.get("max_train_seconds", 0.0))
+                      async_checkpoints=c.async_checkpoints, max_seconds=c.get("max_train_seconds", 0.0),
+                      config=config_json(c))
+
+
+def config_json(c):
+  """A ConfigDict as JSON data (nested dicts, lists; non-JSON values as their repr)."""
+  return json.loads(c.to_json_best_effort(sort_keys=True))
 
 
 def poison(loss, step, steps):
@@ -200,6 +218,17 @@ def poison(loss, step, steps):
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+
+def exit_now(message, code=1):
+  """Prints `message` and exits at once, so it stays the last line: after a failed write, tensorstore's leftover
+  callbacks print 'Event loop is closed' tracebacks during a normal interpreter shutdown (`run` has already
+  waited for the saves and closed the event file)."""
+  import sys
+  sys.stderr.write(message + "\n")
+  sys.stderr.flush()
+  sys.stdout.flush()
+  os._exit(code)
+
 
 def run_cli(train_fn, example_config):
   """The absl entry point every trainer shares: `--config FILE[:args]` (locked ml-collections config, so a
@@ -222,7 +251,10 @@ def run_cli(train_fn, example_config):
         raise UsageError(f"--config is required, e.g. --config {example_config}")
       if not flags.FLAGS.workdir:   # before any model or data is built (the prompt cache lives in it)
         raise UsageError("--workdir is required (checkpoints and TensorBoard logs are written there)")
+      check_writable(flags.FLAGS.workdir)
       train_fn(flags.FLAGS.config, flags.FLAGS.workdir)
+    except WorkdirError as e:
+      exit_now(f"error: {e}")
     except (UsageError, NonFiniteError) as e:
       sys.exit(f"error: {e}")
 

@@ -37,6 +37,7 @@ import numpy as np
 from absl import logging
 
 from train import data, features
+from train.checkpoints import WorkdirError, check_writable, write_failure
 from train.distill import batch_sharding, dmd_settings
 from train.models import build_dit
 from wanjax import checkpoint, schedules
@@ -167,7 +168,7 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
       kept_steps=keep, kept_sigmas=[float(sigmas[i]) for i in keep], latent_shape=latent, seed=c.seed,
       num_samples=n, samples_per_shard=samples_per_shard, dtype=dtype, prompts=c.data.prompts,
       random_contexts=c.data.random_contexts)))
-  os.makedirs(output, exist_ok=True)
+  check_writable(output, "--output")
   index = _read_index(output, settings)
   done = {s["file"] for s in index["shards"]}
   num_shards = -(-n // samples_per_shard)
@@ -189,8 +190,8 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
     key = jax.random.PRNGKey(c.seed)
     draw = jax.jit(lambda i: jax.random.normal(jax.random.fold_in(key, i), latent, jnp.float32))
   out_dtype = DTYPES[dtype]
-  bar = tqdm(total=sum(min(n, (k + 1) * samples_per_shard) - k * samples_per_shard for k in todo),
-             desc="ode pairs", unit="sample", disable=None)
+  remaining = sum(min(n, (k + 1) * samples_per_shard) - k * samples_per_shard for k in todo)
+  bar = tqdm(total=n, initial=n - remaining, desc="ode pairs", unit="sample", disable=None)
   for k in todo:
     ids = np.arange(k * samples_per_shard, min(n, (k + 1) * samples_per_shard))
     if prompts is None:
@@ -212,12 +213,20 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
         trajs.append(np.asarray(jax.device_get(traj))[:len(sel)])
         bar.update(len(sel))
     name = f"shard-{k:05d}.safetensors"
-    checkpoint.save_tensors(os.path.join(output, name), {
-        "latents": np.concatenate(trajs).astype(out_dtype), "context": ctx_all.astype(out_dtype),
-        "prompt_index": ids.astype(np.int64)}, metadata={"format": FORMAT})
-    index["shards"] = sorted(index["shards"] + [{"file": name, "start": int(ids[0]), "count": len(ids)}],
-                             key=lambda r: r["file"])
-    features.write_json(os.path.join(output, INDEX), index)   # after the shard: never names a missing file
+    try:
+      checkpoint.save_tensors(os.path.join(output, name), {
+          "latents": np.concatenate(trajs).astype(out_dtype), "context": ctx_all.astype(out_dtype),
+          "prompt_index": ids.astype(np.int64)}, metadata={"format": FORMAT})
+      shards = sorted(index["shards"] + [{"file": name, "start": int(ids[0]), "count": len(ids)}],
+                      key=lambda r: r["file"])
+      features.write_json(os.path.join(output, INDEX), dict(index, shards=shards))   # after the shard
+    except OSError as e:
+      reason = write_failure(e)
+      if reason is None:
+        raise
+      raise WorkdirError(f"--output={output}: cannot write {name}: {reason}. Free space and rerun the same "
+                              f"command: it keeps the {len(index['shards'])} finished shard(s)") from None
+    index["shards"] = shards
   bar.close()
   return {"output": output, "samples": n, "shards_written": len(todo), "shards": num_shards}
 
