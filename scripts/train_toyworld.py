@@ -58,7 +58,9 @@ EVAL_MODELS = ("teacher", "teacher4", "teacher2", "teacher1", "teacher_dmd_sampl
 
 def read_scalars(tb_dir) -> dict:
   """{tag: [[step, value], ...]} from the TensorBoard event files tensorboardX wrote (TFRecord framing:
-  u64 length, u32 crc, payload, u32 crc; payload = an `Event` proto)."""
+  u64 length, u32 crc, payload, u32 crc; payload = an `Event` proto), as TensorBoard shows them after a resume:
+  the files are read in name (= start time) order, and a resumed run's start marker (SessionLog.START at step s)
+  or a repeated or lower step drops the values at steps >= s read before it, so every step appears once."""
   from tensorboardX.proto import event_pb2
   out = {}
   for path in sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*"))):
@@ -69,11 +71,17 @@ def read_scalars(tb_dir) -> dict:
       (n,) = struct.unpack("<Q", raw[pos:pos + 8])
       event = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + n])
       pos += 12 + n + 4
+      step = int(event.step)
+      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+        out = {tag: [p for p in pts if p[0] < step] for tag, pts in out.items()}
       for v in event.summary.value:
         value = v.simple_value if v.HasField("simple_value") else (v.tensor.float_val[0] if v.tensor.float_val
                                                                     else None)
         if value is not None:
-          out.setdefault(v.tag, []).append([int(event.step), float(value)])
+          pts = out.setdefault(v.tag, [])
+          while pts and pts[-1][0] >= step:
+            pts.pop()
+          pts.append([step, float(value)])
   return out
 
 

@@ -310,17 +310,8 @@ def train_ode(c, workdir, mesh, rules):
 # ------------------------------------------------------------------------------------------------ driver
 
 def _run(c, workdir, abstract_state, shardings, create, step_fn_for, batch_for, *, lrs, mesh, rules):
-  settings = loop.settings_from_config(c, workdir, samples_per_step=c.data.batch_size, learning_rates=lrs)
-  manager = loop.checkpoint_manager(workdir, keep=c.keep_checkpoints, async_save=c.async_checkpoints)
-  with shd.activate(mesh, rules):
-    state, resumed = loop.restore_or_create(manager, abstract_state=abstract_state, shardings=shardings,
-                                            create=create, config=settings.config)
-    logging.info("generator params: %d; starting at step %d of %d", st.param_count(state.generator.params),
-                 resumed or 0, c.total_steps)
-    state = loop.run(settings, state=state, start_step=resumed or 0, step_fn_for=step_fn_for,
-                     batch_for=batch_for, manager=manager)
-  manager.close()
-  return state
+  return loop.train(c, workdir, abstract_state=abstract_state, shardings=shardings, create=create,
+                    step_fn_for=step_fn_for, batch_for=batch_for, mesh=mesh, rules=rules, lrs=lrs)
 
 
 def train(c, workdir):

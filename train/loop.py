@@ -195,6 +195,26 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
   return state
 
 
+def train(c, workdir, *, abstract_state, shardings, create, step_fn_for, batch_for, mesh, rules, lrs,
+          on_save=None, what="generator params"):
+  """The trainers' driver: restores the newest checkpoint of `workdir` (or `create()`s the state), checking it
+  against this run's config, runs the shared loop to `c.total_steps`, and returns the final state.
+  `on_save(step, state)` runs after each checkpoint; `what` words the log line's parameter count."""
+  from wanjax import sharding as shd
+  from train import state as st
+  settings = settings_from_config(c, workdir, samples_per_step=c.data.batch_size, learning_rates=lrs)
+  manager = checkpoint_manager(workdir, keep=c.keep_checkpoints, async_save=c.async_checkpoints)
+  with shd.activate(mesh, rules):
+    state, resumed = restore_or_create(manager, abstract_state=abstract_state, shardings=shardings,
+                                       create=create, config=settings.config)
+    logging.info("%s: %d; starting at step %d of %d", what, st.param_count(state.generator.params),
+                 resumed or 0, c.total_steps)
+    state = run(settings, state=state, start_step=resumed or 0, step_fn_for=step_fn_for,
+                batch_for=batch_for, manager=manager, on_save=on_save)
+  manager.close()
+  return state
+
+
 def settings_from_config(c, workdir, *, samples_per_step, learning_rates=()) -> LoopSettings:
   """LoopSettings from the cadence section of a training config (CLIs only)."""
   return LoopSettings(workdir=workdir, total_steps=c.total_steps, checkpoint_every=c.checkpoint_every,

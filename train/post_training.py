@@ -249,18 +249,11 @@ def latent_batches(c, mesh, rules, contexts, negative, get_latents):
 
 def run(c, workdir, *, abstract_state, shardings, create, step_fn_for, batch_for, mesh, rules, lrs,
         on_save=None):
-  """Restores or creates the state and runs the shared loop; `on_save(step, state)` runs after each checkpoint."""
-  settings = loop.settings_from_config(c, workdir, samples_per_step=c.data.batch_size, learning_rates=lrs)
-  manager = loop.checkpoint_manager(workdir, keep=c.keep_checkpoints, async_save=c.async_checkpoints)
-  with shd.activate(mesh, rules):
-    state, resumed = loop.restore_or_create(manager, abstract_state=abstract_state, shardings=shardings,
-                                            create=create)
-    logging.info("trained params: %d; starting at step %d of %d", st.param_count(state.generator.params),
-                 resumed or 0, c.total_steps)
-    state = loop.run(settings, state=state, start_step=resumed or 0, step_fn_for=step_fn_for,
-                     batch_for=batch_for, manager=manager, on_save=on_save)
-  manager.close()
-  return state
+  """Restores or creates the state and runs the shared loop (`loop.train`, which also reports config changes
+  since the checkpoint); `on_save(step, state)` runs after each checkpoint."""
+  return loop.train(c, workdir, abstract_state=abstract_state, shardings=shardings, create=create,
+                    step_fn_for=step_fn_for, batch_for=batch_for, mesh=mesh, rules=rules, lrs=lrs,
+                    on_save=on_save, what="trained params")
 
 
 def train(c, workdir, mesh, rules):

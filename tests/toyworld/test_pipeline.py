@@ -273,3 +273,20 @@ def test_vae_budget_with_the_crop_recipe_is_refused_before_anything_runs(tmp_pat
                         text=True, timeout=120)
   assert proc.returncode == 2 and "--steps vae=N" in proc.stderr, proc.stderr[-2000:]
   assert not os.listdir(tmp_path)
+
+
+def test_read_scalars_shows_a_resumed_run_once_per_step(tmp_path):
+  """After a kill at step 5 and a resume from the step-3 checkpoint, train_log.json's loss curves hold every
+  step once, the resumed run's values for steps 4-5 (formerly steps 4 and 5 appeared twice, out of order)."""
+  from train import loop
+  from train_toyworld import read_scalars
+  first = loop._writer(str(tmp_path), 0)
+  for s in range(1, 6):
+    first.add_scalar("loss/x", float(s), s)
+  first.close()
+  resumed = loop._writer(str(tmp_path), 3)
+  for s in range(4, 8):
+    resumed.add_scalar("loss/x", 10.0 + s, s)
+  resumed.close()
+  assert read_scalars(str(tmp_path / "tb"))["loss/x"] == [[1, 1.0], [2, 2.0], [3, 3.0], [4, 14.0], [5, 15.0],
+                                                         [6, 16.0], [7, 17.0]]

@@ -187,3 +187,24 @@ def test_cfg_distill_from_a_feature_folder_alone(tmp_path):
   c.data.negative_prompt = "blurry"     # the folder's contexts carry the negative prompt it was made with
   with pytest.raises(UsageError, match="data.negative_prompt is set, but the contexts come from the feature"):
     pt.latent_contexts(c, str(tmp_path / "w"), PRESETS["toyworld"])
+
+
+def test_post_training_resume_checks_the_config(tmp_path, monkeypatch):
+  """The post-training trainers restore through the same driver as train.distill, with this run's config, so a
+  checkpoint written under another config is reported (formerly `pt.run` passed no config: silent)."""
+  from train import loop
+  seen = {}
+
+  class Stop(Exception):
+    pass
+
+  def fake_restore(manager, **kw):
+    seen.update(kw)
+    raise Stop
+
+  monkeypatch.setattr(loop, "restore_or_create", fake_restore)
+  c = _config("cfg_distill")
+  with pytest.raises(Stop):
+    pt.run(c, str(tmp_path), abstract_state={}, shardings={}, create=None, step_fn_for=None, batch_for=None,
+           mesh=shd.make_mesh(""), rules=(), lrs=(("generator", 1e-4),))
+  assert seen["config"] == loop.config_json(c) and seen["config"]
