@@ -239,6 +239,14 @@ def poison(loss, step, steps):
 
 # ------------------------------------------------------------------------------------------------ CLI
 
+def interrupted_message(workdir) -> str:
+  """The one line a trainer prints on Ctrl-C (`run` has already waited for the saves in flight)."""
+  steps = complete_steps(checkpoint_dir(workdir)) if workdir else []
+  where = (f"the last checkpoint is step {steps[-1]} in {checkpoint_dir(workdir)}; rerun the same command to "
+           f"resume from it" if steps else "no checkpoint was written yet; rerun the same command to start again")
+  return f"interrupted: {where}"
+
+
 def exit_now(message, code=1):
   """Prints `message` and exits at once, so it stays the last line: after a failed write, tensorstore's leftover
   callbacks print 'Event loop is closed' tracebacks during a normal interpreter shutdown (`run` has already
@@ -277,6 +285,8 @@ def run_cli(train_fn, example_config):
       exit_now(f"error: {e}")
     except (UsageError, NonFiniteError) as e:
       sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+      exit_now(interrupted_message(flags.FLAGS.workdir), 130)
 
   # Config typos and unloadable config files: one line, exit 1 as the trainers' other usage errors.
   app.run(main, flags_parser=cli.flags_parser(what="config", hint="configs/train/<name>.py[:arg]",

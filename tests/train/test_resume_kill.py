@@ -135,3 +135,25 @@ def test_make_ode_pairs_killed_while_writing_a_shard(tmp_path):
     a, b = load_file(os.path.join(ref, n)), load_file(os.path.join(out, n))
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=f"{n}:{k}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_naming_the_checkpoint_to_resume_from(tmp_path):
+  """Ctrl-C (SIGINT) during training: exit 130 and one last line saying which checkpoint a rerun resumes from
+  (formerly a KeyboardInterrupt traceback)."""
+  work = tmp_path / "run"
+  cmd = [sys.executable, "-m", "train.flow_matching", "--config", os.path.join(ROOT, "configs/train/toyworld_teacher.py:smoke=True"),
+         f"--workdir={work}", "--config.data.random_contexts=8", "--config.total_steps=1000",
+         "--config.debug.sleep_per_step=0.05"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  while proc.poll() is None and time.time() < deadline and not any(n.isdigit() for n in _names(work / "checkpoints")):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  steps = sorted(int(n) for n in _names(work / "checkpoints") if n.isdigit())
+  last = err.strip().splitlines()[-1]
+  assert proc.returncode == 130 and steps, err[-3000:]
+  assert last == (f"interrupted: the last checkpoint is step {steps[-1]} in {work / 'checkpoints'}; rerun the same "
+                  f"command to resume from it"), err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
