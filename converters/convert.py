@@ -11,7 +11,7 @@ Layouts are detected (original Wan, diffusers, ComfyUI, LightX2V int8/fp8, Self-
 behind a training wrapper's prefix such as `module.` are read without it); the layout found is logged and
 printed in the final summary line. A `.pt/.pth` LoRA is rewritten as safetensors with its keys unchanged (LoRAs
 are merged at sampling time, `--config.lora`; safetensors LoRAs need no conversion). An existing conversion in `--out` is replaced crash-safely
-(`converters/replace.py`).
+(`wanjax/model_dir.py`).
 """
 
 import glob
@@ -25,8 +25,9 @@ import ml_dtypes
 import numpy as np
 from absl import logging
 
-from converters import engine, families, replace
+from converters import engine, families
 from converters.reader import PrefixedSource, TensorSource, TorchSource, open_source
+from wanjax import model_dir
 from wanjax.errors import CheckpointError, UsageError
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
@@ -100,7 +101,7 @@ def convert_checkpoint(src, out_dir, *, dtype=None, keep_quantized=False, subkey
     raise UsageError(f"output folder {out_dir!r} already holds other safetensors files {sorted(foreign)}; "
                      f"choose an empty folder")
   created = _make_out_dir(out_dir)
-  replace.recover(out_dir)   # an earlier run that crashed while replacing the files: finish it first (logged)
+  model_dir.recover(out_dir)   # an earlier run that crashed while replacing the files: finish it first (logged)
   try:
     summary = _convert(src, out_dir, dtype, keep_quantized, subkey, family, num_heads, progress)
   except BaseException:

@@ -3,7 +3,7 @@
 `write_model` streams into a JAX-layout model directory (`config.json` + `model.safetensors`); `to_arrays`
 returns the converted tensors in memory (tests, small models).
 
-Files already in the folder are replaced crash-safely (`converters/replace.py`): the new pair is written
+Files already in the folder are replaced crash-safely (`wanjax/model_dir.py`): the new pair is written
 complete into a staging folder first, then renamed into place under a journal that the next run finishes.
 """
 
@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from converters import replace, table, transforms
+from converters import table, transforms
+from wanjax import model_dir
 from wanjax.checkpoint import StreamingWriter
 from wanjax.fileio import atomic_open
 
@@ -48,7 +49,7 @@ def write_model(source, steps, out_dir, *, config: dict, dtype=None, ignore=(), 
     src_dt = _np_dtype(source.dtype(s.source))
     dt = dtype if (dtype is not None and (np.issubdtype(src_dt, np.floating) or src_dt.kind == "V")) else src_dt
     entries.append((s.target, np.dtype(dt), shape))
-  with replace.staging(out_dir) as stage:
+  with model_dir.staging(out_dir) as stage:
     writer = StreamingWriter(os.path.join(stage, filename), entries, metadata={"format": "wanjax"})
     try:
       for s, (_, dt, _) in zip(steps, entries):
@@ -61,8 +62,8 @@ def write_model(source, steps, out_dir, *, config: dict, dtype=None, ignore=(), 
       writer.abort()
       raise
     writer.close()
-    write_json_atomic(os.path.join(stage, replace.CONFIG), config)
-    replace.commit(out_dir, (filename, replace.CONFIG))
+    write_json_atomic(os.path.join(stage, model_dir.CONFIG), config)
+    model_dir.commit(out_dir, (filename, model_dir.CONFIG))
 
 
 def _np_dtype(name) -> np.dtype:

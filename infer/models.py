@@ -72,11 +72,11 @@ def resolve_model(path, *, family=None, cache_dir=None, **convert_kwargs) -> str
   temporary folder renamed into place, so an interrupted conversion is never reused)."""
   if not os.path.exists(path):
     raise UsageError(f"model path {path!r} does not exist")
-  from converters.replace import JOURNAL   # standard library + wanjax only (no torch)
+  from wanjax.model_dir import JOURNAL
   if os.path.isfile(os.path.join(path, JOURNAL)):
-    raise UsageError(f"model folder {path!r} holds {JOURNAL}: a conversion into it was interrupted while it "
-                     f"replaced the files; run the same `python -m converters.convert --out {path}` command again "
-                     f"to finish it")
+    raise UsageError(f"model folder {path!r} holds {JOURNAL}: a conversion or export into it was interrupted "
+                     f"while it replaced the files; run the same `python -m converters.convert` or `python -m "
+                     f"train.export` command (--out {path}) again to finish it")
   if is_converted(path):
     return path
   cache = os.path.join(cache_dir or default_cache_dir(), _fingerprint(path))

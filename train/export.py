@@ -5,37 +5,42 @@ No reference counterpart: the reference trainers save torch state dicts; here a 
 (`converters/engine.py: write_model`), so `wanjax.dit.load.load_dit`, `wanjax.vae.load.load_vae` and
 `wanjax.text.load.load_umt5` (and therefore `infer.sample`, `train.preprocess` and the trainers'
 `models.*.weights`) read trained models exactly as converted ones. Stacked-layer params `blocks.x` are
-written per layer as `blocks.{i}.x` (`wanjax.checkpoint.file_keys_for`).
+written per layer as `blocks.{i}.x` (`wanjax.checkpoint.file_keys_for`). An existing model in `--out` is
+replaced crash-safely (`wanjax/model_dir.py`, shared with the converters).
 
   python -m train.export --config configs/train/toyworld_teacher.py --workdir runs/teacher --out ckpt/teacher
+  python -m train.export --config configs/train/cfg_distill.py --workdir runs/cfgd --step 400 --out ckpt/cfgd400
   python -m train.export --config configs/train/toyworld_dmd.py --workdir runs/dmd --out ckpt/dmd --ema
   python -m train.export --config configs/train/toyworld_vae.py --workdir runs/vae --out ckpt/vae
   python -m train.export --umt5 toyworld --seed 0 --out ckpt/umt5      # frozen random text encoder
 """
 
+import dataclasses
+import glob
 import json
 import os
-import shutil
 import sys
-import tempfile
 
 import jax
+import ml_dtypes
 import numpy as np
 from absl import logging
 from flax import nnx
 
-from wanjax import checkpoint
+from wanjax import checkpoint, model_dir
 from wanjax import sharding as shd
 from wanjax.errors import CheckpointError, UsageError
-from wanjax.fileio import publish
+from wanjax.fileio import atomic_open
 
 SOURCE_LAYOUT = "wanjax-train"   # config.json "source_layout" of exported dirs (converters write theirs)
+WEIGHTS = "model.safetensors"
+DIT_OBJECTIVES = ("flow_matching", "dmd", "ode_init", "cfg_distill", "step_distill")
 
 
 # ------------------------------------------------------------------------------------------------ writing
 
 def file_tensors(abstract_state, params) -> dict:
-  """{file key: float32 array} for every variable of `abstract_state` (an nnx.State of the model), values
+  """{file key: array (bf16 params stay bf16, the rest float32)} for every variable of `abstract_state` (an nnx.State of the model), values
   looked up in `params` (nested dicts keyed like `nnx.to_pure_dict`, int or str keys, host or device arrays).
   A stacked param `blocks.x` `[n, ...]` becomes `blocks.0.x` ... `blocks.{n-1}.x`."""
   out, problems = {}, []
@@ -46,7 +51,9 @@ def file_tensors(abstract_state, params) -> dict:
     if node is None:
       problems.append((name, f"missing from the trained params (model shape {shape})"))
       continue
-    value = np.asarray(jax.device_get(node), np.float32)
+    value = np.asarray(jax.device_get(node))
+    if value.dtype != ml_dtypes.bfloat16:   # written as trained: bf16 stays bf16 (half the file), the rest float32
+      value = value.astype(np.float32)
     if value.shape != shape:
       problems.append((name, f"trained {value.shape} vs model {shape}"))
       continue
@@ -87,27 +94,23 @@ def module_from_params(build, params):
 
 
 def write_model_dir(out_dir, tensors: dict, config: dict):
-  """Writes `out_dir/model.safetensors` + `out_dir/config.json` into a temporary folder beside `out_dir`, then
-  renames it into place (an existing `out_dir` is replaced only once the new one is complete)."""
+  """Writes `out_dir/model.safetensors` + `out_dir/config.json` crash-safely (`wanjax.model_dir`, as the
+  converters): both are written complete into a staging folder inside `out_dir`, then renamed in under a
+  journal. A crash at any point leaves the old pair, or a folder the loaders refuse until the next export or
+  conversion into it finishes the replacement; never the old config beside the new weights. Other files in
+  `out_dir` are left alone; other `*.safetensors` there are refused (the loaders would read them too)."""
   out_dir = os.path.abspath(os.fspath(out_dir))
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
-  try:
-    checkpoint.save_tensors(os.path.join(tmp, "model.safetensors"), tensors, metadata={"format": "wanjax"})
-    with open(os.path.join(tmp, "config.json"), "w") as f:
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise UsageError(f"--out {out_dir}: is a file; give a model folder to write")
+  foreign = sorted(f for f in glob.glob(os.path.join(out_dir, "*.safetensors")) if os.path.basename(f) != WEIGHTS)
+  if foreign:
+    raise UsageError(f"--out {out_dir}: the folder already holds other safetensors files {foreign} (loaders read "
+                     f"every *.safetensors of a model folder); choose an empty folder")
+  with model_dir.staging(out_dir) as stage:
+    checkpoint.save_tensors(os.path.join(stage, WEIGHTS), tensors, metadata={"format": "wanjax"})
+    with atomic_open(os.path.join(stage, model_dir.CONFIG), "w") as f:
       json.dump(config, f, indent=2, sort_keys=True)
-    os.chmod(os.path.join(tmp, "config.json"), 0o644)
-    old = None
-    if os.path.exists(out_dir):
-      old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.old-")
-      os.replace(out_dir, os.path.join(old, "x"))
-    publish(tmp, out_dir)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp, ignore_errors=True)
+    model_dir.commit(out_dir, (WEIGHTS, model_dir.CONFIG))
   n = sum(int(np.size(v)) for v in tensors.values())
   logging.info("exported %d parameters to %s", n, out_dir)
   return out_dir
@@ -164,17 +167,40 @@ def trained_params(state, *, role="generator", ema=False):
 
 # ------------------------------------------------------------------------------------------------ models
 
-def export_dit(c, workdir, out_dir, *, role="generator", ema=False, step=None):
-  """A DiT trainer's checkpoint (flow_matching / distill) -> a `load_dit` directory."""
+def dit_config(c, role="generator"):
+  """(preset, DiTConfig) of `role`'s params in a checkpoint of the run `c`, built as its trainer builds them
+  (`train.models.build_dit`: the preset of the `models.*` entry, plus the guidance embedding it asks for; a
+  `weights` dir must have that config to train at all). CFG distillation's student is its generator's preset
+  with the embedding and the teacher is without it (`train/cfg_distill.py`); step distillation's student has
+  the teacher's config (`train/step_distill.py`)."""
   from wanjax.dit.config import get_config
+  if c.objective == "step_distill":
+    m = c.models.teacher
+  else:
+    m = c.models[role if role in c.models else "generator"]
+  guidance = role == "generator" if c.objective == "cfg_distill" else m.get("guidance_embed", False)
+  cfg = get_config(m.preset)
+  return m.preset, (dataclasses.replace(cfg, guidance_embed=True) if guidance else cfg)
+
+
+def dit_tensors(cfg, params) -> dict:
+  """{file key: array} of DiT `params` (pure dict, stacked blocks) of config `cfg`, checked against its shapes."""
   from wanjax.dit.model import WanDiT
-  preset = c.models[role if role in c.models else "generator"].preset
-  cfg = get_config(preset)
-  step, state = restore_trained(workdir, step=step)
   abstract = nnx.state(nnx.eval_shape(lambda: WanDiT(cfg, rngs=nnx.Rngs(0))), nnx.Param)
-  tensors = file_tensors(abstract, trained_params(state, role=role, ema=ema))
-  config = dict(cfg.to_json_dict(), family="dit", source_layout=SOURCE_LAYOUT)
-  write_model_dir(out_dir, tensors, config)
+  return file_tensors(abstract, params)
+
+
+def write_dit(out_dir, cfg, params, *, extra=None):
+  """Writes DiT `params` with `cfg` as a `load_dit` directory (the one writer of the trainers' DiT exports)."""
+  config = dict(cfg.to_json_dict(), family="dit", source_layout=SOURCE_LAYOUT, **(extra or {}))
+  return write_model_dir(out_dir, dit_tensors(cfg, params), config)
+
+
+def export_dit(c, workdir, out_dir, *, role="generator", ema=False, step=None):
+  """A DiT trainer's checkpoint (flow_matching / distill / cfg_distill / step_distill) -> a `load_dit` dir."""
+  preset, cfg = dit_config(c, role)
+  step, state = restore_trained(workdir, step=step)
+  write_dit(out_dir, cfg, trained_params(state, role=role, ema=ema))
   return {"kind": "dit", "preset": preset, "step": int(step), "role": role, "ema": bool(ema), "out": out_dir}
 
 
@@ -221,9 +247,13 @@ def export(c, workdir, out_dir, *, role="generator", ema=False, step=None):
   if c.objective == "vae":
     from train import vae
     return vae.export(c, workdir, out_dir, step=step)
-  if c.objective in ("flow_matching", "dmd", "ode_init"):
+  if c.objective in DIT_OBJECTIVES:
     return export_dit(c, workdir, out_dir, role=role, ema=ema, step=step)
-  raise UsageError(f"objective={c.objective!r} cannot be exported; valid: vae, flow_matching, dmd, ode_init")
+  if c.objective == "reward_lora":
+    raise UsageError(f"objective='reward_lora' trains a LoRA, not a DiT: its trainer already writes it beside "
+                     f"every checkpoint, {os.path.join(workdir, 'lora', 'step_<N>.safetensors')} (and "
+                     f"lora/last.safetensors); pass that to infer.sample --config.lora")
+  raise UsageError(f"objective={c.objective!r} cannot be exported; valid: vae, {', '.join(DIT_OBJECTIVES)}")
 
 
 def main(argv):
@@ -248,7 +278,8 @@ if __name__ == "__main__":
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "The training config of the run.", lock_config=True)
   flags.DEFINE_string("workdir", None, "The training run's --workdir.")
-  flags.DEFINE_string("out", None, "Model directory to write (replaced atomically).")
+  flags.DEFINE_string("out", None, "Model directory to write (an existing model in it is replaced "
+                                    "crash-safely).")
   flags.DEFINE_string("role", "generator", "Which network of the train state: generator, critic, teacher.")
   flags.DEFINE_bool("ema", False, "Export the generator's EMA shadow.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")

@@ -13,21 +13,16 @@ shared loop (`train/loop.py`) through `run` below and are reached from the disti
   python -m train.distill --config configs/train/reward_lora.py:smoke=True --workdir /tmp/rl
 """
 
-import json
-import shutil
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from train import data, loop
+from train import data, export, loop
 from train import state as st
-from wanjax import checkpoint
 from wanjax import sharding as shd
 from wanjax.errors import UsageError
-from wanjax.fileio import publish
 
 OBJECTIVES = ("cfg_distill", "step_distill", "reward_lora")
 HUBER_C = 1e-3          # the reference's pseudo-Huber constant (A.3, A.4)
@@ -118,43 +113,11 @@ def check_guidance_embed(weights, role, want, hint):
 
 
 def export_dit(out_dir, cfg, params, *, extra=None):
-  """Writes DiT `params` (pure dict, stacked blocks) as a converted model directory that `load_dit`,
-  `infer.sample --config.weights` and the trainers' `weights` read: `config.json` (DiTConfig + family) and
-  JAX-layout `model.safetensors` with per-layer keys (`blocks.{i}.x`). Atomic: written to a temp folder, renamed."""
-  host = jax.device_get(params)
-  tensors = {}
-
-  def walk(prefix, node):
-    if isinstance(node, dict):
-      for k in sorted(node):
-        walk(f"{prefix}.{k}" if prefix else k, node[k])
-      return
-    a = np.asarray(node)
-    if prefix.startswith("blocks."):
-      rest = prefix[len("blocks."):]
-      for i in range(a.shape[0]):
-        tensors[f"blocks.{i}.{rest}"] = a[i]
-    else:
-      tensors[prefix] = a
-
-  walk("", host)
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{os.getpid()}")
-  os.makedirs(tmp, exist_ok=True)
-  checkpoint.save_tensors(os.path.join(tmp, "model.safetensors"), tensors)
-  with open(os.path.join(tmp, "config.json"), "w") as f:
-    json.dump({**cfg.to_json_dict(), "family": "dit", "source_layout": "wanjax", **(extra or {})}, f, indent=2,
-              sort_keys=True)
-  if os.path.isdir(out_dir):   # a re-export replaces the previous one
-    old = out_dir + f".old-{os.getpid()}"
-    os.replace(out_dir, old)
-    publish(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    publish(tmp, out_dir)
-  logging.info("exported the DiT to %s", out_dir)
-  return out_dir
+  """Writes DiT `params` (pure dict, stacked blocks) as a model directory that `load_dit`, `infer.sample
+  --config.weights` and the trainers' `weights` read, with the writer of `python -m train.export` (the same
+  files for the same step): per-layer `blocks.{i}.x` keys, `config.json` = DiTConfig + family, replacing an
+  earlier export in `out_dir` crash-safely."""
+  return export.write_dit(out_dir, cfg, jax.device_get(params), extra=extra)   # logs what it wrote
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -1,4 +1,4 @@
-"""Converting into a folder that already holds a converted model (`converters/replace.py`): a crash at any rename
+"""Converting into a folder that already holds a converted model (`wanjax/model_dir.py`): a crash at any rename
 never leaves the old config beside the new weights (formerly: new `model.safetensors` published, then a crash
 before `config.json` left a mismatched pair), the next run into the folder finishes or cleans up and says so,
 and a second conversion into a folder being written is refused."""
@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-from converters import replace
 from converters.convert import convert_checkpoint
 from tests.converters.dit_fixtures import random_original
+from wanjax import model_dir
 from wanjax.checkpoint import save_tensors
 from wanjax.dit.config import PRESETS
 from wanjax.errors import CheckpointError, UsageError
@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # The renames of a conversion into an existing folder, in order, by destination: staged weights, staged config,
 # journal, old config aside, old weights aside, new weights in, new config in. A crash at one of the first three
 # leaves the old pair; from the fourth on the journal is in place and the new pair wins.
-RENAMES = (f"{replace.STAGING}/model.safetensors", f"{replace.STAGING}/config.json", replace.JOURNAL,
+RENAMES = (f"{model_dir.STAGING}/model.safetensors", f"{model_dir.STAGING}/config.json", model_dir.JOURNAL,
            ".config.json.old", ".model.safetensors.old", "model.safetensors", "config.json")
 JOURNALLED = 3
 
@@ -83,7 +83,7 @@ def test_crash_at_each_rename_never_mixes_and_next_run_finishes(pairs, tmp_path,
     _convert(d / "missing.safetensors", out)
   assert _visible(out) == (new if k >= JOURNALLED else old), k
   assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]   # no journal, backup or staging left
-  finished = "interrupted while replacing its files; finished it" in caplog.text
+  finished = "conversion or export was interrupted while replacing its files; finished it" in caplog.text
   assert finished == (JOURNALLED <= k < len(RENAMES)), caplog.text
 
 
@@ -106,11 +106,11 @@ def test_real_crash_between_renames_then_cli_rerun(pairs, tmp_path):
   r = subprocess.run([sys.executable, "-c", script, str(d / "new.safetensors"), str(out)], cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=120)
   assert r.returncode == 17, r.stderr[-2000:]
-  assert _visible(out) == {} and {replace.JOURNAL, replace.STAGING} <= set(os.listdir(out))
+  assert _visible(out) == {} and {model_dir.JOURNAL, model_dir.STAGING} <= set(os.listdir(out))
   r = subprocess.run([sys.executable, "-m", "converters.convert", f"--src={d / 'old.safetensors'}", f"--out={out}",
                       "--num-heads=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
-  assert "an earlier conversion was interrupted while replacing its files; finished it" in r.stderr
+  assert "an earlier conversion or export was interrupted while replacing its files; finished it" in r.stderr
   assert _visible(out) == old and sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
 
 
@@ -120,11 +120,11 @@ def test_partial_staging_of_a_dead_run_is_removed(pairs, tmp_path, caplog):
   d, old, _ = pairs
   out = tmp_path / "out"
   _convert(d / "old.safetensors", out)
-  (out / replace.STAGING).mkdir()
-  (out / replace.STAGING / ".tmp-abc.safetensors").write_bytes(b"\0" * 100)
+  (out / model_dir.STAGING).mkdir()
+  (out / model_dir.STAGING / ".tmp-abc.safetensors").write_bytes(b"\0" * 100)
   with caplog.at_level(logging.WARNING), pytest.raises(CheckpointError, match="does not exist"):
     _convert(d / "missing.safetensors", out)
-  assert "removed the partial files of an earlier conversion" in caplog.text
+  assert "removed the partial files of an earlier conversion or export" in caplog.text
   assert _visible(out) == old and sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
 
 
@@ -135,7 +135,7 @@ def test_second_conversion_into_a_folder_being_written_is_refused(pairs, tmp_pat
   fd = os.open(out, os.O_RDONLY)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX)   # what a running conversion holds
-    with pytest.raises(UsageError, match="another conversion is writing into .*; wait for it to finish"):
+    with pytest.raises(UsageError, match="another conversion or export is writing into .*; wait for it to finish"):
       _convert(d / "new.safetensors", out)
   finally:
     os.close(fd)
@@ -161,7 +161,8 @@ def test_loader_names_an_interrupted_replacement(pairs, tmp_path, monkeypatch):
   with pytest.raises(_Crash):
     _convert(d / "new.safetensors", out)
   monkeypatch.setattr(os, "replace", real)
-  with pytest.raises(UsageError, match=rf"model folder '{out}' holds \.convert-pending\.json: a conversion into it "
-                                       r"was interrupted .* run the same `python -m converters\.convert --out"):
+  with pytest.raises(UsageError, match=rf"model folder '{out}' holds \.convert-pending\.json: a conversion or export "
+                                       r"into it was interrupted .* run the same `python -m converters\.convert` "
+                                       r"or `python -m train\.export` command \(--out .*\) again to finish it"):
     resolve_dit(str(out), cache_dir=str(tmp_path / "cache"))
   assert not (tmp_path / "cache").exists()

@@ -1,18 +1,19 @@
-"""Crash-safe replacement of the files of a converted model folder (`model.safetensors` + `config.json`).
+"""Crash-safe replacement of the files of a model folder (`model.safetensors` + `config.json`), shared by the
+converters (`converters/engine.py`) and the trainers' export (`train/export.py`).
 
-A conversion into a folder that already holds a converted model must never leave the old `config.json` beside
-the new weights, nor lose the old pair before the new one is complete. So:
+Writing into a folder that already holds a model must never leave the old `config.json` beside the new
+weights, nor lose the old pair before the new one is complete. So:
   1. the new files are written complete (fsynced) into `<out>/.convert-staging/`; a failure or a crash here
      leaves the old pair untouched (a later run into the folder removes the partial staging folder);
   2. a journal `<out>/.convert-pending.json` names the files being replaced;
   3. the renames: old `config.json` aside (`.config.json.old`) first, old weights aside, new weights in, new
      `config.json` in last; then the old files, the staging folder and the journal are removed.
 A crash during 3 leaves either the old pair, no `config.json` at all (loaders refuse the folder), or the new
-pair; the next conversion into the folder (or `recover`) finishes the replacement from the journal and logs a
-warning saying so. The folder is locked (`flock`) while a conversion writes into it, so a second conversion into
-the same folder fails at once instead of mixing files.
+pair; the next conversion or export into the folder (or `recover`) finishes the replacement from the journal
+and logs a warning saying so. The folder is locked (`flock`) while a conversion or export writes into it, so a
+second one into the same folder fails at once instead of mixing files. (The staging and journal names keep
+their historical `.convert-` prefix so that folders interrupted by older versions still recover.)
 """
-
 import contextlib
 import fcntl
 import json
@@ -48,8 +49,8 @@ def _locked(out_dir):
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      raise UsageError(f"another conversion is writing into {out_dir!r}; wait for it to finish or pass another "
-                       f"--out") from None
+      raise UsageError(f"another conversion or export is writing into {out_dir!r}; wait for it to finish or pass "
+                       f"another --out") from None
     yield
   finally:
     os.close(fd)   # closing the descriptor releases the lock
@@ -70,9 +71,9 @@ def _finish(out_dir, names):
   _fsync_dir(out_dir)
   missing = [n for n in names if not os.path.exists(final(n))]
   if missing:
-    raise CheckpointError(f"{out_dir}: an interrupted conversion cannot be finished: {missing} and their new "
+    raise CheckpointError(f"{out_dir}: an interrupted conversion or export cannot be finished: {missing} and their new "
                           f"versions in {STAGING}/ are gone (the previous files are kept as "
-                          f"{[_backup(n) for n in names]}); convert again into this folder")
+                          f"{[_backup(n) for n in names]}); convert or export again into this folder")
   for n in names:
     if os.path.exists(final(_backup(n))):
       os.unlink(final(_backup(n)))
@@ -89,22 +90,22 @@ def _recover(out_dir) -> list:
       with open(journal) as f:
         names = [str(n) for n in json.load(f)["replace"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
-      raise CheckpointError(f"{journal}: unreadable journal of an interrupted conversion ({e}); delete it and "
-                            f"{STAGING}/ and convert again into this folder") from None
+      raise CheckpointError(f"{journal}: unreadable journal of an interrupted conversion or export ({e}); delete "
+                            f"it and {STAGING}/ and convert or export again into this folder") from None
     _finish(out_dir, names)
-    logging.warning("%s: an earlier conversion was interrupted while replacing its files; finished it (%s now "
-                    "hold that conversion)", out_dir, " and ".join(names))
+    logging.warning("%s: an earlier conversion or export was interrupted while replacing its files; finished it "
+                    "(%s now hold its result)", out_dir, " and ".join(names))
     return names
   if os.path.isdir(staging):
     shutil.rmtree(staging)
-    logging.warning("%s: removed the partial files of an earlier conversion that was interrupted before it had "
-                    "written them all (the folder's previous files were not touched)", out_dir)
+    logging.warning("%s: removed the partial files of an earlier conversion or export that was interrupted before "
+                    "it had written them all (the folder's previous files were not touched)", out_dir)
   return []
 
 
 def recover(out_dir) -> list:
   """Finishes a replacement that a crash interrupted in `out_dir` (see the module docstring) and removes the
-  partial files of a conversion that died earlier; returns the file names it put in place (empty if none)."""
+  partial files of a conversion or export that died earlier; returns the file names it put in place (empty if none)."""
   if not os.path.isdir(out_dir):
     return []
   with _locked(out_dir):
@@ -113,7 +114,7 @@ def recover(out_dir) -> list:
 
 @contextlib.contextmanager
 def staging(out_dir):
-  """Locks `out_dir` (created if missing), finishes or cleans up an interrupted earlier conversion, and yields
+  """Locks `out_dir` (created if missing), finishes or cleans up an interrupted earlier conversion or export, and yields
   an empty staging folder inside it. The body writes the new files there and calls `commit`; an exception
   before `commit` removes the staging folder and leaves the folder's previous files untouched."""
   os.makedirs(out_dir, exist_ok=True)
