@@ -23,8 +23,8 @@ from absl import logging
 FILE_MODE = 0o666
 DIR_MODE = 0o777
 STALE_AGE_S = 24 * 3600   # a temp file unwritten for a day has no live writer (pid-less names, other hosts)
-# Our temp-file names: pid-stamped (this module), and the pid-less ones of earlier versions and of
-# `wanjax.checkpoint.StreamingWriter` (`.tmp-<random>.safetensors`).
+# Our temp-file names: pid-stamped (`mkstemp`, used by every writer), and the pid-less ones earlier versions
+# wrote (`.<target>.<random>.tmp<ext>`, and the safetensors streamer's `.tmp-<random>.safetensors`).
 _PID_TEMP = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9_-]+)\.[A-Za-z0-9_]+\.tmp(\.[A-Za-z0-9]+)?$")
 _OLD_TEMPS = (re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$"),
               re.compile(r"^\.tmp-[A-Za-z0-9_]{8}\.safetensors$"))
