@@ -59,8 +59,11 @@ _MAGIC = ((b"version https://git-lfs", "a Git LFS pointer, not the weights: fetc
 
 def _sniff(path) -> str:
   """What the first bytes of `path` say it is: 'safetensors', a description, or '' when nothing known."""
-  with open(path, "rb") as f:
-    head = f.read(64)
+  try:
+    with open(path, "rb") as f:
+      head = f.read(64)
+  except OSError as e:
+    raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
   if not head:
     return "an empty file"
   if len(head) >= 9 and 0 < int.from_bytes(head[:8], "little") < 100_000_000 and head[8:9] == b"{":

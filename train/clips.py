@@ -47,7 +47,7 @@ class Item:
 # alone differs (touched, copied with `cp -r`, checked out again) hashes the file to tell an unchanged file from
 # an edit of the same size. The hash costs one extra read of a clip when it is encoded; a re-run of unchanged
 # clips reads nothing. Records without a fingerprint (folders cached before it existed) are trusted as they are
-# and given the file's current size and mtime (no hash), so later edits are noticed.
+# and fingerprinted at the next run (one read each), so later edits and touches are told apart as for new ones.
 
 def fingerprint(path, *, digest=True) -> dict:
   """{size, mtime_ns, sha256} of a file (sha256 None without `digest`)."""
@@ -62,8 +62,8 @@ def compare_file(fp, path):
     st = os.stat(path)
   except FileNotFoundError:
     return "missing", None
-  if fp is None:   # a record of an older folder: trusted, and given the stat it is trusted with
-    return "same", {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": None}
+  if fp is None:   # a record of an older folder: trusted as it is, and fingerprinted now (one read)
+    return "same", fingerprint(path)
   if st.st_size != fp["size"]:
     return "changed", None
   if st.st_mtime_ns == fp["mtime_ns"]:

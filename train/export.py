@@ -102,6 +102,10 @@ def write_model_dir(out_dir, tensors: dict, config: dict):
   out_dir = os.path.abspath(os.fspath(out_dir))
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise UsageError(f"--out {out_dir}: is a file; give a model folder to write")
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise UsageError(f"--out {out_dir}: cannot create the folder ({e.strerror or e}); pass a writable one") from None
   foreign = sorted(f for f in glob.glob(os.path.join(out_dir, "*.safetensors")) if os.path.basename(f) != WEIGHTS)
   if foreign:
     raise UsageError(f"--out {out_dir}: the folder already holds other safetensors files {foreign} (loaders read "

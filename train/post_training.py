@@ -147,7 +147,7 @@ def latent_source(c, cfg):
     if not want:
       raise UsageError("data.latent_shape=() reads the shape from data.latents, which is empty; give "
                        "config.data.latents or (smoke) an explicit data.latent_shape=(F, H, W)")
-    lat, shape = None, want + (cfg.in_dim,)
+    lat, shape = None, want + (cfg.out_dim,)
   else:
     raise UsageError("config.data.latents is empty: give clean latent shards or a train.preprocess feature folder "
                      "(paired by index with config.data.prompts); only smoke runs (data.random_contexts > 0) "
@@ -157,10 +157,11 @@ def latent_source(c, cfg):
 
 
 def check_latent_shape(where, shape, cfg):
-  """Latents `[F, H, W, C]` the DiT reads: C = in_dim, F, H, W divisible by its patch (one line naming `where`)."""
+  """Clean latents `[F, H, W, C]` for the DiT: C = out_dim (the VAE's z channels; an I2V DiT's in_dim adds its
+  condition channels to them), F, H, W divisible by its patch (one line naming `where`)."""
   shape = tuple(shape)
-  if len(shape) != 4 or shape[-1] != cfg.in_dim or any(s % p for s, p in zip(shape[:3], cfg.patch_size)):
-    raise UsageError(f"{where}: latents of shape {shape}; the DiT reads [F, H, W, {cfg.in_dim}] with F, H, W "
+  if len(shape) != 4 or shape[-1] != cfg.out_dim or any(s % p for s, p in zip(shape[:3], cfg.patch_size)):
+    raise UsageError(f"{where}: latents of shape {shape}; the DiT denoises [F, H, W, {cfg.out_dim}] with F, H, W "
                      f"divisible by its patch {tuple(cfg.patch_size)}")
 
 

@@ -272,7 +272,7 @@ def _find_moved(it, candidates, taken, root):
       continue
     fp = rec.get("fingerprint")
     if fp is None:
-      return rec, {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": None}
+      return rec, fingerprint(it.source)   # an older folder's record: fingerprinted now (one read)
     if (fp["size"], fp["mtime_ns"]) == (st.st_size, st.st_mtime_ns):
       return rec, fp
   same_size = [r for r in by_size.get((it.caption, st.st_size), ()) if r["id"] not in taken]

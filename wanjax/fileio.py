@@ -53,8 +53,14 @@ def publish(tmp, path):
 
 
 def host_tag() -> str:
-  """This host's name as it appears in temp-file names (first label, [A-Za-z0-9_-] only)."""
-  return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:40] or "host"
+  """This host's name as it appears in temp-file names (first label, [A-Za-z0-9_-] only), plus the pid
+  namespace where Linux tells it: containers sharing a hostname (host networking) and a folder have separate pid
+  spaces, and must not take each other's live writers for dead."""
+  name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:40] or "host"
+  try:
+    return f"{name}-ns{os.stat('/proc/self/ns/pid').st_ino}"
+  except OSError:
+    return name
 
 
 def mkstemp(path):

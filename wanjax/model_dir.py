@@ -44,13 +44,19 @@ def _fsync_dir(path):
 
 @contextlib.contextmanager
 def _locked(out_dir):
+  """Holds an exclusive flock on the folder itself. Where the filesystem cannot lock a directory (NFS emulates
+  flock with byte-range locks, which need a file open for writing; some FUSE and Lustre mounts have none), the
+  replacement goes on unlocked with a warning: it is still crash-safe, only not guarded against a second writer."""
   fd = os.open(out_dir, os.O_RDONLY)
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      raise UsageError(f"another conversion or export is writing into {out_dir!r}; wait for it to finish or pass "
-                       f"another --out") from None
+      raise UsageError(f"another conversion or export is writing into {out_dir!r}; wait for it to finish or "
+                       f"write into another folder") from None
+    except OSError as e:
+      logging.warning("%s: this filesystem cannot lock the folder (%s); writing without a lock, so do not run a "
+                      "second conversion or export into it meanwhile", out_dir, e.strerror or e)
     yield
   finally:
     os.close(fd)   # closing the descriptor releases the lock
@@ -70,10 +76,17 @@ def _finish(out_dir, names):
       os.replace(new(n), final(n))
   _fsync_dir(out_dir)
   missing = [n for n in names if not os.path.exists(final(n))]
-  if missing:
-    raise CheckpointError(f"{out_dir}: an interrupted conversion or export cannot be finished: {missing} and their new "
-                          f"versions in {STAGING}/ are gone (the previous files are kept as "
-                          f"{[_backup(n) for n in names]}); convert or export again into this folder")
+  if missing:   # staged files deleted by hand: roll back to the previous pair where it was kept, drop the journal
+    for n in names:
+      if os.path.exists(final(_backup(n))):
+        os.replace(final(_backup(n)), final(n))
+    shutil.rmtree(os.path.join(out_dir, STAGING), ignore_errors=True)
+    os.unlink(final(JOURNAL))
+    _fsync_dir(out_dir)
+    kept = all(os.path.exists(final(n)) for n in names)
+    raise CheckpointError(f"{out_dir}: an interrupted conversion or export could not be finished: its new "
+                          f"files in {STAGING}/ were gone; " + ("the previous files are back in place" if kept
+                          else "the folder holds no complete model") + "; convert or export into it again")
   for n in names:
     if os.path.exists(final(_backup(n))):
       os.unlink(final(_backup(n)))

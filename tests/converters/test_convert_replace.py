@@ -166,3 +166,47 @@ def test_loader_names_an_interrupted_replacement(pairs, tmp_path, monkeypatch):
                                        r"or `python -m train\.export` command \(--out .*\) again to finish it"):
     resolve_dit(str(out), cache_dir=str(tmp_path / "cache"))
   assert not (tmp_path / "cache").exists()
+
+
+def test_filesystem_without_directory_locks_converts_with_a_warning(pairs, tmp_path, monkeypatch, caplog):
+  """NFS cannot flock a directory (EBADF), some mounts have no locks (ENOLCK): the replacement still runs,
+  crash-safe, with a warning instead of an OSError traceback."""
+  import errno
+  d, _, new = pairs
+  out = tmp_path / "out"
+  _convert(d / "old.safetensors", out)
+
+  def no_locks(fd, op):
+    raise OSError(errno.EBADF, "Bad file descriptor")
+
+  monkeypatch.setattr(fcntl, "flock", no_locks)
+  with caplog.at_level(logging.WARNING):
+    _convert(d / "new.safetensors", out)
+  assert _visible(out) == new and "cannot lock the folder (Bad file descriptor); writing without a lock" in caplog.text
+
+
+def test_journal_whose_staged_files_were_deleted_rolls_back_once(pairs, tmp_path, monkeypatch):
+  """A user deleted .convert-staging/ after a crash that left the journal: the next run restores the previous
+  pair, drops the journal and says so once; the run after converts normally (formerly the same error forever)."""
+  import shutil
+  d, old, new = pairs
+  out = tmp_path / "out"
+  _convert(d / "old.safetensors", out)
+  real = os.replace
+
+  def crashing(a, b):
+    if os.path.relpath(b, out) == ".model.safetensors.old":
+      raise _Crash
+    return real(a, b)
+
+  monkeypatch.setattr(os, "replace", crashing)
+  with pytest.raises(_Crash):
+    _convert(d / "new.safetensors", out)
+  monkeypatch.setattr(os, "replace", real)
+  shutil.rmtree(out / model_dir.STAGING)
+  with pytest.raises(CheckpointError, match=r"could not be finished: its new files in \.convert-staging/ were gone; the "
+                                            r"previous files are back in place; convert or export into it again"):
+    _convert(d / "new.safetensors", out)
+  assert _visible(out) == old and sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+  _convert(d / "new.safetensors", out)
+  assert _visible(out) == new

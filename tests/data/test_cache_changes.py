@@ -136,7 +136,12 @@ def test_folder_cached_without_fingerprints_still_loads(tmp_path):
   assert _counts(s) == dict(cached=0, already_cached=3, moved=0, changed=0, total_clips=3)
   fp = {os.path.basename(c["source"]): c["fingerprint"] for c in features.read_index(out)["clips"]}
   assert fp["0.npy"] == {"size": os.stat(os.path.join(src, "0.npy")).st_size,
-                         "mtime_ns": os.stat(os.path.join(src, "0.npy")).st_mtime_ns, "sha256": None}
+                         "mtime_ns": os.stat(os.path.join(src, "0.npy")).st_mtime_ns,
+                         "sha256": fileio.file_sha256(os.path.join(src, "0.npy"))}   # fingerprinted now
+  # So a later touch of the unchanged clip is told apart from an edit, as for a new folder.
+  os.utime(os.path.join(src, "0.npy"), ns=(1, os.stat(os.path.join(src, "0.npy")).st_mtime_ns + 10**9))
+  s = pp.run(config(**SMALL), src, out)
+  assert _counts(s) == dict(cached=0, already_cached=3, moved=0, changed=0, total_clips=3)
   # Moved: reused at the same place in the folder (trusted: there is nothing to compare with).
   strip()
   moved = str(tmp_path / "clips2")
@@ -275,3 +280,11 @@ def test_streaming_writer_and_video_temp_files_use_the_swept_naming(tmp_path):
   tmp = video._temp_path(str(vdir / "x.mp4"))
   assert os.path.basename(tmp).startswith(f".x.mp4.{os.getpid()}@{host}.") and fileio.is_temp(os.path.basename(tmp))
   assert sorted(os.listdir(vdir)) == [os.path.basename(tmp)]
+
+
+def test_host_tag_names_the_pid_namespace():
+  """Containers that share a hostname and a folder have separate pid spaces: the tag tells them apart, so one
+  never takes another's live writer for dead."""
+  ns = os.stat("/proc/self/ns/pid").st_ino
+  tag = fileio.host_tag()
+  assert tag.endswith(f"-ns{ns}") and fileio._PID_TEMP.match(f".a.json.12@{tag}.abcd1234.tmp.json")

@@ -203,3 +203,17 @@ def test_bf16_params_are_written_as_bf16_and_load_back_equal(tmp_path):
   assert {v.dtype for v in f.values()} == {np.dtype(np.float32)}
   for k in f:
     np.testing.assert_array_equal(b[k], f[k].astype(ml_dtypes.bfloat16), err_msg=k)
+
+
+def test_unwritable_out_and_unreadable_src_are_one_line(tmp_path):
+  """`--out` under a file, and a .pt the user cannot read, are UsageError/CheckpointError lines, not OSError
+  tracebacks."""
+  from converters.reader import _sniff
+  from wanjax.errors import CheckpointError
+  (tmp_path / "f").write_text("x")
+  with pytest.raises(UsageError, match=r"--out .*/f/model: cannot create the folder \(Not a directory\)"):
+    ex.write_model_dir(str(tmp_path / "f" / "model"), {"a": np.zeros(2, np.float32)}, {"family": "dit"})
+  gone = tmp_path / "x.pt"
+  gone.mkdir()   # reading a directory as a file fails like an unreadable file does, also as root
+  with pytest.raises(CheckpointError, match=r"x\.pt: cannot be read \(Is a directory\)"):
+    _sniff(str(gone))   # the first read of a .pt (open_source calls it before torch.load)

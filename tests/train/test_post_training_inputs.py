@@ -80,7 +80,7 @@ def test_latents_required_and_checked_against_the_dit(tmp_path):
   with pytest.raises(UsageError, match=r"data.latent_shape=\(\) reads the shape from data.latents"):
     _train(step_distill, _config("step_distill", latent_shape=()), tmp_path)
   path, _ = _shards(tmp_path, (2, 3, 4, 16))      # H = 3 is not a multiple of the patch's 2
-  with pytest.raises(UsageError, match=r"latents of shape \(2, 3, 4, 16\); the DiT reads \[F, H, W, 16\]"):
+  with pytest.raises(UsageError, match=r"latents of shape \(2, 3, 4, 16\); the DiT denoises \[F, H, W, 16\]"):
     _train(cfg_distill, _config("cfg_distill", latents=path, latent_shape=()), tmp_path)
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
@@ -124,7 +124,7 @@ def test_guidance_embedding_in_the_wrong_role_is_one_line(tmp_path):
                                                       r"reward_lora.sample_steps=3\]"),
     ("reward_lora", "reward_lora.sample_steps", 0, r"reward_lora.sample_steps=0 must be >= 1"),
     ("reward_lora", "data.latent_shape", (3, 5, 6), r"data.latent_shape=\(3, 5, 6\): latents of shape "
-                                                     r"\(3, 5, 6, 16\); the DiT reads"),
+                                                     r"\(3, 5, 6, 16\); the DiT denoises"),
     ("reward_lora", "data.latent_shape", (), r"data.latent_shape=\(\): give \(F, H, W\) of the sampled"),
 ])
 def test_recipe_values_refused_at_the_edge(tmp_path, name, field, value, match):
@@ -208,3 +208,13 @@ def test_post_training_resume_checks_the_config(tmp_path, monkeypatch):
     pt.run(c, str(tmp_path), abstract_state={}, shardings={}, create=None, step_fn_for=None, batch_for=None,
            mesh=shd.make_mesh(""), rules=(), lrs=(("generator", 1e-4),))
   assert seen["config"] == loop.config_json(c) and seen["config"]
+
+
+def test_latent_channels_are_the_vaes_not_the_i2v_input_width():
+  """An I2V DiT reads 36 channels (16 noisy + 4 mask + 16 condition) but denoises the VAE's 16: the clean latents
+  it trains on have out_dim channels (formerly checked against in_dim, refusing every real I2V latent)."""
+  import dataclasses
+  i2v = dataclasses.replace(PRESETS["tiny"], model_type="i2v", in_dim=36)
+  pt.check_latent_shape("x", (2, 4, 4, 16), i2v)
+  with pytest.raises(UsageError, match=r"x: latents of shape \(2, 4, 4, 36\); the DiT denoises \[F, H, W, 16\]"):
+    pt.check_latent_shape("x", (2, 4, 4, 36), i2v)
