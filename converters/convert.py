@@ -14,7 +14,6 @@ are merged at sampling time, `--config.lora`; safetensors LoRAs need no conversi
 (`wanjax/model_dir.py`).
 """
 
-import glob
 import inspect
 import json
 import os
@@ -95,11 +94,7 @@ def convert_checkpoint(src, out_dir, *, dtype=None, keep_quantized=False, subkey
   if done:
     raise UsageError(f"--src {src!r} is already a converted wanjax {done} folder (config.json with a 'family'); "
                      f"pass it to infer.sample / load it directly, there is nothing to convert")
-  foreign = [f for f in glob.glob(os.path.join(out_dir, "*.safetensors")) if os.path.basename(f) !=
-             "model.safetensors"]
-  if foreign:
-    raise UsageError(f"output folder {out_dir!r} already holds other safetensors files {sorted(foreign)}; "
-                     f"choose an empty folder")
+  model_dir.check_no_other_weights(out_dir)
   created = _make_out_dir(out_dir)
   model_dir.recover(out_dir)   # an earlier run that crashed while replacing the files: finish it first (logged)
   try:

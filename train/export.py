@@ -16,7 +16,6 @@ replaced crash-safely (`wanjax/model_dir.py`, shared with the converters).
 """
 
 import dataclasses
-import glob
 import json
 import os
 import sys
@@ -33,7 +32,7 @@ from wanjax.errors import CheckpointError, UsageError
 from wanjax.fileio import atomic_open
 
 SOURCE_LAYOUT = "wanjax-train"   # config.json "source_layout" of exported dirs (converters write theirs)
-WEIGHTS = "model.safetensors"
+WEIGHTS = model_dir.WEIGHTS
 DIT_OBJECTIVES = ("flow_matching", "dmd", "ode_init", "cfg_distill", "step_distill")
 
 
@@ -106,10 +105,7 @@ def write_model_dir(out_dir, tensors: dict, config: dict):
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
     raise UsageError(f"--out {out_dir}: cannot create the folder ({e.strerror or e}); pass a writable one") from None
-  foreign = sorted(f for f in glob.glob(os.path.join(out_dir, "*.safetensors")) if os.path.basename(f) != WEIGHTS)
-  if foreign:
-    raise UsageError(f"--out {out_dir}: the folder already holds other safetensors files {foreign} (loaders read "
-                     f"every *.safetensors of a model folder); choose an empty folder")
+  model_dir.check_no_other_weights(out_dir)
   with model_dir.staging(out_dir) as stage:
     checkpoint.save_tensors(os.path.join(stage, WEIGHTS), tensors, metadata={"format": "wanjax"})
     with atomic_open(os.path.join(stage, model_dir.CONFIG), "w") as f:

@@ -16,6 +16,7 @@ their historical `.convert-` prefix so that folders interrupted by older version
 """
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from wanjax.errors import CheckpointError, UsageError
 from wanjax.fileio import atomic_open
 
 CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
 STAGING = ".convert-staging"
 JOURNAL = ".convert-pending.json"
 
@@ -123,6 +125,16 @@ def recover(out_dir) -> list:
     return []
   with _locked(out_dir):
     return _recover(out_dir)
+
+
+def check_no_other_weights(out_dir):
+  """One line when `out_dir` already holds `*.safetensors` other than `model.safetensors`: the loaders read
+  every safetensors file of a model folder, so writing a model beside them would mix two."""
+  foreign = sorted(os.path.basename(f) for f in glob.glob(os.path.join(out_dir, "*.safetensors"))
+                   if os.path.basename(f) != WEIGHTS)
+  if foreign:
+    raise UsageError(f"--out {out_dir}: the folder already holds other safetensors files {foreign} (loaders read "
+                     f"every *.safetensors of a model folder); choose an empty folder")
 
 
 @contextlib.contextmanager

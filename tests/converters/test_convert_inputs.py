@@ -216,3 +216,16 @@ def test_subkey_on_a_flat_pt_says_drop_it(sd, tmp_path):
   with pytest.raises(CheckpointError, match=r"no entry 'generator_ema'; its nested state dicts are "
                                             r"\['critic', 'generator'\]"):
     convert_checkpoint(str(tmp_path / "nested.pt"), str(tmp_path / "out"), subkey="generator_ema", progress=False)
+
+
+def test_out_folder_with_other_weights_is_refused(sd, tmp_path):
+  """The loaders read every *.safetensors of a model folder: converting beside another one would mix two models
+  (the same one-line refusal as train.export's)."""
+  save_tensors(str(tmp_path / "m.safetensors"), sd)
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "lora.safetensors").write_bytes(b"x")
+  with pytest.raises(UsageError, match=r"--out .*out: the folder already holds other safetensors files "
+                                       r"\['lora\.safetensors'\] \(loaders read every \*\.safetensors"):
+    convert_checkpoint(str(tmp_path / "m.safetensors"), str(out), num_heads=2, progress=False)
+  assert sorted(os.listdir(out)) == ["lora.safetensors"]
