@@ -176,12 +176,22 @@ def reward_step(state, batch, *, fn, vae_graphdef, reward_fn, tx, lr_fn, sigmas,
   old = state.generator
   (loss, (r, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(old.params)
   new, gnorm = st.apply_updates(old, grads, tx)
-  metrics = {"loss/reward": loss, "reward/mean": jnp.mean(r), "lr/lora": lr_fn(state.step),
+  metrics = {"loss/reward": loss, "reward/mean": jnp.mean(r), "lr/lora": lr_fn(schedule_count(state.generator.opt_state)),
              **{f"reward/{k}": jnp.mean(v) for k, v in terms.items()}}
   return pt.finish_update(state, old, new, loss, gnorm, metrics)
 
 
 # ------------------------------------------------------------------------------------------------ trainer
+
+def schedule_count(opt_state):
+  """The update count the optimiser's learning-rate schedule reads (its `ScaleByScheduleState`): it stays put on
+  a step skipped as non-finite, where `state.step` moves on, so the logged rate is the one applied."""
+  counts = [v for path, v in optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+            if any(getattr(k, "tuple_name", "") == "ScaleByScheduleState" for k in path)]
+  if len(counts) != 1:
+    raise AssertionError(f"expected one learning-rate schedule in the LoRA optimiser, found {len(counts)}")
+  return counts[0]
+
 
 def lora_schedule(t, total_steps, schedule):
   """step -> learning rate: cosine decay from `t.lr` to 0 over the run, or constant."""

@@ -218,3 +218,17 @@ def test_latent_channels_are_the_vaes_not_the_i2v_input_width():
   pt.check_latent_shape("x", (2, 4, 4, 16), i2v)
   with pytest.raises(UsageError, match=r"x: latents of shape \(2, 4, 4, 36\); the DiT denoises \[F, H, W, 16\]"):
     pt.check_latent_shape("x", (2, 4, 4, 36), i2v)
+
+
+def test_logged_lora_rate_follows_the_optimisers_count():
+  """`lr/lora` is read at the schedule's own count: after a skipped (non-finite) step the optimiser state is
+  kept, so the count, and the rate actually applied next, stay behind `state.step`."""
+  import jax.numpy as jnp
+  c = _config("reward_lora")
+  tx = reward.lora_optimizer(c.generator, 10, "cosine")
+  p = {"a": jnp.ones(3)}
+  s = tx.init(p)
+  assert int(reward.schedule_count(s)) == 0
+  for _ in range(3):
+    _, s = tx.update({"a": jnp.ones(3)}, s, p)
+  assert int(reward.schedule_count(s)) == 3
