@@ -29,6 +29,7 @@ from converters.reader import PrefixedSource, TensorSource, TorchSource, open_so
 from wanjax import model_dir
 from wanjax.errors import CheckpointError, UsageError
 
+TORCH_EXTS = (".pt", ".pth", ".bin", ".ckpt")   # torch pickles (read with weights_only=True)
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 # Self-Forcing / CausVid training checkpoints nest the weights; EMA first, as SF's inference (--use_ema).
 NESTED_PREFERENCE = ("generator_ema", "generator", "model", "state_dict")
@@ -63,7 +64,7 @@ class CastSource(TensorSource):
 def open_checkpoint(src, subkey=None):
   """(source, subkey used): a torch pickle holding nested state dicts (Self-Forcing, CausVid) opens the
   `subkey` entry, by default the first of NESTED_PREFERENCE present."""
-  is_torch = str(src).endswith((".pt", ".pth", ".bin", ".ckpt"))
+  is_torch = str(src).endswith(TORCH_EXTS)
   if subkey and not is_torch:
     raise UsageError(f"--subkey={subkey!r} only applies to .pt/.pth files; {src!r} is not one")
   source = open_source(src, subkey=subkey)
@@ -88,34 +89,33 @@ def convert_checkpoint(src, out_dir, *, dtype=None, keep_quantized=False, subkey
     raise UsageError(f"dtype={dtype!r}; valid: {', '.join(DTYPES)}")
   if num_heads is not None and (isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1):
     raise UsageError(f"--num-heads={num_heads!r} must be a whole number >= 1 (a divisor of the model dim)")
-  if _is_torch_lora(src, subkey):
-    return convert_lora(src, out_dir, dtype=dtype, subkey=subkey)
   done = _converted_family(src)
   if done:
     raise UsageError(f"--src {src!r} is already a converted wanjax {done} folder (config.json with a 'family'); "
                      f"pass it to infer.sample / load it directly, there is nothing to convert")
-  model_dir.check_no_other_weights(out_dir)
-  created = _make_out_dir(out_dir)
-  model_dir.recover(out_dir)   # an earlier run that crashed while replacing the files: finish it first (logged)
+  # A torch pickle is opened once, here: whether it is a LoRA (rewritten as one safetensors file) decides what
+  # --out means. Other sources are opened after the output folder is checked.
+  is_torch = os.path.isfile(str(src)) and str(src).endswith(TORCH_EXTS)
+  source, subkey = open_checkpoint(src, subkey) if is_torch else (None, subkey)
   try:
-    summary = _convert(src, out_dir, dtype, keep_quantized, subkey, family, num_heads, progress)
-  except BaseException:
-    if created and os.path.isdir(out_dir) and not os.listdir(out_dir):
-      os.rmdir(out_dir)   # a failed conversion leaves no empty folder it made behind
-    raise
+    if source is not None and families.lora_keys(source.keys()):
+      return convert_lora(src, source, out_dir, dtype=dtype, subkey=subkey)
+    model_dir.check_no_other_weights(out_dir)
+    created = _make_out_dir(out_dir)
+    model_dir.recover(out_dir)   # an earlier run that crashed while replacing the files: finish it first (logged)
+    try:
+      if source is None:
+        source, subkey = open_checkpoint(src, subkey)
+      summary = _convert(src, source, subkey, out_dir, dtype, keep_quantized, family, num_heads, progress)
+    except BaseException:
+      if created and os.path.isdir(out_dir) and not os.listdir(out_dir):
+        os.rmdir(out_dir)   # a failed conversion leaves no empty folder it made behind
+      raise
+  finally:
+    if source is not None:
+      source.close()
   logging.info("wrote %d tensors to %s", summary["tensors"], out_dir)
   return summary
-
-
-def _is_torch_lora(src, subkey) -> bool:
-  """Whether `src` is a `.pt/.pth` LoRA / weight-diff file (read once more by `convert_lora`; LoRAs are small)."""
-  if not (os.path.isfile(str(src)) and str(src).endswith((".pt", ".pth", ".bin", ".ckpt"))):
-    return False
-  source, _ = open_checkpoint(src, subkey)
-  try:
-    return bool(families.lora_keys(source.keys()))
-  finally:
-    source.close()
 
 
 def lora_out_path(src, out) -> str:
@@ -125,17 +125,17 @@ def lora_out_path(src, out) -> str:
   return os.path.join(str(out), os.path.splitext(os.path.basename(str(src)))[0] + ".safetensors")
 
 
-def convert_lora(src, out, *, dtype=None, subkey=None) -> dict:
-  """Rewrites a `.pt/.pth` LoRA as safetensors with its keys unchanged (every spelling `wanjax.lora` reads is
-  kept as is; the sampler maps them when merging), so that `--config.lora` can memory-map it without torch.
-  Floating tensors are cast to `dtype` when given. Returns the summary dict."""
+def convert_lora(src, source, out, *, dtype=None, subkey=None) -> dict:
+  """Rewrites a `.pt/.pth` LoRA (`source`, opened from `src`; closed by the caller) as safetensors with its keys
+  unchanged (every spelling `wanjax.lora` reads is kept as is; the sampler maps them when merging), so that
+  `--config.lora` can memory-map it without torch. Floating tensors are cast to `dtype` when given. Returns the
+  summary dict."""
   from wanjax.checkpoint import StreamingWriter
   path = lora_out_path(src, out)
   if os.path.isdir(path):
     raise UsageError(f"--out {path!r} is a folder; pass a .safetensors file path or the folder to write into")
   folder = os.path.dirname(os.path.abspath(path))
   created = _make_out_dir(folder)
-  source, subkey = open_checkpoint(src, subkey)
   try:
     cast = CastSource(source, DTYPES.get(dtype))
     keys = sorted(cast.keys())
@@ -152,8 +152,6 @@ def convert_lora(src, out, *, dtype=None, subkey=None) -> dict:
     if created and os.path.isdir(folder) and not os.listdir(folder):
       os.rmdir(folder)
     raise
-  finally:
-    source.close()
   logging.info("wrote LoRA %s (%d tensors)", path, len(keys))
   return {"family": "lora", "layout": "as stored", "subkey": subkey, "tensors": len(keys),
           "dtype": dtype or "as stored", "out_dir": os.path.abspath(path), "config": {},
@@ -190,33 +188,30 @@ def _make_out_dir(out_dir) -> bool:
   return created
 
 
-def _convert(src, out_dir, dtype, keep_quantized, subkey, family, num_heads, progress) -> dict:
-  """The conversion itself, into the existing folder `out_dir`; returns the summary dict."""
-  source, subkey = open_checkpoint(src, subkey)
-  try:
-    found, mod, layout = _detect(source, family, src)
-    logging.info("%s: found a %s checkpoint in layout %r", src, mod.FAMILY, layout)
-    view = families.prepare(mod, found, layout, keep_quantized=keep_quantized)
-    kwargs = {}
-    if num_heads is not None:
-      if "num_heads" not in inspect.signature(mod.config_from_keys).parameters:
-        raise UsageError(f"--num-heads does not apply to {mod.FAMILY} checkpoints")
-      kwargs["num_heads"] = num_heads
-    config = dict(mod.config_from_keys(view, layout, **kwargs))
-    steps = mod.plan(layout, config)
-    config.update(family=mod.FAMILY, source_layout=layout)
-    expected = mod.file_shapes(config) if hasattr(mod, "file_shapes") else None
-    keep = ()
-    if keep_quantized and hasattr(view, "quantized_weights"):
-      quantized = set(view.quantized_weights())
-      keep = {s.source for s in steps if s.source in quantized or s.source.endswith(".weight_scale")}
-    cast = CastSource(view, DTYPES.get(dtype), keep)
-    from tqdm import tqdm
-    with tqdm(total=len(steps), desc=f"convert {mod.FAMILY}", unit="tensor", disable=not progress) as bar:
-      engine.write_model(cast, steps, out_dir, config=config, ignore=tuple(mod.IGNORE.get(layout, ())),
-                         expected=expected, progress=bar)
-  finally:
-    source.close()
+def _convert(src, source, subkey, out_dir, dtype, keep_quantized, family, num_heads, progress) -> dict:
+  """The conversion of the open `source` (read from `src`) into the existing folder `out_dir`; returns the
+  summary dict."""
+  found, mod, layout = _detect(source, family, src)
+  logging.info("%s: found a %s checkpoint in layout %r", src, mod.FAMILY, layout)
+  view = families.prepare(mod, found, layout, keep_quantized=keep_quantized)
+  kwargs = {}
+  if num_heads is not None:
+    if "num_heads" not in inspect.signature(mod.config_from_keys).parameters:
+      raise UsageError(f"--num-heads does not apply to {mod.FAMILY} checkpoints")
+    kwargs["num_heads"] = num_heads
+  config = dict(mod.config_from_keys(view, layout, **kwargs))
+  steps = mod.plan(layout, config)
+  config.update(family=mod.FAMILY, source_layout=layout)
+  expected = mod.file_shapes(config) if hasattr(mod, "file_shapes") else None
+  keep = ()
+  if keep_quantized and hasattr(view, "quantized_weights"):
+    quantized = set(view.quantized_weights())
+    keep = {s.source for s in steps if s.source in quantized or s.source.endswith(".weight_scale")}
+  cast = CastSource(view, DTYPES.get(dtype), keep)
+  from tqdm import tqdm
+  with tqdm(total=len(steps), desc=f"convert {mod.FAMILY}", unit="tensor", disable=not progress) as bar:
+    engine.write_model(cast, steps, out_dir, config=config, ignore=tuple(mod.IGNORE.get(layout, ())),
+                       expected=expected, progress=bar)
   return {"family": mod.FAMILY, "layout": layout, "subkey": subkey, "tensors": len(steps),
           "dtype": dtype or "as stored", "out_dir": os.path.abspath(out_dir), "config": config,
           "description": mod.describe(config) if hasattr(mod, "describe") else ""}

@@ -229,3 +229,19 @@ def test_out_folder_with_other_weights_is_refused(sd, tmp_path):
                                        r"\['lora\.safetensors'\] \(loaders read every \*\.safetensors"):
     convert_checkpoint(str(tmp_path / "m.safetensors"), str(out), num_heads=2, progress=False)
   assert sorted(os.listdir(out)) == ["lora.safetensors"]
+
+
+@pytest.mark.torch
+def test_torch_checkpoint_is_opened_once(sd, tmp_path, monkeypatch):
+  """A .pt is unpickled once per conversion (the LoRA check and the conversion share it), model or LoRA."""
+  import torch
+  from converters import convert
+  torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, str(tmp_path / "m.pt"))
+  keys = [k.format(i=0) for k in LORAS["comfyui"]]
+  torch.save({k: torch.zeros(2, 2) for k in keys}, str(tmp_path / "l.pt"))
+  calls, real = [], convert.open_checkpoint
+  monkeypatch.setattr(convert, "open_checkpoint", lambda *a, **kw: calls.append(a[0]) or real(*a, **kw))
+  assert convert.convert_checkpoint(str(tmp_path / "m.pt"), str(tmp_path / "out"), num_heads=2,
+                                    progress=False)["family"] == "dit"
+  assert convert.convert_checkpoint(str(tmp_path / "l.pt"), str(tmp_path / "loras"), progress=False)["family"] == "lora"
+  assert calls == [str(tmp_path / "m.pt"), str(tmp_path / "l.pt")]

@@ -52,6 +52,23 @@ class _Crash(BaseException):
   """Stands for the process dying: nothing catches it as an error."""
 
 
+def _crash_replacing(d, out, monkeypatch, at):
+  """Converts the old model into `out`, then the new one with the process 'dying' at the rename onto `at`
+  (a path relative to `out`)."""
+  _convert(d / "old.safetensors", out)
+  real = os.replace
+
+  def crashing(a, b):
+    if os.path.relpath(b, out) == at:
+      raise _Crash
+    return real(a, b)
+
+  monkeypatch.setattr(os, "replace", crashing)
+  with pytest.raises(_Crash):
+    _convert(d / "new.safetensors", out)
+  monkeypatch.setattr(os, "replace", real)
+
+
 @pytest.mark.parametrize("k", range(len(RENAMES) + 1), ids=[*RENAMES, "no-crash"])
 def test_crash_at_each_rename_never_mixes_and_next_run_finishes(pairs, tmp_path, monkeypatch, caplog, k):
   d, old, new = pairs
@@ -149,18 +166,7 @@ def test_loader_names_an_interrupted_replacement(pairs, tmp_path, monkeypatch):
   from infer.models import resolve_dit
   d, _, _ = pairs
   out = tmp_path / "out"
-  _convert(d / "old.safetensors", out)
-  real = os.replace
-
-  def crashing(a, b):
-    if os.path.relpath(b, out) == "model.safetensors":
-      raise _Crash
-    return real(a, b)
-
-  monkeypatch.setattr(os, "replace", crashing)
-  with pytest.raises(_Crash):
-    _convert(d / "new.safetensors", out)
-  monkeypatch.setattr(os, "replace", real)
+  _crash_replacing(d, out, monkeypatch, "model.safetensors")
   with pytest.raises(UsageError, match=rf"model folder '{out}' holds \.convert-pending\.json: a conversion or export "
                                        r"into it was interrupted .* run the same `python -m converters\.convert` "
                                        r"or `python -m train\.export` command \(--out .*\) again to finish it"):
@@ -191,18 +197,7 @@ def test_journal_whose_staged_files_were_deleted_rolls_back_once(pairs, tmp_path
   import shutil
   d, old, new = pairs
   out = tmp_path / "out"
-  _convert(d / "old.safetensors", out)
-  real = os.replace
-
-  def crashing(a, b):
-    if os.path.relpath(b, out) == ".model.safetensors.old":
-      raise _Crash
-    return real(a, b)
-
-  monkeypatch.setattr(os, "replace", crashing)
-  with pytest.raises(_Crash):
-    _convert(d / "new.safetensors", out)
-  monkeypatch.setattr(os, "replace", real)
+  _crash_replacing(d, out, monkeypatch, ".model.safetensors.old")
   shutil.rmtree(out / model_dir.STAGING)
   with pytest.raises(CheckpointError, match=r"could not be finished: its new files in \.convert-staging/ were gone; the "
                                             r"previous files are back in place; convert or export into it again"):
