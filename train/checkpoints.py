@@ -95,7 +95,6 @@ def checkpoint_manager(workdir, *, keep=3, async_save=True, read_only=False) -> 
   return manager
 
 
-
 def abstract_sharded(abstract, shardings):
   """ShapeDtypeStructs carrying the target shardings: restore places every array straight into its shard."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
