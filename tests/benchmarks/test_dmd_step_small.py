@@ -106,3 +106,22 @@ def test_small_run_reports_json():
   assert len(out["gen_exits_timed"]) == len(out["gen_step_s_all"]) == 2
   assert all(0 <= j < 4 for pair in out["gen_exits_timed"] for j in pair)
   assert out["train_iter_s"] == pytest.approx(out["gen_step_s"] + 2 * out["critic_step_s"])
+
+
+def test_teacher_param_dtype_flag_halves_the_teacher():
+  """`--teacher-param-dtype bfloat16` reaches the trainer: the teacher's state is half the float32 one."""
+  import argparse
+  from train import distill
+  from wanjax import sharding as shd
+
+  sizes = {}
+  for name in ("", "bfloat16"):
+    args = argparse.Namespace(small=True, model="", layers=0, batch=1, mesh="fsdp=1", last_step_only=False,
+                              attn="", unroll=False, teacher_param_dtype=name)
+    c = bench.build_config(args)
+    setup = distill.build_dmd(c, "", shd.make_mesh(c.mesh), shd.RULES)
+    sizes[name] = (bench.tree_bytes(setup.abstract_state.teacher),
+                   bench.tree_bytes(setup.abstract_state.generator.params))
+  (t32, g32), (t16, g16) = sizes[""], sizes["bfloat16"]
+  assert t32 == g32 and g16 == g32          # default: float32 teacher; the generator is untouched
+  assert t16 < 0.51 * t32                   # floating params halve (non-float leaves, if any, stay)
