@@ -10,7 +10,8 @@ and LightX2V's 4-step runner (`distillation.md` §5):
   python -m infer.sample --config configs/sample/tiny.py --config.output_dir=/tmp/out    # random tiny models
 
 Every user error is found before anything is compiled or written (`infer/plan.py`: config -> checked `Plan`)
-and printed as one line (exit code 2).
+and printed as one line (exit code 2); a device that runs out of memory is one line too, naming the device, the
+allocation and the settings that shrink the run (exit code 1).
 Outputs, all atomic: `<output_dir>/<name>.mp4`, `<name>.json` (every setting, the seed, shapes and timings),
 optionally `<name>_frames/` (PNG) and the final latent (`--config.save_latents`).
 """
@@ -28,7 +29,7 @@ from infer.plan import (  # noqa: F401 - re-exported: `sample.check`, `sample.Pl
     _load_text_embeddings, _parse_size, check, check_dit_interface, check_prompt_grammar, latent_shape, use_cfg,
     vae_policy)
 from wanjax import sampling, sharding
-from wanjax.errors import UsageError
+from wanjax.errors import UsageError, out_of_memory_message
 from wanjax.fileio import atomic_open
 
 
@@ -360,6 +361,10 @@ def run(c):
   return sidecar
 
 
+OOM_ADVICE = ("Try --config.quant=int8 (half the 14B's weight memory), --config.vae_dtype=bf16, fewer "
+              "--config.frames or a smaller --config.size, or --config.mesh over more devices.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.<field>=...")
@@ -368,6 +373,12 @@ def main(argv):
   except UsageError as e:
     print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)
     sys.exit(2)
+  except Exception as e:   # noqa: BLE001  (an out-of-memory is one line; anything else keeps its traceback)
+    msg = out_of_memory_message(e, OOM_ADVICE)
+    if msg is None:
+      raise
+    print("error: " + msg, file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from absl import logging
 from train.checkpoints import (TMP_MARK, WorkdirError, abstract_sharded, check_writable, checkpoint_dir,  # noqa: F401
                                checkpoint_manager, complete_steps, first_line, restore_or_create, save,
                                saved_metadata, write_error, write_failure)
-from wanjax.errors import UsageError
+from wanjax.errors import UsageError, out_of_memory_message
 
 
 class NonFiniteError(RuntimeError):
@@ -239,12 +239,26 @@ def poison(loss, step, steps):
 
 # ------------------------------------------------------------------------------------------------ CLI
 
+def _resume_hint(workdir) -> str:
+  steps = complete_steps(checkpoint_dir(workdir)) if workdir else []
+  return (f"the last checkpoint is step {steps[-1]} in {checkpoint_dir(workdir)}; rerun the same command to "
+          f"resume from it" if steps else "no checkpoint was written yet; rerun the same command to start again")
+
+
 def interrupted_message(workdir) -> str:
   """The one line a trainer prints on Ctrl-C (`run` has already waited for the saves in flight)."""
-  steps = complete_steps(checkpoint_dir(workdir)) if workdir else []
-  where = (f"the last checkpoint is step {steps[-1]} in {checkpoint_dir(workdir)}; rerun the same command to "
-           f"resume from it" if steps else "no checkpoint was written yet; rerun the same command to start again")
-  return f"interrupted: {where}"
+  return f"interrupted: {_resume_hint(workdir)}"
+
+
+OOM_ADVICE = ("Lower --config.data.batch_size, keep --config.models.<role>.remat=full, run on more devices (the "
+              "mesh, --config.mesh, shards the state over them), or for DMD hold the frozen teacher in bf16 "
+              "(--config.dmd.teacher_param_dtype=bfloat16).")
+
+
+def out_of_memory_line(e, workdir):
+  """The one line a trainer prints when the device runs out of memory, or None for other errors."""
+  msg = out_of_memory_message(e, OOM_ADVICE)
+  return None if msg is None else f"error: {msg} Nothing was lost: {_resume_hint(workdir)}."
 
 
 def exit_now(message, code=1):
@@ -287,6 +301,11 @@ def run_cli(train_fn, example_config):
       sys.exit(f"error: {e}")
     except KeyboardInterrupt:
       exit_now(interrupted_message(flags.FLAGS.workdir), 130)
+    except Exception as e:   # noqa: BLE001  (an out-of-memory is one line; anything else keeps its traceback)
+      line = out_of_memory_line(e, flags.FLAGS.workdir)
+      if line is None:
+        raise
+      exit_now(line)
 
   # Config typos and unloadable config files: one line, exit 1 as the trainers' other usage errors.
   app.run(main, flags_parser=cli.flags_parser(what="config", hint="configs/train/<name>.py[:arg]",

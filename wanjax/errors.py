@@ -21,3 +21,27 @@ def format_key_problems(problems, limit=50):
   if len(problems) > limit:
     lines.append(f"  ... and {len(problems) - limit} more")
   return "\n".join(lines)
+
+
+def out_of_memory_message(e, advice=""):
+  """One line for an accelerator out-of-memory error (XLA's RESOURCE_EXHAUSTED status), or None for any other
+  exception: the device, the allocation that failed, the share of the device jax may use (where the backend
+  reports it) and `advice`, what the caller's settings can change. XLA's own text is a screen of allocator
+  statistics; the CLIs print this instead."""
+  text = str(e)
+  if "RESOURCE_EXHAUSTED" not in text:
+    return None
+  import re
+  import jax
+  first = text.strip().splitlines()[0] if text.strip() else text
+  m = re.search(r"allocate\s+([\d.]+\s*[KMGT]i?B|\d+\s*bytes)", first)
+  what = f"XLA could not allocate {m.group(1)}" if m else first.split("RESOURCE_EXHAUSTED:", 1)[-1].strip()[:200]
+  dev = jax.devices()[0]
+  try:
+    limit = (dev.memory_stats() or {}).get("bytes_limit")
+  except Exception:   # noqa: BLE001  (not every backend reports memory statistics)
+    limit = None
+  share = (f" (jax may use {limit / 2**30:.1f} GiB of it; XLA_PYTHON_CLIENT_MEM_FRACTION sets that share, "
+           f"0.75 unless set)" if limit else "")
+  line = f"out of memory on {dev.device_kind}: {what}{share}."
+  return " ".join(f"{line} {advice}".split())

@@ -1,0 +1,86 @@
+"""An accelerator out-of-memory (XLA's RESOURCE_EXHAUSTED) in the sampling and training CLIs: one `error:` line
+naming the device, the failed allocation and what to change, instead of XLA's screen of allocator statistics;
+any other runtime error keeps its traceback."""
+
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import pytest
+
+from infer import sample
+from wanjax.errors import out_of_memory_message
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The head of the error a 1.3B DMD step raised on an H100 (docs/bench/h100_dmd_step_1_3b_oom.txt), with a
+# stand-in for the allocator dump XLA appends.
+XLA_OOM = ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 31.56GiB with allocator GPU_0_bfc on "
+           "device 0. [executable_name='jit_dmd_step'] [tf-allocator-allocation-error='']\n"
+           "Current allocation summary follows.\nBin (256): Total Chunks: 12, Chunks in use: 12. 3.0KiB")
+
+
+def test_message_names_device_allocation_and_advice():
+  msg = out_of_memory_message(jax.errors.JaxRuntimeError(XLA_OOM), "Try smaller frames.")
+  assert "\n" not in msg
+  assert msg.startswith(f"out of memory on {jax.devices()[0].device_kind}: XLA could not allocate 31.56GiB")
+  assert msg.endswith("Try smaller frames.")
+  assert "Bin (256)" not in msg
+
+
+def test_other_errors_are_not_taken_for_out_of_memory():
+  assert out_of_memory_message(jax.errors.JaxRuntimeError("INTERNAL: cuDNN failed"), "x") is None
+  assert out_of_memory_message(ValueError("shape mismatch"), "x") is None
+
+
+def test_sample_cli_prints_one_line(monkeypatch, capsys):
+  def run(config):
+    raise jax.errors.JaxRuntimeError(XLA_OOM)
+  monkeypatch.setattr(sample, "run", run)
+  monkeypatch.setattr(sample, "flags", types.SimpleNamespace(FLAGS=types.SimpleNamespace(config=None)))
+  with pytest.raises(SystemExit) as exit_info:
+    sample.main(["sample"])
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: out of memory on ") and "--config.quant=int8" in err[0]
+
+
+def test_sample_cli_keeps_other_tracebacks(monkeypatch):
+  def run(config):
+    raise RuntimeError("something else")
+  monkeypatch.setattr(sample, "run", run)
+  monkeypatch.setattr(sample, "flags", types.SimpleNamespace(FLAGS=types.SimpleNamespace(config=None)))
+  with pytest.raises(RuntimeError, match="something else"):
+    sample.main(["sample"])
+
+
+_TRAINER = """
+import os
+import jax
+from train import loop
+
+def train_fn(config, workdir):
+  raise jax.errors.JaxRuntimeError(os.environ["FAKE_XLA_ERROR"])
+
+loop.run_cli(train_fn, "configs/train/dmd_smoke.py")
+"""
+
+
+@pytest.mark.parametrize("error", [XLA_OOM, "INTERNAL: something else"])
+def test_trainer_cli(tmp_path, error):
+  script = tmp_path / "trainer.py"
+  script.write_text(_TRAINER)
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), FAKE_XLA_ERROR=error)
+  r = subprocess.run([sys.executable, str(script), "--config", "configs/train/dmd_smoke.py", "--workdir",
+                      str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == 1, r.stderr[-2000:]
+  lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+  if error == XLA_OOM:
+    assert "Traceback" not in r.stderr and "Bin (256)" not in r.stderr, r.stderr[-2000:]
+    assert lines[-1].startswith("error: out of memory on ") and "31.56GiB" in lines[-1]
+    assert "teacher_param_dtype=bfloat16" in lines[-1]
+    assert lines[-1].endswith("no checkpoint was written yet; rerun the same command to start again.")
+  else:
+    assert "Traceback" in r.stderr and "INTERNAL: something else" in lines[-1]
