@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CASES = [
     ("dit_forward.py", ("--model", "nope"), "error: unknown DiT preset 'nope'"),
     ("dit_layer_breakdown.py", ("--model", "nope"), "error: unknown DiT preset 'nope'"),
+    ("dit_qkv_variants.py", ("--model", "nope"), "error: unknown DiT preset 'nope'"),
     ("sample.py", ("--frames", "80"), "--frames=80 must be 4k+1 (e.g. 77 or 81"),
     ("sample.py", ("--width", "840"), "must be positive multiples of 16"),
     ("vae_decode.py", ("--modes", "chunked,bogus"), "--modes='chunked,bogus': a comma list of chunked, tiled, full"),
@@ -28,6 +29,7 @@ CASES = [
       for script, flag, value, runs in (
           ("dit_forward.py", "--model", "t2v_14b", "the 'tiny' preset"),
           ("dit_layer_breakdown.py", "--model", "t2v_14b", "a dim-64, 2-head block on a 3x4x6 latent"),
+          ("dit_qkv_variants.py", "--model", "t2v_14b", "a dim-64, 2-head block on a 3x4x6 latent"),
           ("sample.py", "--model", "t2v_1_3b", "the 'tiny' preset"),
           ("ar_sample.py", "--model", "t2v_14b", "the 'tiny' preset"),
           ("vae_decode.py", "--model", "wan21", "the 'tiny' preset"),
