@@ -3,6 +3,7 @@
   python benchmarks/dit_layer_breakdown.py                    # T2V-1.3B block at 32,760 tokens, bf16
   python benchmarks/dit_layer_breakdown.py --model t2v_14b
   python benchmarks/dit_layer_breakdown.py --small            # CPU smoke run (tiny config, 3x4x6 latent)
+  python benchmarks/dit_layer_breakdown.py --profile 5 --profile-dir $OUT/trace   # + per-kernel table
 
 `benchmarks/dit_forward.py` splits the forward into self-attention and "the rest"; this script splits the rest.
 Pieces, in block order (each takes and returns what the block passes between them):
@@ -19,13 +20,26 @@ For each piece: milliseconds (median of `--iters`), its matmul FLOPs and achieve
 pieces against the whole block in one program (the difference is what fusion across piece boundaries saves or
 costs), and the block time times the layer count. Pieces with few FLOPs and many milliseconds are memory-bound
 elementwise work: the place to look for the rest of the forward's time.
+
+`--profile N` then runs the compiled whole block N more times (after one warm-up) under `jax.profiler.trace` and
+reads the trace back with `jax.profiler.ProfileData`: the device's kernel events (GPU stream lines), named by their
+HLO instruction (`hlo_op` stat: fusion, cuBLAS gemm, cuDNN attention custom call) where the trace gives one, else
+by the kernel, are summed per name and printed as a table (calls and ms per block, % of the block's summed kernel
+time, the instruction's shape and opcode or custom-call target from the optimized HLO, the longest kernel's name),
+top `--profile-top` rows; the JSON line gains "kernels" and "kernel_ms_per_block". On a CPU there is no device
+plane: the XLA CPU runtime's per-thunk events on the host plane stand in, or one line says there were none.
+`--profile-dir DIR` keeps the trace (DIR/plugins/profile/<time>/<host>.xplane.pb, for TensorBoard or xprof) and
+the block's optimized HLO (DIR/block_hlo.txt) instead of deleting them.
 """
 
 import argparse
 import dataclasses
 import json
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +63,134 @@ def piece_flops(cfg, L, S):
       "cross": 2 * L * D * D * 2 + 2 * S * D * D * 2 + 2 * 2 * L * S * D,
       "ffn": 2 * L * D * M * 2,
   }
+
+
+# Lines that profiler post-processing derives from the kernel lines of a device plane (their events repeat the
+# kernels', or span whole modules): counting them would count kernels twice.
+DERIVED_LINES = {"XLA Modules", "XLA Ops", "Async XLA Ops", "XLA TraceMe", "Steps", "Framework Ops",
+                 "Framework Name Scope", "TensorFlow Ops", "TensorFlow Name Scope", "Source code", "Launch Stats"}
+
+
+def trace_events(profile, host=True):
+  """(name, duration_ns, kernel) of every kernel in a `jax.profiler.ProfileData`, and where they came from.
+
+  Device planes ("/device:GPU:0", ...) first: events of their "Stream #..." lines (all lines but the derived ones
+  if no line is named so), named by the `hlo_op` stat when the event has one. Without device events and with
+  `host` (a CPU run: a GPU's host events would be launch times), the host plane's events that carry an `hlo_op`
+  stat (XLA CPU thunks). Returns (events, "device" | "host" | None)."""
+  events = []
+  for plane in profile.planes:
+    if not plane.name.startswith("/device:") or plane.name.startswith("/device:CPU"):
+      continue
+    lines = list(plane.lines)
+    streams = [ln for ln in lines if ln.name.startswith("Stream")]
+    for line in streams or [ln for ln in lines if ln.name not in DERIVED_LINES]:
+      for ev in line.events:
+        stats = dict(ev.stats)
+        events.append((str(stats.get("hlo_op") or ev.name), float(ev.duration_ns), ev.name))
+  if events:
+    return events, "device"
+  for plane in (profile.planes if host else ()):
+    if plane.name.startswith("/host:"):
+      for line in plane.lines:
+        for ev in line.events:
+          op = dict(ev.stats).get("hlo_op")
+          if op:
+            events.append((str(op), float(ev.duration_ns), ev.name))
+  return events, ("host" if events else None)
+
+
+def aggregate_kernels(events, calls):
+  """Sums (name, duration_ns[, kernel]) events by name over `calls` runs of the program.
+
+  Returns (rows, total ms per call): rows sorted by time, longest first, each {name, count, ms, pct, kernel} with
+  count and ms per call, pct of the summed time of all events, kernel the name of the kernel that took most of
+  the row's time (the name itself for 2-tuples)."""
+  ns, count, by_kernel = {}, {}, {}
+  for name, dur, *kernel in events:
+    ns[name] = ns.get(name, 0.0) + dur
+    count[name] = count.get(name, 0) + 1
+    k = by_kernel.setdefault(name, {})
+    k[kernel[0] if kernel else name] = k.get(kernel[0] if kernel else name, 0.0) + dur
+  total = sum(ns.values())
+  rows = [dict(name=name, count=count[name] / calls, ms=t / calls / 1e6, pct=100 * t / total if total else 0.0,
+               kernel=max(by_kernel[name].items(), key=lambda kv: (kv[1], kv[0]))[0])
+          for name, t in ns.items()]
+  rows.sort(key=lambda r: (-r["ms"], r["name"]))
+  return rows, total / calls / 1e6
+
+
+_HLO_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[^\s=]+) = (?P<shape>.+?) (?P<opcode>[a-z][\w-]*)\(")
+
+
+def hlo_instructions(hlo_text):
+  """{instruction name: (shape without layouts, what it is, metadata op_name)} of HLO text; what it is: the
+  custom-call target, "fusion <kind>" (a custom fusion's backend kind, e.g. __triton_gemm, else kLoop/kInput/...),
+  or the opcode."""
+  out = {}
+  for line in hlo_text.splitlines():
+    m = _HLO_INSTR.match(line)
+    if not m:
+      continue
+    op = m["opcode"]
+    target = re.search(r'custom_call_target="([^"]*)"', line)
+    if target:
+      op = target[1]
+    elif op == "fusion":
+      kind = re.search(r'"kind":"(__[^"]+)"', line) or re.search(r"\bkind=(k\w+)", line)
+      op = f"fusion {kind[1]}" if kind else op
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    out[m["name"]] = (re.sub(r"\{[^}]*\}", "", m["shape"]), op, op_name[1] if op_name else "")
+  return out
+
+
+def _write_text(path, text):
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def profile_block(compiled, inputs, calls, top, keep_dir=None):
+  """Kernel table of `calls` runs of `compiled(*inputs)` (see the module docstring); the trace goes to a
+  temporary directory, or is kept in `keep_dir`."""
+  import jax
+  from jax.profiler import ProfileData
+
+  jax.block_until_ready(compiled(*inputs))   # warm-up: nothing of the first call's one-time work in the trace
+  tmp = None if keep_dir else tempfile.mkdtemp(prefix="dit_layer_profile_")
+  log_dir = keep_dir or tmp
+  try:
+    before = set(_xplanes(log_dir))
+    with jax.profiler.trace(log_dir):
+      for _ in range(calls):
+        jax.block_until_ready(compiled(*inputs))
+    new = sorted(set(_xplanes(log_dir)) - before, key=os.path.getmtime)
+    if not new:
+      return dict(kernels=[], kernel_ms_per_block=0.0, kernel_names=0, kernel_source=None, profile_calls=calls)
+    events, source = trace_events(ProfileData.from_file(new[-1]), host=jax.devices()[0].platform == "cpu")
+    hlo = compiled.as_text()
+    if keep_dir:
+      _write_text(os.path.join(keep_dir, "block_hlo.txt"), hlo)
+  finally:
+    if tmp:
+      shutil.rmtree(tmp, ignore_errors=True)
+  rows, total = aggregate_kernels(events, calls)
+  instr = hlo_instructions(hlo)
+  for r in rows:
+    r["shape"], r["op"], r["op_name"] = instr.get(r["name"], ("", "", ""))
+  out = dict(kernels=rows[:top], kernel_ms_per_block=total, kernel_names=len(rows), kernel_source=source,
+             profile_calls=calls)
+  if keep_dir:
+    out["profile_trace"] = new[-1]
+  return out
+
+
+def _xplanes(log_dir):
+  found = []
+  for root, _, files in os.walk(log_dir):
+    found += [os.path.join(root, f) for f in files if f.endswith(".xplane.pb")]
+  return found
 
 
 def run(args):
@@ -134,6 +276,8 @@ def run(args):
     out = jax.tree.leaves(compiled(*inputs))
     finite = all(bool(np.isfinite(np.asarray(o, np.float32)).all()) for o in out)
     rows[name] = dict(ms=ms, gflop=flops[name] / 1e9, tflops=flops[name] / (ms / 1e3) / 1e12, finite=finite)
+    if name == "block":
+      block_compiled = compiled
   parts = sum(r["ms"] for k_, r in rows.items() if k_ != "block")
   # The pieces chained must give the block's output: they are the block, cut at its seams.
   x1 = jax.jit(o_residual)(state, x, a)
@@ -141,11 +285,42 @@ def run(args):
   whole = jax.jit(block)(state, x)
   rel = float(jnp.linalg.norm(chained - whole) / jnp.linalg.norm(whole))
   dev = jax.devices()[0]
-  return dict(bench="dit_layer_breakdown", model=args.model, small=args.small, device=dev.device_kind,
-              tokens=L, text_rows=S, dim=D, heads=n, layers=cfg.num_layers, attn=args.attn, init_s=init_s,
-              pieces=rows, pieces_sum_ms=parts, chained_vs_block_rel_err=rel, block_ms=rows["block"]["ms"],
-              forward_est_s=rows["block"]["ms"] * cfg.num_layers / 1e3,
-              rest_est_s=(rows["block"]["ms"] - rows["self_attn"]["ms"]) * cfg.num_layers / 1e3)
+  result = dict(bench="dit_layer_breakdown", model=args.model, small=args.small, device=dev.device_kind,
+                tokens=L, text_rows=S, dim=D, heads=n, layers=cfg.num_layers, attn=args.attn, init_s=init_s,
+                pieces=rows, pieces_sum_ms=parts, chained_vs_block_rel_err=rel, block_ms=rows["block"]["ms"],
+                forward_est_s=rows["block"]["ms"] * cfg.num_layers / 1e3,
+                rest_est_s=(rows["block"]["ms"] - rows["self_attn"]["ms"]) * cfg.num_layers / 1e3)
+  if args.profile:
+    result.update(profile_block(block_compiled, calls["block"][1], args.profile, args.profile_top,
+                                args.profile_dir))
+  return result
+
+
+def print_kernels(r):
+  """The --profile table: one row per kernel name, longest first, then the rest in one line."""
+  rows, total = r["kernels"], r["kernel_ms_per_block"]
+  if not rows:
+    why = ", no host events with an hlo_op stat" if r["device"] == "cpu" else "; is libcupti loadable?"
+    print(f"  profile: no per-kernel events in the trace of {r['profile_calls']} block calls on {r['device']} "
+          f"(no device kernel events{why})")
+    return
+  print(f"  kernels of the whole block ({r['kernel_source']} trace, {r['profile_calls']} calls): "
+        f"{total:.3f} ms per block in {r['kernel_names']} names, wall {r['block_ms']:.3f} ms")
+  print(f"  {'ms':>9} {'%':>5} {'cum%':>5} {'calls':>5}  {'hlo op (or kernel)':<32} {'shape':<32} "
+        f"what (jax op); kernel")
+  cum = 0.0
+  for row in rows:
+    cum += row["pct"]
+    what = row["op"] + (f" ({row['op_name'].rsplit('/', 1)[-1]})" if row["op_name"] else "")
+    kernel = "" if row["kernel"] == row["name"] else f"; {row['kernel'][:70]}"
+    print(f"  {row['ms']:9.3f} {row['pct']:5.1f} {cum:5.1f} {row['count']:5g}  {row['name'][:32]:<32} "
+          f"{row['shape'][:32]:<32} {what}{kernel}")
+  rest = total - sum(row["ms"] for row in rows)
+  if r["kernel_names"] > len(rows):
+    print(f"  {rest:9.3f} {100 * rest / total if total else 0.0:5.1f} {100.0:5.1f}        "
+          f"{r['kernel_names'] - len(rows)} more names")
+  if "profile_trace" in r:
+    print(f"  trace kept: {r['profile_trace']} ({os.path.getsize(r['profile_trace']) / 2**20:.1f} MiB)")
 
 
 def main():
@@ -154,10 +329,30 @@ def main():
   p.add_argument("--attn", default="auto", help="attention implementation (auto | xla | cudnn | splash)")
   p.add_argument("--iters", type=int, default=10)
   p.add_argument("--small", action="store_true", help="tiny config on a 3x4x6 latent (CPU smoke run)")
+  p.add_argument("--profile", type=int, default=0, metavar="N",
+                 help="then trace N calls of the whole block and print its kernels, longest first (0 = off)")
+  p.add_argument("--profile-top", type=int, default=25, metavar="K", help="rows of the kernel table (default 25)")
+  p.add_argument("--profile-dir", metavar="DIR",
+                 help="keep the trace (plugins/profile/<time>/<host>.xplane.pb) and block_hlo.txt in DIR instead "
+                      "of a temporary directory; for a device-tool run put DIR under $OUT (the tool brings back at "
+                      "most 8 files of 16 MiB each)")
   args = p.parse_args()
   cli.apply_small(p, args, {}, preset="model", runs="a dim-64, 2-head block on a 3x4x6 latent")
   if args.iters < 1:
     p.error(f"--iters must be >= 1, got {args.iters}")
+  if args.profile < 0:
+    p.error(f"--profile must be >= 0 (0 = off), got {args.profile}")
+  if args.profile_top < 1:
+    p.error(f"--profile-top must be >= 1, got {args.profile_top}")
+  if args.profile_dir is not None:
+    if not args.profile:
+      p.error(f"--profile-dir {args.profile_dir!r} needs --profile N >= 1")
+    if os.path.exists(args.profile_dir) and not os.path.isdir(args.profile_dir):
+      p.error(f"--profile-dir {args.profile_dir!r} exists and is not a directory")
+    try:
+      os.makedirs(args.profile_dir, exist_ok=True)
+    except OSError as e:
+      p.error(f"--profile-dir {args.profile_dir!r} cannot be created: {e.strerror}")
   r = run(args)
   print(f"{r['model']} block on {r['device']}: {r['tokens']} tokens, {r['text_rows']} text rows, dim {r['dim']}, "
         f"{r['heads']} heads, attention {r['attn']}")
@@ -167,6 +362,8 @@ def main():
   print(f"  pieces sum {r['pieces_sum_ms']:.3f} ms, whole block {r['block_ms']:.3f} ms; x {r['layers']} layers: "
         f"{r['forward_est_s']:.3f} s, of which outside self-attention {r['rest_est_s']:.3f} s")
   print(f"  pieces chained vs the block: relative error {r['chained_vs_block_rel_err']:.2e}")
+  if args.profile:
+    print_kernels(r)
   print(json.dumps(r))
 
 
