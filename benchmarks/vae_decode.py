@@ -5,10 +5,27 @@ spatial tiling, real `wan21` architecture with random weights.
   python benchmarks/vae_decode.py --policy bf16 --tile 32,32 --overlap 8
   python benchmarks/vae_decode.py --modes chunked,tiled,full        # "full" = whole-sequence (memory hungry)
   python benchmarks/vae_decode.py --small                           # CPU smoke test: tiny model, 17x64x64
+  python benchmarks/vae_decode.py --reference none                  # wanjax only (no torch reference)
 
 Each mode runs in its own subprocess, so peak memory is per mode. Prints the device, shapes, dtype, compile
 seconds (ahead-of-time `lower().compile()`), first-call and steady-state seconds (median of N after warm-up,
 block_until_ready), and one JSON line to paste into reports.
+
+Reference (`--reference diffusers`, the default where torch and diffusers are installed): diffusers
+`AutoencoderKLWan.decode` in its own subprocess, built from the same VAE config object (`diffusers_kwargs`), random
+weights (torch's default init, as `create_vae`), parameters and compute in the `--policy` dtype (bf16: weights in
+bf16 as well, as `torch_dtype=torch.bfloat16` loads them), on CUDA if available, on the same latent shape
+[1, z, F, h, w]. TF32 is turned off (cuDNN allows it by default) so that float32 means float32 on both sides, as
+the jax VAE convolves at Precision.HIGHEST. Its decode path is diffusers' default: frame by frame with a causal
+cache, untiled. Timed as the jax side (first call, then median of `--iters`, `torch.cuda.synchronize`), with
+`torch.cuda.max_memory_allocated` as its peak. Prints one "speed-up of wanjax over diffusers" line per jax mode
+(diffusers' seconds / the mode's seconds); the JSON line gets `reference` (the torch result) and
+`speedup_vs_diffusers` ({mode: ratio}).
+Every mode is compared with diffusers' untiled decode: `enable_tiling` cannot be made to decode our tiles. Its
+tile size and stride can be set to ours (8·tile, 8·(tile - overlap) pixels), but it steps tiles from 0 by the stride
+and keeps partial tiles at the far edges (60x104 latent, tile 32, overlap 8: 3x5 tiles, the last row 12 latent
+pixels high, the last column 8 wide), where ours are all tile-sized with the last one moved back to the edge (3x4
+tiles of 32x32), and the blends differ. A "tiled" ratio is therefore tiled wanjax against untiled diffusers.
 
 Memory is reported two ways so that state, compilation and execution can be told apart:
 - XLA's own plan for the compiled program (`compiled.memory_analysis()`): `xla_temp_gb` is the decode's working
@@ -39,6 +56,8 @@ GIB = 2**30
 
 from benchmarks import cli  # noqa: E402
 MODES = ("chunked", "tiled", "full")
+REFERENCES = ("diffusers", "none")
+REFERENCE_MODE = "diffusers"   # the hidden --mode value of the reference subprocess
 
 
 def allocator_gb():
@@ -110,6 +129,101 @@ def run_mode(args):
               out_shape=list(out.shape), finite=bool(np.isfinite(np.asarray(out)).all()))
 
 
+def diffusers_kwargs(cfg) -> dict:
+  """`AutoencoderKLWan` keywords for the architecture of the jax `VAEConfig` `cfg` (the names of `_video_vae`;
+  no attention scales and no dropout, as in Wan2.1 and in wanjax)."""
+  return dict(base_dim=cfg.dim, z_dim=cfg.z_dim, dim_mult=list(cfg.dim_mult), num_res_blocks=cfg.num_res_blocks,
+              temperal_downsample=list(cfg.temperal_downsample), attn_scales=[], dropout=0.0,
+              latents_mean=list(cfg.latents_mean), latents_std=list(cfg.latents_std))
+
+
+def reference_available() -> bool:
+  """Whether torch and diffusers are installed (looked up without importing torch in this process)."""
+  import importlib.util
+  return all(importlib.util.find_spec(m) is not None for m in ("torch", "diffusers"))
+
+
+class ReferenceUnavailable(Exception):
+  """torch or diffusers' AutoencoderKLWan cannot be imported in the reference subprocess."""
+
+
+def run_reference(args):
+  """diffusers `AutoencoderKLWan.decode` on the same architecture, latent shape and dtype (see the module doc)."""
+  try:
+    import torch
+    from diffusers import AutoencoderKLWan
+  except ImportError as e:
+    raise ReferenceUnavailable(f"{type(e).__name__}: {e}") from None
+  import numpy as np
+  from wanjax.vae.config import get_config
+
+  cfg = get_config(args.model)
+  frames, h, w = args.frames, args.height, args.width
+  latent_shape = (1, cfg.z_dim, 1 + (frames - 1) // 4, h // 8, w // 8)
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  dtype = torch.float32 if args.policy == "float32" else torch.bfloat16
+  torch.backends.cudnn.allow_tf32 = False
+  torch.backends.cuda.matmul.allow_tf32 = False
+  torch.manual_seed(0)
+  t0 = time.perf_counter()
+  with torch.device("meta"):
+    model = AutoencoderKLWan(**diffusers_kwargs(cfg))
+  for key, wan21 in (("is_residual", False), ("patch_size", None)):   # Wan2.2 switches, absent before 0.35
+    if getattr(model.config, key, wan21) != wan21:
+      raise RuntimeError(f"diffusers AutoencoderKLWan defaults to {key}={getattr(model.config, key)!r}, not the "
+                         f"Wan2.1 {wan21!r}")
+  model = model.to_empty(device=dev)
+  weights = dict(model.named_parameters())
+  with torch.no_grad():   # torch's default conv init (bound 1/sqrt(fan_in), bias too), norm scales 1: as create_vae
+    for name, p in weights.items():
+      if name.endswith("gamma"):
+        p.fill_(1.0)
+      else:
+        kernel = weights[name[:-len("bias")] + "weight"] if name.endswith("bias") else p
+        bound = 1.0 / float(np.prod(kernel.shape[1:])) ** 0.5
+        p.uniform_(-bound, bound)
+  model = model.to(dtype).eval()
+  assert not model.use_tiling and not model.use_slicing
+  mean = torch.tensor(cfg.latents_mean, device=dev).view(1, -1, 1, 1, 1)
+  std = torch.tensor(cfg.latents_std, device=dev).view(1, -1, 1, 1, 1)
+  gen = torch.Generator(device="cpu").manual_seed(0)
+  # The pipeline hands decode unnormalised latents: ours are N(0, 1) after normalisation.
+  latent = (torch.randn(latent_shape, generator=gen).to(dev) * std + mean).to(dtype)
+
+  def sync():
+    if dev == "cuda":
+      torch.cuda.synchronize()
+  sync()
+  init_s = time.perf_counter() - t0
+  state_gb = None
+  if dev == "cuda":
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    state_gb = torch.cuda.memory_allocated() / GIB
+  with torch.no_grad():
+    t0 = time.perf_counter()
+    out = model.decode(latent, return_dict=False)[0]
+    sync()
+    first_s = time.perf_counter() - t0
+    finite = bool(torch.isfinite(out.float()).all())
+    out_shape = list(out.shape)
+    del out
+    times = []
+    for _ in range(args.iters):
+      t0 = time.perf_counter()
+      model.decode(latent, return_dict=False)
+      sync()
+      times.append(time.perf_counter() - t0)
+  import diffusers
+  return dict(framework="diffusers", version=diffusers.__version__, torch=torch.__version__,
+              device=torch.cuda.get_device_name() if dev == "cuda" else "cpu", platform=dev, model=args.model,
+              policy=args.policy, dtype=str(dtype).removeprefix("torch."), tf32=False,
+              decode_path="frame-by-frame, causal cache, untiled", video=[frames, h, w], latent=list(latent_shape),
+              sec=float(np.median(times)), first_call_s=first_s, init_s=init_s,
+              peak_gb=torch.cuda.max_memory_allocated() / GIB if dev == "cuda" else 0.0, state_gb=state_gb,
+              out_shape=out_shape, finite=finite)
+
+
 def _gb(v):
   return "n/a" if v is None else f"{v:.3g}"
 
@@ -125,6 +239,9 @@ def main():
   p.add_argument("--tile", default="32,32", help="latent tile th,tw for the tiled mode")
   p.add_argument("--overlap", type=int, default=8, help="tile overlap in latent pixels")
   p.add_argument("--iters", type=int, default=3)
+  p.add_argument("--reference", choices=REFERENCES,
+                 help="torch reference timed in the same run: diffusers AutoencoderKLWan (default where torch and "
+                      "diffusers are installed) or none")
   p.add_argument("--small", action="store_true", help="tiny model, 17x64x64, on whatever device (CPU smoke)")
   p.add_argument("--mode", help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -141,22 +258,27 @@ def main():
     p.error(f"--height={args.height} and --width={args.width} must be positive multiples of 8")
   if args.overlap < 0 or args.iters < 1:
     p.error(f"--overlap={args.overlap} must be >= 0 and --iters={args.iters} >= 1")
+  if args.mode == REFERENCE_MODE:
+    try:
+      print("RESULT " + json.dumps(run_reference(args)))
+    except ReferenceUnavailable as e:
+      print(f"UNAVAILABLE {e}")
+    return
   if args.mode:
     print("RESULT " + json.dumps(run_mode(args)))
     return
   from wanjax.vae import get_config
   get_config(args.model)   # an unknown preset fails here, once, not in every child
+  reference = args.reference
+  if reference is None:
+    reference = "diffusers" if reference_available() else "none"
+    if reference == "none":
+      print("note: torch and diffusers are not both installed; no diffusers reference (--reference none)")
   results = {}
   for mode in modes:
-    cmd = [sys.executable, __file__, "--mode", mode] + sys.argv[1:]
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not line:
-      print(f"{mode} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-      results[mode] = None
+    r = results[mode] = _child(mode)
+    if r is None:
       continue
-    r = results[mode] = json.loads(line[-1][7:])
     print(f"{mode:>8} on {r['device']} ({r['platform']}): {r['model']} {r['policy']}, video {r['video']} <- latent "
           f"{r['latent']}, tile {r['tile']} overlap {r['overlap']}: {r['sec']:.3f} s steady, compile "
           f"{r['compile_s']:.1f} s, peak {r['peak_gb']:.2f} GiB, finite {r['finite']}")
@@ -165,8 +287,50 @@ def main():
           f"{_gb(r['state_in_use_gb'])}/{_gb(r['state_peak_gb'])} GiB, peak after compile "
           f"{_gb(r['compile_peak_gb'])}, after first call {_gb(r['first_call_peak_gb'])}, after all runs "
           f"{_gb(r['peak_gb'])}")
-  print(json.dumps(dict(benchmark="vae_decode", results=results)))
-  cli.exit_if_failed([m for m, r in results.items() if r is None])
+  summary = dict(benchmark="vae_decode", results=results)
+  failed = [m for m, r in results.items() if r is None]
+  if reference == "diffusers":
+    ref = _child(REFERENCE_MODE, explicit=args.reference is not None)
+    if ref == "unavailable":
+      ref = None
+    else:
+      summary.update(reference=ref, speedup_vs_diffusers={})
+      if ref is None:
+        failed.append(REFERENCE_MODE)
+    if ref:
+      print(f"{'diffusers':>8} on {ref['device']} ({ref['platform']}): AutoencoderKLWan {ref['model']} {ref['dtype']}"
+            f" (diffusers {ref['version']}, torch {ref['torch']}, TF32 off), latent {ref['latent']}, "
+            f"{ref['decode_path']}: {ref['sec']:.3f} s steady, first call {ref['first_call_s']:.1f} s, peak "
+            f"{ref['peak_gb']:.2f} GiB, finite {ref['finite']}")
+      for mode, r in results.items():
+        if r is not None:
+          x = summary["speedup_vs_diffusers"][mode] = ref["sec"] / r["sec"]
+          what = "tiled wanjax vs untiled diffusers" if mode == "tiled" else mode
+          print(f"speed-up of wanjax over diffusers: {x:.3f}x ({what})")
+  print(json.dumps(summary))
+  cli.exit_if_failed(failed)
+
+
+def _child(mode, explicit=True):
+  """Runs `mode` (a jax mode or the reference) in a subprocess with this command line; its result dict, None when
+  it failed (its stderr printed), or "unavailable" for a reference that cannot import torch/diffusers (an error
+  when `--reference` was given, a note when it was the default)."""
+  cmd = [sys.executable, __file__, "--mode", mode] + sys.argv[1:]
+  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  lines = proc.stdout.splitlines()
+  missing = [l[12:] for l in lines if l.startswith("UNAVAILABLE ")]
+  if missing and not proc.returncode:
+    if not explicit:
+      print(f"note: no diffusers reference ({missing[-1]}); --reference none skips it")
+      return "unavailable"
+    print(f"{mode} run failed: --reference diffusers needs torch and diffusers.AutoencoderKLWan ({missing[-1]})")
+    return None
+  line = [l for l in lines if l.startswith("RESULT ")]
+  if proc.returncode or not line:
+    print(f"{mode} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return None
+  return json.loads(line[-1][7:])
 
 
 if __name__ == "__main__":
