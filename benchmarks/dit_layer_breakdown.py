@@ -193,6 +193,17 @@ def _xplanes(log_dir):
   return found
 
 
+def block_setup(model, small):
+  """The DiT config of `model` (the tiny width with `small`) and the patch grid of the benchmarked latent."""
+  from wanjax.dit.config import get_config
+  cfg = get_config(model)
+  if small:
+    cfg = dataclasses.replace(cfg, dim=64, ffn_dim=128, num_heads=2, text_len=16)
+  F, H, W = SHAPES["small" if small else "480p"]
+  p = cfg.patch_size
+  return cfg, (F // p[0], H // p[1], W // p[2])
+
+
 def run(args):
   import jax
   import jax.numpy as jnp
@@ -200,16 +211,10 @@ def run(args):
   from flax import nnx
   from wanjax import precision
   from wanjax.dit import layers, rope
-  from wanjax.dit.config import get_config
   from wanjax.dit.model import WanBlock
   from wanjax.ops.attention import attention
 
-  cfg = get_config(args.model)
-  if args.small:
-    cfg = dataclasses.replace(cfg, dim=64, ffn_dim=128, num_heads=2, text_len=16)
-  F, H, W = SHAPES["small" if args.small else "480p"]
-  p = cfg.patch_size
-  grid = (F // p[0], H // p[1], W // p[2])
+  cfg, grid = block_setup(args.model, args.small)
   L, S, D, n = grid[0] * grid[1] * grid[2], cfg.text_len, cfg.dim, cfg.num_heads
   policy = precision.get_policy("bf16")
   cd = policy.compute_dtype

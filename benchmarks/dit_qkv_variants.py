@@ -29,7 +29,6 @@ and remat names of `SelfAttention.qkv` are left out of the variants (a one-devic
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -41,9 +40,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import cli  # noqa: E402
+from benchmarks.dit_layer_breakdown import block_setup  # noqa: E402
 from benchmarks.timing import median_s  # noqa: E402
 
-SHAPES = {"480p": (21, 60, 104), "small": (3, 4, 6)}   # latent F, H, W before the 2x2 patchify
 VARIANTS = ("current", "fused", "halves", "halves_fused", "bf16_out_rope")
 VARIANT_FLAGS = {"fused": dict(fused=True), "halves": dict(halves=True),
                  "halves_fused": dict(fused=True, halves=True), "bf16_out_rope": {}}
@@ -148,16 +147,10 @@ def run(args):
   from flax import nnx
   from wanjax import precision
   from wanjax.dit import layers, rope
-  from wanjax.dit.config import get_config
   from wanjax.dit.model import WanBlock
   from wanjax.ops.attention import attention
 
-  cfg = get_config(args.model)
-  if args.small:
-    cfg = dataclasses.replace(cfg, dim=64, ffn_dim=128, num_heads=2, text_len=16)
-  F, H, W = SHAPES["small" if args.small else "480p"]
-  p = cfg.patch_size
-  grid = (F // p[0], H // p[1], W // p[2])
+  cfg, grid = block_setup(args.model, args.small)
   L, D, n = grid[0] * grid[1] * grid[2], cfg.dim, cfg.num_heads
   policy = precision.get_policy("bf16")
 
