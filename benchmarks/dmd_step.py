@@ -4,7 +4,7 @@ tokens), random weights and random fixed text contexts (no checkpoint, no umT5, 
 
   PYTHONPATH=. python3 benchmarks/dmd_step.py                 # GPU: full 30 layers
   PYTHONPATH=. python3 benchmarks/dmd_step.py --layers 4      # quick check of the same shapes
-  PYTHONPATH=. python3 benchmarks/dmd_step.py --teacher-param-dtype bfloat16   # the 80 GB recipe (README)
+  PYTHONPATH=. python3 benchmarks/dmd_step.py --teacher-param-dtype bfloat16   # frozen teacher in bf16 (-2.6 GiB)
   python benchmarks/dmd_step.py --small                       # CPU smoke test (dmd_smoke's tiny models)
 
 Uses the trainer itself (`train.distill.build_dmd`: state creation, `dmd_step`, the jits with the donated

@@ -79,13 +79,9 @@ def cfg_step(state, batch, *, student_fn, teacher_fn, tx, sigmas, w_range, huber
     v = student_fn.apply(params, x_t, t, ctx, guidance=g)
     return loop.poison(pt.pseudo_huber(v, target, huber_c), state.step, poison_steps)
 
-  old = state.generator
-  loss, grads = jax.value_and_grad(loss_fn)(old.params)
-  new, gnorm = st.apply_updates(old, grads, tx)
-  if ema_decay > 0:
-    new = new.replace(ema=st.ema_update(new.ema, new.params, ema_decay))
-  return pt.finish_update(state, old, new, loss, gnorm,
-                          {"loss/cfg_distill": loss, "cfg/w": w, "cfg/sigma_mean": jnp.mean(sigma)})
+  loss, grads = jax.value_and_grad(loss_fn)(state.generator.params)
+  metrics = {"loss/cfg_distill": loss, "cfg/w": w, "cfg/sigma_mean": jnp.mean(sigma)}
+  return pt.finish_update(state, loss, grads, tx, metrics, ema_decay=ema_decay)
 
 
 def train(c, workdir, mesh, rules):

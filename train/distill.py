@@ -111,11 +111,11 @@ def dmd_step(state, batch, *, fns, settings, tx_g, tx_c, gcfg, ratio, latent_sha
 
     old = state.generator
     (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(old.params)
-    new, gnorm = st.apply_updates(old, grads, tx_g)
-    if gcfg.ema_decay > 0:
-      new = st.ema_step(new, old.params, state.step, decay=gcfg.ema_decay, start=gcfg.ema_start, every=ratio)
-    ok = st.update_ok(loss, gnorm, new)
-    state = state.replace(generator=st.select_tree(ok, new, old))
+    def ema(new, old_):
+      return st.ema_step(new, old_.params, state.step, decay=gcfg.ema_decay, start=gcfg.ema_start, every=ratio)
+
+    new, ok, gnorm = st.guarded_update(old, loss, grads, tx_g, ema if gcfg.ema_decay > 0 else None)
+    state = state.replace(generator=new)
     finite = finite & ok
     metrics.update(m)
     metrics.update({"loss/generator": loss, "grad_norm/generator": gnorm, "rollout/exit_generator": j})
@@ -136,9 +136,8 @@ def dmd_step(state, batch, *, fns, settings, tx_g, tx_c, gcfg, ratio, latent_sha
 
   old = state.critic
   (loss, m), grads = jax.value_and_grad(critic_loss, has_aux=True)(old.params)
-  new, gnorm = st.apply_updates(old, grads, tx_c)
-  ok = st.update_ok(loss, gnorm, new)
-  state = state.replace(critic=st.select_tree(ok, new, old), step=state.step + 1)
+  new, ok, gnorm = st.guarded_update(old, loss, grads, tx_c)
+  state = state.replace(critic=new, step=state.step + 1)
   metrics.update(m)
   metrics.update({"loss/critic": loss, "grad_norm/critic": gnorm, "rollout/exit_critic": j,
                   "finite": finite & ok})

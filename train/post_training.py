@@ -82,11 +82,15 @@ def step_key(state, salt):
   return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), salt)
 
 
-def finish_update(state, old, new, loss, gnorm, metrics):
-  """Skips a non-finite update (loss, gradient or updated params; params and optimiser state stay), advances the
-  step, adds the common metrics."""
-  ok = st.update_ok(loss, gnorm, new)
-  state = state.replace(generator=st.select_tree(ok, new, old), step=state.step + 1)
+def finish_update(state, loss, grads, tx, metrics, *, ema_decay=0.0):
+  """Applies the generator's update unless it is non-finite (loss, gradient or updated params; params and
+  optimiser state stay; `st.guarded_update`), then the EMA (`ema_decay` > 0) on a kept one; advances the step,
+  adds the common metrics."""
+  def ema(new, old):
+    return new.replace(ema=st.ema_update(new.ema, new.params, ema_decay))
+
+  new, ok, gnorm = st.guarded_update(state.generator, loss, grads, tx, ema if ema_decay > 0 else None)
+  state = state.replace(generator=new, step=state.step + 1)
   return state, dict(metrics, **{"grad_norm/generator": gnorm, "finite": ok})
 
 

@@ -173,12 +173,10 @@ def reward_step(state, batch, *, fn, vae_graphdef, reward_fn, tx, lr_fn, sigmas,
     loss = loss_scale * jnp.mean(jnp.abs(max_reward - r))
     return loop.poison(loss, state.step, poison_steps), (r, terms)
 
-  old = state.generator
-  (loss, (r, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(old.params)
-  new, gnorm = st.apply_updates(old, grads, tx)
+  (loss, (r, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.generator.params)
   metrics = {"loss/reward": loss, "reward/mean": jnp.mean(r), "lr/lora": lr_fn(schedule_count(state.generator.opt_state)),
              **{f"reward/{k}": jnp.mean(v) for k, v in terms.items()}}
-  return pt.finish_update(state, old, new, loss, gnorm, metrics)
+  return pt.finish_update(state, loss, grads, tx, metrics)
 
 
 # ------------------------------------------------------------------------------------------------ trainer

@@ -88,9 +88,24 @@ def update_ok(loss, gnorm, new: Trainee):
   return jnp.isfinite(loss) & jnp.isfinite(gnorm) & all_finite(new.params)
 
 
-def select_tree(ok, new, old):
-  """`new` where the scalar `ok` holds, else `old` (skips a non-finite update inside jit)."""
-  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+def guarded_update(old: Trainee, loss, grads, tx, post=None):
+  """One optimiser step, kept only where `update_ok` holds. Returns (trainee, ok, global grad norm).
+
+  `post(new, old)`, if given, finishes a kept update (the EMA bookkeeping). The updated params are first built
+  only to be checked for finiteness (XLA fuses that into the reduction, nothing is stored); the update itself
+  then runs inside `lax.cond`, so the new trainee can overwrite the donated old one in place. Building the whole
+  new trainee and then choosing between it and the old one (`jnp.where`) holds both at once: for the 1.3B DMD generator (params,
+  AdamW moments, EMA) XLA's buffer assignment (CPU) gives 25.0 GiB of temporaries that way against 15.9 GiB here
+  (critic step 17.2 -> 10.6 GiB); the fp32-teacher DMD step ran out of memory on an 80 GB H100 with the former.
+  The kept values are the same: `ok` is computed from the same update."""
+  probe, gnorm = apply_updates(old, grads, tx)
+  ok = update_ok(loss, gnorm, probe)
+
+  def keep(o, g):
+    new = apply_updates(o, g, tx)[0]
+    return post(new, o) if post is not None else new
+
+  return jax.lax.cond(ok, keep, lambda o, g: o, old, grads), ok, gnorm
 
 
 def generator_only_state(built, tx, seed, mesh, rules):
@@ -117,9 +132,8 @@ def guarded_generator_step(state, loss_fn, tx, loss_name):
   on a streak). Returns (state, metrics + {loss_name, grad_norm/generator, finite})."""
   old = state.generator
   (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(old.params)
-  new, gnorm = apply_updates(old, grads, tx)
-  ok = update_ok(loss, gnorm, new)
-  state = state.replace(generator=select_tree(ok, new, old), step=state.step + 1)
+  new, ok, gnorm = guarded_update(old, loss, grads, tx)
+  state = state.replace(generator=new, step=state.step + 1)
   return state, dict(m, **{loss_name: loss, "grad_norm/generator": gnorm, "finite": ok})
 
 

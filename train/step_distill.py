@@ -106,13 +106,9 @@ def distill_step(state, batch, *, fn, tx, mode, k, grid, half2_mode, w_range, gu
     x0_s = pt.x0_from_v(x_n, fn.apply(params, x_n, ts[n], ctx, **kw), sig[n])
     return loop.poison(pt.pseudo_huber(x0_s, tgt, huber_c), state.step, poison_steps)
 
-  old = state.generator
-  loss, grads = jax.value_and_grad(loss_fn)(old.params)
-  new, gnorm = st.apply_updates(old, grads, tx)
-  if ema_decay > 0:
-    new = new.replace(ema=st.ema_update(new.ema, new.params, ema_decay))
-  return pt.finish_update(state, old, new, loss, gnorm,
-                          {"loss/step_distill": loss, "step/w": w, "step/sigma_mean": jnp.mean(sig[n])})
+  loss, grads = jax.value_and_grad(loss_fn)(state.generator.params)
+  metrics = {"loss/step_distill": loss, "step/w": w, "step/sigma_mean": jnp.mean(sig[n])}
+  return pt.finish_update(state, loss, grads, tx, metrics, ema_decay=ema_decay)
 
 
 def train(c, workdir, mesh, rules):
