@@ -42,7 +42,7 @@ import pydantic
 from absl import app as absl_app, flags, logging
 from pydantic import Field
 
-from wanjax.errors import UsageError
+from wanjax.errors import UsageError, out_of_memory_message
 from wanjax.video import frame_count_hint
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web")
@@ -53,6 +53,7 @@ MAX_SEED = 2**31 - 1
 LORA_STRENGTH_RANGE = (0.0, 2.0)
 IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"))   # WebP below (RIFF....WEBP)
 STATUSES = ("queued", "running", "succeeded", "failed")
+OOM_ADVICE = "Ask for fewer frames or a smaller width x height."
 
 
 # ============================================================================================ request models
@@ -374,7 +375,9 @@ class Service:
       job.step, job.status = job.total_steps, "succeeded"
     except Exception as e:  # noqa: BLE001 - a failed job is reported; the worker keeps serving
       logging.exception("job %s failed", job.id)
-      job.error, job.status = f"{type(e).__name__}: {e}", "failed"
+      # An out-of-memory is one line (XLA's text is a screen of allocator statistics), with what a client can ask.
+      job.error = out_of_memory_message(e, OOM_ADVICE) or f"{type(e).__name__}: {e}"
+      job.status = "failed"
     finally:
       job.finished_at = time.time()
       job.c = job.plan = None   # the image and config are not needed any more

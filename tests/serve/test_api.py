@@ -162,6 +162,26 @@ def test_failed_job_is_reported_and_server_keeps_serving(client, service, tmp_pa
   assert client.get("/v1/info").json()["worker_alive"] is True
 
 
+def test_out_of_memory_job_fails_with_one_line(client, service, monkeypatch):
+  """A device out of memory fails the job with one line (not XLA's allocator dump); the server keeps serving."""
+  import jax
+  from wanjax import video
+
+  def oom(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError(
+        "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.00GiB with allocator GPU_0_bfc.\n"
+        "Current allocation summary follows.\nBin (256): Total Chunks: 12")
+
+  with monkeypatch.context() as m:
+    m.setattr(video, "write_video", oom)
+    job = wait_done(client.get, client.post("/v1/videos", json={"prompt": "too big"}).json()["id"])
+  assert job["status"] == "failed"
+  assert job["error"].startswith("out of memory on ") and "12.00GiB" in job["error"], job["error"]
+  assert "\n" not in job["error"] and "Bin (256)" not in job["error"] and "fewer frames" in job["error"]
+  r = client.post("/v1/videos", json={"prompt": "after the failure"})
+  assert wait_done(client.get, r.json()["id"])["status"] == "succeeded"
+
+
 def test_unknown_ids_404(client, service):
   assert client.get("/v1/videos/0123456789abcdef0123456789abcdef").status_code == 404
   assert client.get("/v1/videos/..%2F..%2Fetc%2Fpasswd.mp4").status_code == 404
