@@ -258,7 +258,10 @@ OOM_ADVICE = ("Lower --config.data.batch_size, keep --config.models.<role>.remat
 def out_of_memory_line(e, workdir):
   """The one line a trainer prints when the device runs out of memory, or None for other errors."""
   msg = out_of_memory_message(e, OOM_ADVICE)
-  return None if msg is None else f"error: {msg} Nothing was lost: {_resume_hint(workdir)}."
+  if msg is None:
+    return None
+  hint = _resume_hint(workdir)
+  return f"error: {msg} {hint[0].upper()}{hint[1:]}."
 
 
 def exit_now(message, code=1):

@@ -92,12 +92,13 @@ def guarded_update(old: Trainee, loss, grads, tx, post=None):
   """One optimiser step, kept only where `update_ok` holds. Returns (trainee, ok, global grad norm).
 
   `post(new, old)`, if given, finishes a kept update (the EMA bookkeeping). The updated params are first built
-  only to be checked for finiteness (XLA fuses that into the reduction, nothing is stored); the update itself
-  then runs inside `lax.cond`, so the new trainee can overwrite the donated old one in place. Building the whole
-  new trainee and then choosing between it and the old one (`jnp.where`) holds both at once: for the 1.3B DMD generator (params,
+  only to be checked for finiteness; the update itself then runs inside `lax.cond`, so the new trainee can
+  mostly overwrite the donated old one in place. Building the whole new trainee and then choosing between it and
+  the old one (`jnp.where`) holds both at once: for the 1.3B DMD generator (params,
   AdamW moments, EMA) XLA's buffer assignment (CPU) gives 25.0 GiB of temporaries that way against 15.9 GiB here
   (critic step 17.2 -> 10.6 GiB); the fp32-teacher DMD step ran out of memory on an 80 GB H100 with the former.
-  The kept values are the same: `ok` is computed from the same update."""
+  `ok` is computed from the same update; the kept values equal a plain unguarded update (the old `jnp.where` form
+  rounded the EMA 1 ulp differently after a few steps: another fusion)."""
   probe, gnorm = apply_updates(old, grads, tx)
   ok = update_ok(loss, gnorm, probe)
 

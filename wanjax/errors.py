@@ -36,12 +36,14 @@ def out_of_memory_message(e, advice=""):
   first = text.strip().splitlines()[0] if text.strip() else text
   m = re.search(r"allocate\s+([\d.]+\s*[KMGT]i?B|\d+\s*bytes)", first)
   what = f"XLA could not allocate {m.group(1)}" if m else first.split("RESOURCE_EXHAUSTED:", 1)[-1].strip()[:200]
-  dev = jax.devices()[0]
-  try:
+  kind, limit = "the device", None
+  try:   # the backend itself may be what failed: then say less rather than raise again
+    dev = jax.devices()[0]
+    kind = dev.device_kind
     limit = (dev.memory_stats() or {}).get("bytes_limit")
-  except Exception:   # noqa: BLE001  (not every backend reports memory statistics)
-    limit = None
+  except Exception:   # noqa: BLE001  (also: not every backend reports memory statistics)
+    pass
   share = (f" (jax may use {limit / 2**30:.1f} GiB of it; XLA_PYTHON_CLIENT_MEM_FRACTION sets that share, "
            f"0.75 unless set)" if limit else "")
-  line = f"out of memory on {dev.device_kind}: {what}{share}."
+  line = f"out of memory on {kind}: {what}{share}."
   return " ".join(f"{line} {advice}".split())

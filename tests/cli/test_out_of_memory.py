@@ -29,6 +29,14 @@ def test_message_names_device_allocation_and_advice():
   assert "Bin (256)" not in msg
 
 
+def test_message_survives_a_broken_backend(monkeypatch):
+  def broken():
+    raise RuntimeError("backend gone")
+  monkeypatch.setattr(jax, "devices", broken)
+  msg = out_of_memory_message(jax.errors.JaxRuntimeError(XLA_OOM), "Advice.")
+  assert msg == "out of memory on the device: XLA could not allocate 31.56GiB. Advice."
+
+
 def test_other_errors_are_not_taken_for_out_of_memory():
   assert out_of_memory_message(jax.errors.JaxRuntimeError("INTERNAL: cuDNN failed"), "x") is None
   assert out_of_memory_message(ValueError("shape mismatch"), "x") is None
@@ -81,6 +89,6 @@ def test_trainer_cli(tmp_path, error):
     assert "Traceback" not in r.stderr and "Bin (256)" not in r.stderr, r.stderr[-2000:]
     assert lines[-1].startswith("error: out of memory on ") and "31.56GiB" in lines[-1]
     assert "teacher_param_dtype=bfloat16" in lines[-1]
-    assert lines[-1].endswith("no checkpoint was written yet; rerun the same command to start again.")
+    assert lines[-1].endswith("No checkpoint was written yet; rerun the same command to start again.")
   else:
     assert "Traceback" in r.stderr and "INTERNAL: something else" in lines[-1]

@@ -56,8 +56,8 @@ def test_skipped_update_leaves_everything_as_it_was():
 
 
 def test_old_and_new_trainee_are_not_held_at_once():
-  """XLA's plan (CPU) for one donated, guarded step on a trainee of 4 x 4 MiB params + AdamW + EMA (64 MiB): the
-  gradients (16 MiB) and one leaf-sized buffer are all it needs (measured 32 MiB). Choosing between a fully built
+  """XLA's plan (CPU) for one donated, guarded step on a trainee of 4 x 4 MiB params + AdamW + EMA (64 MiB):
+  measured 32 MiB of temporaries, the gradients (16 MiB) and one params-sized set. Choosing between a fully built
   new trainee and the old one with `jnp.where`, as before, needed 52 MiB."""
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
   params = {f"w{i}": jnp.ones((1024, 1024), jnp.float32) for i in range(4)}
