@@ -13,7 +13,7 @@ from flax import nnx
 
 from wanjax import checkpoint
 from wanjax import sharding as shd
-from wanjax.dit.config import DiTConfig, get_config
+from wanjax.dit.config import PRESETS, DiTConfig, get_config
 from wanjax.dit.load import read_config
 from wanjax.dit.model import WanDiT
 from wanjax.errors import CheckpointError
@@ -39,6 +39,18 @@ class BuiltModel:
     return nnx.to_pure_dict(state)
 
 
+def preset_mismatch(weights, preset, file_cfg, cfg) -> str:
+  """One line: the fields in which a checkpoint's DiT config differs from the preset's, and the preset(s) it
+  does match (the guidance embedding aside, which the config adds on its own)."""
+  diff = [f.name for f in dataclasses.fields(cfg) if getattr(file_cfg, f.name) != getattr(cfg, f.name)]
+  fields = ", ".join(f"{n} {getattr(file_cfg, n)!r} (preset: {getattr(cfg, n)!r})" for n in diff)
+  same = [name for name, p in PRESETS.items()
+          if dataclasses.replace(p, guidance_embed=file_cfg.guidance_embed) == file_cfg]
+  hint = (f"; it matches preset {' / '.join(repr(n) for n in same)} (--config.models.<role>.preset=NAME)"
+          if same else "")
+  return f"{weights}: the checkpoint's DiT config differs from preset {preset!r} in {fields}{hint}"
+
+
 def build_dit(mcfg, *, seed, mesh, rules=shd.RULES) -> BuiltModel:
   """mcfg: a `configs.train_common.model` ConfigDict (preset, weights, precision, remat, scan, attn_impl; an
   optional `guidance_embed=True` adds the guidance embedding to the preset)."""
@@ -51,8 +63,7 @@ def build_dit(mcfg, *, seed, mesh, rules=shd.RULES) -> BuiltModel:
       raise CheckpointError(f"{mcfg.weights}: no config.json (convert first: python -m converters.convert)")
     file_cfg = read_config(mcfg.weights)[0]   # drops the converter's meta keys (family, source_layout, ...)
     if file_cfg != cfg:
-      raise CheckpointError(f"{mcfg.weights}: checkpoint config does not match preset {mcfg.preset!r}; "
-                            f"checkpoint {file_cfg} vs preset {cfg}")
+      raise CheckpointError(preset_mismatch(mcfg.weights, mcfg.preset, file_cfg, cfg))
   kwargs = dict(policy=mcfg.precision, scan=mcfg.scan, remat=mcfg.remat, attn_impl=mcfg.attn_impl)
 
   def make():

@@ -154,3 +154,24 @@ def test_export_names_missing_step_and_creates_nothing(tmp_path):
   with pytest.raises(UsageError, match="train first"):
     export.restore_trained(missing)
   assert not os.path.exists(missing)
+
+
+# ------------------------------------------------------------------------------------------------ weights
+
+def test_checkpoint_preset_mismatch_names_the_fields_and_the_matching_preset(tmp_path):
+  """A converted DiT whose config is another preset's: one line naming the differing fields and the preset the
+  checkpoint matches (formerly both whole configs were printed)."""
+  import json
+  from configs import train_common
+  from train.models import build_dit
+  from wanjax.dit.config import get_config
+  from wanjax.errors import CheckpointError
+
+  (tmp_path / "config.json").write_text(json.dumps(dict(get_config("tiny").to_json_dict(), family="dit")))
+  mcfg = train_common.model("tiny_i2v", weights=str(tmp_path))
+  with pytest.raises(CheckpointError) as e:
+    build_dit(mcfg, seed=0, mesh=shd.make_mesh("data=1"))
+  msg = str(e.value)
+  assert "\n" not in msg and "DiTConfig(" not in msg
+  assert "differs from preset 'tiny_i2v' in model_type 't2v' (preset: 'i2v')" in msg
+  assert msg.endswith("it matches preset 'tiny' (--config.models.<role>.preset=NAME)")
