@@ -1,4 +1,4 @@
-"""SIGKILL in the middle of an orbax save, then the same command again, for every trainer: the resumed run skips
+"""SIGKILL in the middle of an orbax save, then the same command again, for every trainer (post-training included): the resumed run skips
 the half-written checkpoint with a log line, ends bitwise equal to an uninterrupted run, and its TensorBoard
 events show each step once. Also make_ode_pairs killed while writing a shard. Slow: each case runs a trainer
 three times (~1-4 minutes each on two shared CPUs)."""
@@ -26,6 +26,9 @@ CASES = {   # name: (module, config, extra flags, final step)
     "self_forcing": ("train.distill", "self_forcing.py:smoke=True", [], 6),
     "causvid": ("train.distill", "causvid_dmd.py:smoke=True", [], 6),
     "ode_init": ("train.distill", "ode_init.py:smoke=True", [], 12),
+    # Post-training (one-trainee states with EMA / a LoRA exported beside each checkpoint): three saves.
+    **{name: ("train.distill", f"{name}.py:smoke=True", ["--config.total_steps=6", "--config.checkpoint_every=2"], 6)
+       for name in ("cfg_distill", "step_distill", "reward_lora")},
 }
 
 
