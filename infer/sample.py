@@ -361,8 +361,9 @@ def run(c):
   return sidecar
 
 
-OOM_ADVICE = ("Try --config.quant=int8 (half the 14B's weight memory), --config.vae_dtype=bf16, fewer "
-              "--config.frames or a smaller --config.size, or --config.mesh over more devices.")
+OOM_ADVICE = ("Try --config.dtype=bf16_weights or --config.quant=int8 (half or a quarter of the DiT's fp32 weight "
+              "memory), --config.vae_dtype=bf16, fewer --config.frames or a smaller --config.size, or --config.mesh "
+              "over more devices.")
 
 
 def main(argv):
