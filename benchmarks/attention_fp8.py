@@ -26,7 +26,6 @@ n, the kernel computes the masked tiles too, and early blocks pay for the whole 
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -197,12 +196,10 @@ def main():
            "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--iters", str(args.iters),
            "--ref-rows", str(args.ref_rows), "--q-scale", str(args.q_scale), "--query-tokens",
            str(args.query_tokens), "--kv-lengths", ",".join(map(str, args.kv_lengths))]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
-    if r.returncode or not line:
-      print(f"{which} run failed (exit {r.returncode}):\n{r.stderr[-2000:]}", file=sys.stderr)
-      return None
-    return json.loads(line[0][len("RESULT "):])
+    result, proc = cli.run_child(cmd)
+    if result is None:
+      cli.child_failed(which, proc, file=sys.stderr, tail=2000)
+    return result
 
   jx = sub("jax")
   th = None

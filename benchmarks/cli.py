@@ -42,6 +42,24 @@ def exit_if_failed(failed):
     sys.exit(1)
 
 
+def run_child(cmd, *, preallocate=True):
+  """Runs one part of a benchmark in a subprocess (so each has the device and its memory to itself). Returns
+  (result, proc): the dict of the child's last `RESULT {json}` stdout line, or None when it failed or printed none.
+  `preallocate=False` keeps XLA from taking most of the GPU up front (peak-memory figures stay the part's own)."""
+  import json
+  import os
+  import subprocess
+  env = None if preallocate else dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+  return (json.loads(lines[-1][len("RESULT "):]) if lines and not proc.returncode else None), proc
+
+
+def child_failed(what, proc, file=sys.stdout, tail=3000):
+  """Prints that the `what` part failed: its exit code and the end of its stderr."""
+  print(f"{what} run failed (exit {proc.returncode}):\n{proc.stderr[-tail:]}", file=file)
+
+
 _UNSET = object()
 
 

@@ -17,7 +17,6 @@ can give: `max_speedup_same_attention` = diffusers' forward / wanjax's attention
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -177,16 +176,11 @@ def main():
     p.error(f"--iters={args.iters} must be >= 1 and --layers={args.layers} >= 0")
   results = {}
   for fw in ("torch", "jax"):
-    cmd = [sys.executable, __file__, "--only", fw] + [a for a in sys.argv[1:]]
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    if proc.returncode or not line:
-      print(f"{fw} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-      results[fw] = None
+    r, proc = cli.run_child([sys.executable, __file__, "--only", fw] + sys.argv[1:], preallocate=False)
+    results[fw] = r
+    if r is None:
+      cli.child_failed(fw, proc)
       continue
-    results[fw] = json.loads(line[-1][7:])
-    r = results[fw]
     print(f"{r['framework']:>9} on {r['device']}: {r['sec']:.4f} s/forward, first/compile {r['compile_s']:.1f} s,"
           f" peak {r['peak_gb']:.2f} GiB, {r['flops'] / r['sec'] / 1e12:.1f} TFLOP/s, tokens {r['tokens']}")
     print(f"{'':>9}    self-attention alone {r['self_attn_s']:.4f} s ({100 * r['self_attn_s'] / r['sec']:.0f} % of "

@@ -144,13 +144,6 @@ def hlo_instructions(hlo_text):
   return out
 
 
-def _write_text(path, text):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def profile_block(compiled, inputs, calls, top, keep_dir=None):
   """Kernel table of `calls` runs of `compiled(*inputs)` (see the module docstring); the trace goes to a
   temporary directory, or is kept in `keep_dir`."""
@@ -171,7 +164,9 @@ def profile_block(compiled, inputs, calls, top, keep_dir=None):
     events, source = trace_events(ProfileData.from_file(new[-1]), host=jax.devices()[0].platform == "cpu")
     hlo = compiled.as_text()
     if keep_dir:
-      _write_text(os.path.join(keep_dir, "block_hlo.txt"), hlo)
+      from wanjax.fileio import atomic_open
+      with atomic_open(os.path.join(keep_dir, "block_hlo.txt")) as f:
+        f.write(hlo)
   finally:
     if tmp:
       shutil.rmtree(tmp, ignore_errors=True)

@@ -46,7 +46,6 @@ before blending; each tile is now added into the output as it is decoded.)
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -315,22 +314,17 @@ def _child(mode, explicit=True):
   """Runs `mode` (a jax mode or the reference) in a subprocess with this command line; its result dict, None when
   it failed (its stderr printed), or "unavailable" for a reference that cannot import torch/diffusers (an error
   when `--reference` was given, a note when it was the default)."""
-  cmd = [sys.executable, __file__, "--mode", mode] + sys.argv[1:]
-  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-  lines = proc.stdout.splitlines()
-  missing = [l[12:] for l in lines if l.startswith("UNAVAILABLE ")]
+  result, proc = cli.run_child([sys.executable, __file__, "--mode", mode] + sys.argv[1:], preallocate=False)
+  missing = [l[12:] for l in proc.stdout.splitlines() if l.startswith("UNAVAILABLE ")]
   if missing and not proc.returncode:
     if not explicit:
       print(f"note: no diffusers reference ({missing[-1]}); --reference none skips it")
       return "unavailable"
     print(f"{mode} run failed: --reference diffusers needs torch and diffusers.AutoencoderKLWan ({missing[-1]})")
     return None
-  line = [l for l in lines if l.startswith("RESULT ")]
-  if proc.returncode or not line:
-    print(f"{mode} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return None
-  return json.loads(line[-1][7:])
+  if result is None:
+    cli.child_failed(mode, proc)
+  return result
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def out_of_memory_message(e, advice=""):
     return None
   import re
   import jax
-  first = text.strip().splitlines()[0] if text.strip() else text
+  first = text.strip().splitlines()[0]   # the status line; XLA appends allocator statistics below it
   m = re.search(r"allocate\s+([\d.]+\s*[KMGT]i?B|\d+\s*bytes)", first)
   what = f"XLA could not allocate {m.group(1)}" if m else first.split("RESOURCE_EXHAUSTED:", 1)[-1].strip()[:200]
   kind, limit = "the device", None
