@@ -31,7 +31,7 @@ class Dense(nnx.Module):
   def __call__(self, x):
     cd = self.compute_dtype
     y = jnp.einsum("...i,io->...o", x.astype(cd), self.kernel[...].astype(cd),
-                   preferred_element_type=jnp.float32)
+                   preferred_element_type=matmul_output_dtype(cd, self.out_dtype))
     # Weight-only quantisation (`wanjax.quant`): an int8/fp8 kernel carries a per-output-channel
     # `kernel_scale [1, out]`; int8/fp8 values are exact in bf16/fp32, so dequantising after the matmul is
     # the same as multiplying by the dequantised kernel.
@@ -39,8 +39,24 @@ class Dense(nnx.Module):
     if kernel_scale is not None:
       y = y * kernel_scale[...].astype(jnp.float32)
     if self.bias is not None:
-      y = y + self.bias[...].astype(jnp.float32)
+      y = y.astype(jnp.float32) + self.bias[...].astype(jnp.float32)
     return y.astype(self.out_dtype or cd)
+
+
+def matmul_output_dtype(compute_dtype, out_dtype=None):
+  """The dtype a `Dense` matmul writes: float32 where the layer computes or returns float32, else the half-precision
+  compute dtype itself (the accumulation inside the matmul is float32 either way).
+
+  Decision (docs/decisions.md, "bf16 matmul outputs"): torch's bf16 `Linear` rounds the float32 accumulator plus
+  bias to bf16 once, inside the GEMM epilogue. Here a half-precision matmul returns its rounded product and the
+  bias (and an int8/fp8 `kernel_scale`) is applied in float32 and rounded again, one extra rounding (relative
+  output change ~4e-4 on a 1.3B block, a tenth of a bf16 ulp), because writing the float32 product and reading it
+  back cost ~1.4 ms of the 18.4 ms 1.3B block on an H100 (`benchmarks/dit_block_variants.py`: "current" against
+  "bf16_dots")."""
+  od = out_dtype or compute_dtype
+  if jnp.dtype(compute_dtype) == jnp.dtype(jnp.float32) or jnp.dtype(od) != jnp.dtype(compute_dtype):
+    return jnp.float32
+  return compute_dtype
 
 
 def layer_norm(x, scale=None, bias=None, eps=1e-6):

@@ -14,6 +14,8 @@ It pays off only for short inputs (L below a few hundred tokens), which Wan does
 
 import jax.numpy as jnp
 
+from wanjax.nn import matmul_output_dtype
+
 
 def fused_dense(x, denses):
   """x `[..., Din]`; denses: `Dense` modules with the same input width, compute and output dtype ->
@@ -25,7 +27,8 @@ def fused_dense(x, denses):
       raise ValueError("fused_dense needs Dense layers with one input width, compute dtype and output dtype")
   widths = [d.kernel.shape[1] for d in denses]
   kernel = jnp.concatenate([d.kernel[...].astype(cd) for d in denses], axis=1)            # [Din, sum Dout]
-  y = jnp.einsum("...i,io->...o", x.astype(cd), kernel, preferred_element_type=jnp.float32)
+  y = jnp.einsum("...i,io->...o", x.astype(cd), kernel, preferred_element_type=matmul_output_dtype(cd, od))
+  y = y.astype(jnp.float32)
   scales = [getattr(d, "kernel_scale", None) for d in denses]
   if any(s is not None for s in scales):
     y = y * jnp.concatenate([jnp.ones((1, w), jnp.float32) if s is None else s[...].astype(jnp.float32)
