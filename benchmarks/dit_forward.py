@@ -8,10 +8,18 @@ Each framework runs in its own subprocess (so neither sees the other's GPU memor
 Prints per framework: seconds per forward (median of N after warm-up), compile/first-call time, peak device
 memory, achieved TFLOP/s; then the ratio, and one JSON line to paste into reports.
 
-Each framework also times its self-attention kernel alone (`self_attn_s`: one layer's `[1, L, N, K]` bf16
-attention, median of N, times the layer count; wanjax's `attention(impl=--attn)`, torch's SDPA as diffusers
-calls it). That splits the forward into attention and the rest, and bounds what any change outside the kernel
-can give: `max_speedup_same_attention` = diffusers' forward / wanjax's attention time alone.
+Each framework also times its self-attention kernel alone (`self_attn_s`: the layer count's `[1, L, N, K]` bf16
+attention calls back to back, each call's output the next one's query, in one jitted loop for wanjax and one
+synchronised stream of calls for torch; wanjax's `attention(impl=--attn)`, torch's SDPA as diffusers calls it).
+That splits the forward into attention and the rest, and bounds what any change outside the kernel can give:
+`max_speedup_same_attention` = diffusers' forward / wanjax's attention time alone. (Until session 12 this was
+one timed call times the layer count, which added one dispatch and wait per layer: ~0.9 ms on an H100 against a
+~10.5 ms attention kernel in a device trace.)
+
+`--profile N` (with `--only jax`: wanjax alone, printed as it runs) then traces N forwards with XLA's CUDA graphs
+off and prints their kernel table and the device's idle gaps (`dit_layer_breakdown.profile_block`): where the
+forward's time outside the blocks goes. `--unroll` builds wanjax's layers unrolled instead of as one scanned loop
+(same parameters; slower compile): the scan's own per-layer cost is the difference.
 """
 
 import argparse
@@ -60,12 +68,13 @@ def run_jax(args):
   F, H, W = SHAPES[args.shape]
   policy = "bf16_weights" if args.bf16_weights else "bf16"
   t0 = time.perf_counter()
-  model = nnx.eval_shape(lambda: WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn))
+  scan = not args.unroll
+  model = nnx.eval_shape(lambda: WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn, scan=scan))
   graphdef, state = nnx.split(model)
 
   @jax.jit
   def init():
-    return nnx.state(WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn))
+    return nnx.state(WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn, scan=scan))
   state = init()
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
@@ -87,18 +96,27 @@ def run_jax(args):
   del out
   sec = median_s(lambda: compiled(state, x, t, ctx).block_until_ready(), args.iters)
   L = F * (H // 2) * (W // 2)
+  prof = {}
+  if args.profile:
+    from benchmarks.dit_layer_breakdown import profile_block, print_kernels
+    prof = profile_block(compiled, (state, x, t, ctx), args.profile, 20)
+    print_kernels(dict(prof, block_ms=sec * 1e3, device=jax.devices()[0].platform))
   del compiled
   from wanjax.ops.attention import attention
   q, k, v = (jax.random.normal(jax.random.key(i), (1, L, cfg.num_heads, cfg.head_dim), jnp.bfloat16)
              for i in range(3))
-  attn = jax.jit(lambda q, k, v: attention(q, k, v, impl=args.attn))
-  self_attn_s = cfg.num_layers * median_s(lambda: attn(q, k, v).block_until_ready(), args.iters)
+  # All layers' calls in one program (each call's output is the next one's query, so none can be skipped), as in
+  # the forward: timing single calls would add one dispatch and wait per layer.
+  attn = jax.jit(lambda q, k, v: jax.lax.fori_loop(
+      0, cfg.num_layers, lambda i, a: attention(a, k, v, impl=args.attn), q))
+  self_attn_s = median_s(lambda: attn(q, k, v).block_until_ready(), args.iters)
   dev = jax.devices()[0]
   stats = dev.memory_stats() or {}
   return dict(framework="jax", device=dev.device_kind, sec=sec, compile_s=compile_s,
               self_attn_s=self_attn_s,
               init_s=init_s, peak_gb=stats.get("peak_bytes_in_use", 0) / 2**30,
-              flops=flops_per_forward(dataclasses.asdict(cfg), L, cfg.text_len), tokens=L, finite=finite)
+              flops=flops_per_forward(dataclasses.asdict(cfg), L, cfg.text_len), tokens=L, finite=finite,
+              scan=scan, **({"command_buffers": False, **prof} if args.profile else {}))
 
 
 def run_torch(args):
@@ -144,7 +162,13 @@ def run_torch(args):
   q, k, v = (torch.randn(1, cfg.num_heads, L, cfg.head_dim, device=dev, dtype=torch.bfloat16) for _ in range(3))
   with torch.no_grad():
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    self_attn_s = layers * median_s(lambda: sdpa(q, k, v), args.iters, sync)
+
+    def chain():   # the layers' calls back to back, one sync at the end (as the forward runs them)
+      a = q
+      for _ in range(layers):
+        a = sdpa(a, k, v)
+      return a
+    self_attn_s = median_s(chain, args.iters, sync)
   peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else 0.0
   name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
   return dict(framework="diffusers", device=name, sec=sec, compile_s=first_s,
@@ -164,7 +188,17 @@ def main():
   p.add_argument("--bf16-weights", action="store_true", help="store JAX weights in bf16 (14B on one card)")
   p.add_argument("--small", action="store_true", help="tiny model on CPU (smoke test)")
   p.add_argument("--only", choices=["jax", "torch"], help=argparse.SUPPRESS)
+  p.add_argument("--unroll", action="store_true",
+                 help="wanjax's layers as 30 unrolled copies instead of one scanned loop (what the loop costs)")
+  p.add_argument("--profile", type=int, default=0, metavar="N",
+                 help="then trace N jax forwards and print their kernel table and device idle gaps (XLA's CUDA "
+                      "graphs are off in the jax run, so its timing then includes every kernel launch)")
   args = p.parse_args()
+  if args.profile < 0:
+    p.error(f"--profile must be >= 0 (0 = off), got {args.profile}")
+  if args.profile and args.only == "jax":
+    from benchmarks.dit_layer_breakdown import NO_COMMAND_BUFFERS
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + NO_COMMAND_BUFFERS).strip()
   cli.apply_small(p, args, dict(model="tiny", shape="small", iters=2), preset="model")
   if args.only:
     res = run_jax(args) if args.only == "jax" else run_torch(args)

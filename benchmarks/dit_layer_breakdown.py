@@ -48,6 +48,7 @@ sys.path.insert(0, ROOT)
 from benchmarks import cli  # noqa: E402
 from benchmarks.timing import median_s  # noqa: E402
 
+NO_COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer="
 SHAPES = {"480p": (21, 60, 104), "small": (3, 4, 6)}   # latent F, H, W before the 2x2 patchify
 
 
@@ -98,6 +99,47 @@ def trace_events(profile, host=True):
           if op:
             events.append((str(op), float(ev.duration_ns), ev.name))
   return events, ("host" if events else None)
+
+
+def device_timeline(profile):
+  """(hlo op or kernel name, start_ns, end_ns) of the device kernels of a `jax.profiler.ProfileData` (the lines
+  `trace_events` reads), sorted by start."""
+  out = []
+  for plane in profile.planes:
+    if not plane.name.startswith("/device:") or plane.name.startswith("/device:CPU"):
+      continue
+    lines = list(plane.lines)
+    streams = [ln for ln in lines if ln.name.startswith("Stream")]
+    for line in streams or [ln for ln in lines if ln.name not in DERIVED_LINES]:
+      for ev in line.events:
+        out.append((str(dict(ev.stats).get("hlo_op") or ev.name), float(ev.start_ns), float(ev.end_ns)))
+  return sorted(out, key=lambda e: (e[1], e[2]))
+
+
+def idle_gaps(timeline, calls, top=8, min_gap_ns=1000.0):
+  """Where the device waits between kernels: busy time (the union of kernel intervals), the span from the first
+  kernel's start to the last one's end, both per call, and the idle gaps of at least `min_gap_ns` summed by the
+  pair of kernels around them (the one before -> the one after), longest first, per call, top `top`.
+  The gaps between calls (host dispatch, the wait for the result) are in the span too."""
+  if not timeline:
+    return dict(busy_ms=0.0, span_ms=0.0, idle_ms=0.0, gaps=[])
+  busy, gaps = 0.0, {}
+  cur_start, cur_end, prev = timeline[0][1], timeline[0][2], timeline[0][0]
+  for name, start, end in timeline[1:]:
+    if start > cur_end:
+      busy += cur_end - cur_start
+      if start - cur_end >= min_gap_ns:
+        key = f"{prev} -> {name}"
+        gaps[key] = gaps.get(key, 0.0) + (start - cur_end)
+      cur_start, cur_end = start, end
+    else:
+      cur_end = max(cur_end, end)
+    prev = name if end >= cur_end else prev
+  busy += cur_end - cur_start
+  span = timeline[-1][2] - timeline[0][1]
+  rows = sorted(gaps.items(), key=lambda kv: -kv[1])[:top]
+  return dict(busy_ms=busy / calls / 1e6, span_ms=span / calls / 1e6, idle_ms=(span - busy) / calls / 1e6,
+              gaps=[dict(between=k, ms=v / calls / 1e6) for k, v in rows])
 
 
 def aggregate_kernels(events, calls):
@@ -161,7 +203,9 @@ def profile_block(compiled, inputs, calls, top, keep_dir=None):
     new = sorted(set(_xplanes(log_dir)) - before, key=os.path.getmtime)
     if not new:
       return dict(kernels=[], kernel_ms_per_block=0.0, kernel_names=0, kernel_source=None, profile_calls=calls)
-    events, source = trace_events(ProfileData.from_file(new[-1]), host=jax.devices()[0].platform == "cpu")
+    profile = ProfileData.from_file(new[-1])
+    events, source = trace_events(profile, host=jax.devices()[0].platform == "cpu")
+    timeline = idle_gaps(device_timeline(profile), calls)
     hlo = compiled.as_text()
     if keep_dir:
       from wanjax.fileio import atomic_open
@@ -175,7 +219,7 @@ def profile_block(compiled, inputs, calls, top, keep_dir=None):
   for r in rows:
     r["shape"], r["op"], r["op_name"] = instr.get(r["name"], ("", "", ""))
   out = dict(kernels=rows[:top], kernel_ms_per_block=total, kernel_names=len(rows), kernel_source=source,
-             profile_calls=calls)
+             profile_calls=calls, device_timeline=timeline)
   if keep_dir:
     out["profile_trace"] = new[-1]
   return out
@@ -289,7 +333,8 @@ def run(args):
                 tokens=L, text_rows=S, dim=D, heads=n, layers=cfg.num_layers, attn=args.attn, init_s=init_s,
                 pieces=rows, pieces_sum_ms=parts, chained_vs_block_rel_err=rel, block_ms=rows["block"]["ms"],
                 forward_est_s=rows["block"]["ms"] * cfg.num_layers / 1e3,
-                rest_est_s=(rows["block"]["ms"] - rows["self_attn"]["ms"]) * cfg.num_layers / 1e3)
+                rest_est_s=(rows["block"]["ms"] - rows["self_attn"]["ms"]) * cfg.num_layers / 1e3,
+                command_buffers=NO_COMMAND_BUFFERS not in os.environ.get("XLA_FLAGS", ""))
   if args.profile:
     result.update(profile_block(block_compiled, calls["block"][1], args.profile, args.profile_top,
                                 args.profile_dir))
@@ -319,6 +364,12 @@ def print_kernels(r):
   if r["kernel_names"] > len(rows):
     print(f"  {rest:9.3f} {100 * rest / total if total else 0.0:5.1f} {100.0:5.1f}        "
           f"{r['kernel_names'] - len(rows)} more names")
+  tl = r.get("device_timeline") or {}
+  if tl.get("span_ms"):
+    print(f"  device timeline per block call: busy {tl['busy_ms']:.3f} ms of a {tl['span_ms']:.3f} ms span "
+          f"(idle {tl['idle_ms']:.3f} ms, gaps between calls included); longest gaps, by the kernels around them:")
+    for g in tl["gaps"]:
+      print(f"  {g['ms']:9.3f} ms  {g['between'][:150]}")
   if "profile_trace" in r:
     print(f"  trace kept: {r['profile_trace']} ({os.path.getsize(r['profile_trace']) / 2**20:.1f} MiB)")
 
@@ -344,6 +395,11 @@ def main():
     p.error(f"--profile must be >= 0 (0 = off), got {args.profile}")
   if args.profile_top < 1:
     p.error(f"--profile-top must be >= 1, got {args.profile_top}")
+  if args.profile:
+    # XLA on a GPU replays a program's kernels as one CUDA graph ("command buffer"), which the trace shows as one
+    # event: no per-kernel table. Off for this process (before jax starts), so the timings of a --profile run
+    # include the kernel launches a CUDA graph would hide (the JSON line says so: "command_buffers": false).
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + NO_COMMAND_BUFFERS).strip()
   if args.profile_dir is not None:
     if not args.profile:
       p.error(f"--profile-dir {args.profile_dir!r} needs --profile N >= 1")

@@ -4,23 +4,21 @@
 # so the device call must name it in carry), then runs the benchmarks in
 # order of importance, each under its own timeout (T_<NAME> seconds; 0 skips it), teeing full logs to $OUT
 # (the device tool returns at most 8 files). Figures go to docs/bench/ and the closing note, with the card.
-# The defaults run what is still unmeasured on an H100 (docs/bench/ has the rest, with dates and cards; session 11
-# measured the others on an H100, except the VAE and umT5 ones, and its DMD step ran out of memory before the
-# in-place guarded update); the goals of the performance issue are stated for an H100, so name kind
-# nvidia-h100-x1 when the session has the time:
-#   bash benchmarks/gpu_session.sh    # <= 8 min (about 5 expected):
-#                                     # one 1.3B block with a per-kernel profile (where the 3.4 ms per block
-#                                     # outside attention goes), the q/k/v formulations side by side (fused
-#                                     # projection, RoPE on contiguous halves), and the 1.3B DMD step (it ran
-#                                     # out of memory on the H100 before the in-place guarded update; if it
-#                                     # still does, T_DMD=0 T_DMDBF16=170 tries the bf16 teacher), and the bf16
-#                                     # VAE decode against diffusers' (the Self-Forcing fps is DiT + decode)
-#   T_LAYER=0 T_QKV=0 T_DMD=0 T_VAEBF16=0 T_DIT13=90 T_AR=90 T_ARND=60 bash benchmarks/gpu_session.sh
-#                                     # second call, after a change to the block: the 1.3B forward against
-#                                     # diffusers and the Self-Forcing fps with and without decode
-#   D0="T_LAYER=0 T_QKV=0 T_DMD=0 T_VAEBF16=0"                  # the others, in two more calls (one call may
-#   env $D0 T_SAMPLE=120 T_SAMPLE_WARM=70 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...   # run 600 s)
-#   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 bash benchmarks/gpu_session.sh
+# The defaults run what is still unmeasured on an H100 (docs/bench/ has the rest, with dates and cards; session 12
+# measured the block profile, the block variants, the VAE decode against diffusers, umT5, the 1.3B/14B forwards
+# and the Self-Forcing fps after the bf16-matmul-output change); the goals of the performance issue are stated for
+# an H100, so name kind nvidia-h100-x1 when the session has the time:
+#   bash benchmarks/gpu_session.sh    # <= 6.5 min: JAX's Pallas Mosaic-GPU attention kernel (float16 staging) against
+#                                     # cuDNN and torch SDPA; a device trace of the whole 1.3B forward (where
+#                                     # the ~40 ms outside the 30 blocks go), the forward with unrolled layers
+#                                     # (what the scanned loop costs); the 1.3B DMD step with the bf16
+#                                     # teacher (the fp32-teacher step is ~1 GiB over the H100's limit)
+#   T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_DMDBF16=0 T_DIT13=90 T_AR=90 T_ARND=60 bash benchmarks/gpu_session.sh
+#                                     # after a change to the block: the 1.3B forward against diffusers and the
+#                                     # Self-Forcing fps with and without decode
+#   D0="T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_DMDBF16=0"   # the others, in more calls (one call may run 600 s)
+#   env $D0 T_SAMPLE=120 T_SAMPLE_WARM=70 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...
+#   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 T_LAYER=60 T_BLOCKV=150 T_VAEBF16=100 bash ...
 set -o pipefail
 python3 -m pip install -q --no-deps --no-index --find-links .device-wheels ml_collections diffusers tensorboardX \
   2>&1 | tail -2
@@ -42,19 +40,25 @@ JC=/tmp/wanjax_bench_jax_cache; rm -rf "$JC"
 bench sample "${T_SAMPLE:-0}" python3 benchmarks/sample.py --vae-policy bf16 --compilation-cache "$JC"
 bench sample_warm "${T_SAMPLE_WARM:-0}" python3 benchmarks/sample.py --vae-policy bf16 --compilation-cache "$JC"
 bench dit_1_3b "${T_DIT13:-0}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5
-bench layer_1_3b "${T_LAYER:-90}" python3 benchmarks/dit_layer_breakdown.py --iters 5 --profile 3 \
+bench dit_1_3b_profile "${T_FWDPROF:-70}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 3 \
+  --profile 2    # jax only, CUDA graphs off: the kernel table and idle gaps of the whole forward
+bench dit_1_3b_unrolled "${T_FWDUNROLL:-80}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b \
+  --iters 5 --unroll    # jax only: 30 unrolled layers instead of the scanned loop
+bench layer_1_3b "${T_LAYER:-0}" python3 benchmarks/dit_layer_breakdown.py --iters 5 --profile 3 \
   --profile-dir "$OUT/layer_profile"     # brings back the block's optimised HLO (block_hlo.txt) beside the table
-bench qkv_variants "${T_QKV:-60}" python3 benchmarks/dit_qkv_variants.py
+bench block_variants "${T_BLOCKV:-0}" python3 benchmarks/dit_block_variants.py --iters 5
+bench qkv_variants "${T_QKV:-0}" python3 benchmarks/dit_qkv_variants.py
+bench attn_mgpu "${T_MGPU:-60}" python3 benchmarks/attention_mgpu.py
 bench attn_kvlen "${T_ATTNKV:-0}" python3 benchmarks/attention_fp8.py --kv-lengths 4680,14040,32760
 bench sample_14b_int8 "${T_S14INT8:-0}" python3 benchmarks/sample.py --model t2v_14b --policy bf16_weights \
   --quant int8 --cfg-steps 0 --skip-t5 --vae-policy bf16
 bench sample_14b_bf16 "${T_S14BF16:-0}" python3 benchmarks/sample.py --model t2v_14b --policy bf16_weights \
   --cfg-steps 0 --skip-t5 --vae-policy bf16
 bench vae_decode "${T_VAE:-0}" python3 benchmarks/vae_decode.py --modes chunked,tiled --iters 2
-bench vae_decode_bf16 "${T_VAEBF16:-120}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked --iters 2 \
+bench vae_decode_bf16 "${T_VAEBF16:-0}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked --iters 2 \
   --reference diffusers
-bench dmd_step "${T_DMD:-170}" python3 benchmarks/dmd_step.py --iters 1
-bench dmd_step_bf16_teacher "${T_DMDBF16:-0}" python3 benchmarks/dmd_step.py --iters 1 --teacher-param-dtype bfloat16
+bench dmd_step "${T_DMD:-0}" python3 benchmarks/dmd_step.py --iters 1
+bench dmd_step_bf16_teacher "${T_DMDBF16:-170}" python3 benchmarks/dmd_step.py --iters 1 --teacher-param-dtype bfloat16
 bench ar_sample "${T_AR:-0}" python3 benchmarks/ar_sample.py --iters 2
 bench ar_sample_nodecode "${T_ARND:-0}" python3 benchmarks/ar_sample.py --iters 2 --no-decode
 bench t5_encode "${T_T5:-0}" python3 benchmarks/t5_encode.py --batches 1,2 --iters 5

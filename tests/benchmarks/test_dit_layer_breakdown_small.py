@@ -163,3 +163,19 @@ def test_profile_flag_errors(flags, message):
   proc = subprocess.run([sys.executable, SCRIPT, *flags], cwd=ROOT, capture_output=True, text=True, timeout=60)
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(message), proc.stderr
   assert not os.path.exists(os.path.join(ROOT, "somewhere"))
+
+
+def test_idle_gaps_union_and_pairs():
+  from benchmarks.dit_layer_breakdown import idle_gaps
+  # Two calls: a [0, 10) b [12, 20) (overlapping c [15, 18)), then a [30, 40) b [45, 50); times in us -> ns.
+  us = 1000.0
+  tl = [("a", 0, 10 * us), ("b", 12 * us, 20 * us), ("c", 15 * us, 18 * us), ("a", 30 * us, 40 * us),
+        ("b", 45 * us, 50 * us)]
+  r = idle_gaps(tl, calls=2)
+  assert r["busy_ms"] == pytest.approx((10 + 8 + 10 + 5) / 2 / 1e3)
+  assert r["span_ms"] == pytest.approx(50 / 2 / 1e3)
+  assert r["idle_ms"] == pytest.approx((2 + 10 + 5) / 2 / 1e3)
+  # The kernel before a gap is the one that ended last (b, not the shorter c inside it).
+  assert r["gaps"] == [dict(between="b -> a", ms=pytest.approx(10 / 2 / 1e3)),
+                       dict(between="a -> b", ms=pytest.approx((2 + 5) / 2 / 1e3))]
+  assert idle_gaps([], 3) == dict(busy_ms=0.0, span_ms=0.0, idle_ms=0.0, gaps=[])
