@@ -18,8 +18,9 @@ one timed call times the layer count, which added one dispatch and wait per laye
 
 `--profile N` (with `--only jax`: wanjax alone, printed as it runs) then traces N forwards with XLA's CUDA graphs
 off and prints their kernel table and the device's idle gaps (`dit_layer_breakdown.profile_block`): where the
-forward's time outside the blocks goes. `--unroll` builds wanjax's layers unrolled instead of as one scanned loop
-(same parameters; slower compile): the scan's own per-layer cost is the difference.
+forward's time outside the blocks goes. `--scan-unroll 1,2,30` times wanjax's forward with 1, 2 and 30 layers per
+iteration of its scanned layer loop (`WanDiT(scan_unroll=...)`, same parameters; longer compiles): what the loop
+itself costs.
 """
 
 import argparse
@@ -68,39 +69,48 @@ def run_jax(args):
   F, H, W = SHAPES[args.shape]
   policy = "bf16_weights" if args.bf16_weights else "bf16"
   t0 = time.perf_counter()
-  scan = not args.unroll
-  model = nnx.eval_shape(lambda: WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn, scan=scan))
+  unrolls = args.scan_unroll
+  model = nnx.eval_shape(lambda: WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn,
+                                        scan_unroll=unrolls[0]))
   graphdef, state = nnx.split(model)
 
   @jax.jit
   def init():
-    return nnx.state(WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn, scan=scan))
+    return nnx.state(WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn, scan_unroll=unrolls[0]))
   state = init()
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
 
-  @jax.jit
-  def fwd(state, x, t, ctx):
-    m = nnx.merge(graphdef, state)
-    return m(x, t, ctx)
+  def forward_fn(gdef):
+    def fwd(state, x, t, ctx):
+      return nnx.merge(gdef, state)(x, t, ctx)
+    return jax.jit(fwd)
 
   key = jax.random.key(0)
   x = jax.random.normal(key, (1, F, H, W, cfg.in_dim), jnp.float32)
   t = jnp.array([999.0], jnp.float32)
   ctx = jax.random.normal(key, (1, cfg.text_len, cfg.text_dim), jnp.float32)
-  t0 = time.perf_counter()
-  compiled = fwd.lower(state, x, t, ctx).compile()
-  compile_s = time.perf_counter() - t0
-  out = compiled(state, x, t, ctx)
-  finite = bool(np.isfinite(np.asarray(out, np.float32)).all())
-  del out
-  sec = median_s(lambda: compiled(state, x, t, ctx).block_until_ready(), args.iters)
+  by_unroll = {}
+  for u in unrolls:   # the same parameters; only the static unroll of the layer loop differs
+    gdef = graphdef if u == unrolls[0] else nnx.split(nnx.eval_shape(lambda: WanDiT(
+        cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn, scan_unroll=u)))[0]
+    t0 = time.perf_counter()
+    compiled = forward_fn(gdef).lower(state, x, t, ctx).compile()
+    c_s = time.perf_counter() - t0
+    out = compiled(state, x, t, ctx)
+    fin = bool(np.isfinite(np.asarray(out, np.float32)).all())
+    del out
+    by_unroll[u] = dict(sec=median_s(lambda: compiled(state, x, t, ctx).block_until_ready(), args.iters),
+                        compile_s=c_s, finite=fin)
+    if u != unrolls[-1]:
+      del compiled
+  sec, compile_s, finite = (by_unroll[unrolls[0]][k] for k in ("sec", "compile_s", "finite"))
   L = F * (H // 2) * (W // 2)
   prof = {}
   if args.profile:
     from benchmarks.dit_layer_breakdown import profile_block, print_kernels
-    prof = profile_block(compiled, (state, x, t, ctx), args.profile, 20)
-    print_kernels(dict(prof, block_ms=sec * 1e3, device=jax.devices()[0].platform))
+    prof = profile_block(compiled, (state, x, t, ctx), args.profile, 20)    # the last --scan-unroll value's
+    print_kernels(dict(prof, block_ms=by_unroll[unrolls[-1]]["sec"] * 1e3, device=jax.devices()[0].platform))
   del compiled
   from wanjax.ops.attention import attention
   q, k, v = (jax.random.normal(jax.random.key(i), (1, L, cfg.num_heads, cfg.head_dim), jnp.bfloat16)
@@ -116,7 +126,8 @@ def run_jax(args):
               self_attn_s=self_attn_s,
               init_s=init_s, peak_gb=stats.get("peak_bytes_in_use", 0) / 2**30,
               flops=flops_per_forward(dataclasses.asdict(cfg), L, cfg.text_len), tokens=L, finite=finite,
-              scan=scan, **({"command_buffers": False, **prof} if args.profile else {}))
+              scan_unroll={str(u): r for u, r in by_unroll.items()},
+              **({"command_buffers": False, **prof} if args.profile else {}))
 
 
 def run_torch(args):
@@ -188,12 +199,14 @@ def main():
   p.add_argument("--bf16-weights", action="store_true", help="store JAX weights in bf16 (14B on one card)")
   p.add_argument("--small", action="store_true", help="tiny model on CPU (smoke test)")
   p.add_argument("--only", choices=["jax", "torch"], help=argparse.SUPPRESS)
-  p.add_argument("--unroll", action="store_true",
-                 help="wanjax's layers as 30 unrolled copies instead of one scanned loop (what the loop costs)")
+  p.add_argument("--scan-unroll", default="1",
+                 help="comma list: layers per iteration of wanjax's scanned layer loop, each compiled and timed in "
+                      "the jax run (the first is the headline figure; 30 for the 1.3B = no loop)")
   p.add_argument("--profile", type=int, default=0, metavar="N",
                  help="then trace N jax forwards and print their kernel table and device idle gaps (XLA's CUDA "
                       "graphs are off in the jax run, so its timing then includes every kernel launch)")
   args = p.parse_args()
+  args.scan_unroll = cli.int_list(p, "--scan-unroll", args.scan_unroll)
   if args.profile < 0:
     p.error(f"--profile must be >= 0 (0 = off), got {args.profile}")
   if args.profile and args.only == "jax":
@@ -219,6 +232,9 @@ def main():
           f" peak {r['peak_gb']:.2f} GiB, {r['flops'] / r['sec'] / 1e12:.1f} TFLOP/s, tokens {r['tokens']}")
     print(f"{'':>9}    self-attention alone {r['self_attn_s']:.4f} s ({100 * r['self_attn_s'] / r['sec']:.0f} % of "
           f"the forward), rest {r['sec'] - r['self_attn_s']:.4f} s")
+    for u, ru in (r.get("scan_unroll") or {}).items() if len(r.get("scan_unroll") or {}) > 1 else ():
+      print(f"{'':>9}    scan unroll {u:>2}: {ru['sec']:.4f} s/forward, compile {ru['compile_s']:.1f} s, "
+            f"finite {ru['finite']}")
   summary = dict(model=args.model, layers=args.layers or None, shape=args.shape, results=results)
   if results.get("jax") and results.get("torch"):
     summary["speedup_vs_diffusers"] = results["torch"]["sec"] / results["jax"]["sec"]

@@ -10,8 +10,9 @@
 # an H100, so name kind nvidia-h100-x1 when the session has the time:
 #   bash benchmarks/gpu_session.sh    # <= 6.5 min: JAX's Pallas Mosaic-GPU attention kernel (float16 staging) against
 #                                     # cuDNN and torch SDPA; a device trace of the whole 1.3B forward (where
-#                                     # the ~40 ms outside the 30 blocks go), the forward with unrolled layers
-#                                     # (what the scanned loop costs); the 1.3B DMD step with the bf16
+#                                     # the ~40 ms outside the 30 blocks go), the forward with 1, 3 and 30
+#                                     # layers per scan iteration against diffusers (what the loop costs);
+#                                     # the 1.3B DMD step with the bf16
 #                                     # teacher (the fp32-teacher step is ~1 GiB over the H100's limit)
 #   T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_DMDBF16=0 T_DIT13=90 T_AR=90 T_ARND=60 bash benchmarks/gpu_session.sh
 #                                     # after a change to the block: the 1.3B forward against diffusers and the
@@ -42,8 +43,8 @@ bench sample_warm "${T_SAMPLE_WARM:-0}" python3 benchmarks/sample.py --vae-polic
 bench dit_1_3b "${T_DIT13:-0}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5
 bench dit_1_3b_profile "${T_FWDPROF:-70}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 3 \
   --profile 2    # jax only, CUDA graphs off: the kernel table and idle gaps of the whole forward
-bench dit_1_3b_unrolled "${T_FWDUNROLL:-80}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b \
-  --iters 5 --unroll    # jax only: 30 unrolled layers instead of the scanned loop
+bench dit_1_3b_unroll "${T_FWDUNROLL:-100}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5 \
+  --scan-unroll 1,3,30   # the layer loop's cost: 1, 3 and 30 layers per scan iteration (diffusers too)
 bench layer_1_3b "${T_LAYER:-0}" python3 benchmarks/dit_layer_breakdown.py --iters 5 --profile 3 \
   --profile-dir "$OUT/layer_profile"     # brings back the block's optimised HLO (block_hlo.txt) beside the table
 bench block_variants "${T_BLOCKV:-0}" python3 benchmarks/dit_block_variants.py --iters 5

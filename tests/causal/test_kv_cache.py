@@ -96,6 +96,17 @@ def test_cached_blocks_equal_block_causal_parallel_forward(model):
   assert int(cache.global_end) == int(cache.local_end) == f * TOKENS_PER_FRAME
 
 
+def test_cached_blocks_with_scan_unroll(model):
+  """The cached forward's scanned layer loop with 2 layers per iteration gives the same velocities."""
+  f = 2 * NFPB
+  ctx, clean, noisy = context(), latents(f, seed=4), latents(f, seed=5)
+  unrolled = random_dit(seed=0, scan_unroll=2)
+  got, _ = _run_cached(unrolled, ctx, clean, noisy)
+  ref, _ = _run_cached(model, ctx, clean, noisy)
+  errs = [max_rel_err(g, r) for gs, rs in zip(got, ref) for g, r in zip(gs, rs)]
+  assert max(errs) <= TOL_FP32, errs
+
+
 def test_rerun_overwrites_slot_and_keeps_global_end(model):
   """Several calls on one block then its context pass leave the same cache as one context pass."""
   graphdef, params = nnx.split(model)

@@ -260,6 +260,25 @@ def test_loop_equals_scan(tiny_state):
   assert max_rel_err(b, a) <= TOL_SAME_MATH
 
 
+@pytest.mark.parametrize("unroll", [2, 3])
+def test_scan_unroll_equals_scan(tiny_state, unroll):
+  """scan_unroll (layers per iteration of the scanned loop; 3 = all of T2V's) keeps the forward."""
+  graphdef, state = tiny_state
+  x, ctx, extra = _inputs(T2V, seed=13, text_rows=8)
+  t = np.array([640, 7], np.float32)
+  a = _jax_forward(graphdef, state, x, t, ctx, extra)
+  b = _jax_forward(nnx.graphdef(abstract_model(T2V, scan_unroll=unroll)), state, x, t, ctx, extra)
+  assert np.abs(a).max() > 0
+  assert max_rel_err(b, a) <= TOL_SAME_MATH
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_scan_unroll_must_be_a_positive_int(bad):
+  from wanjax.errors import UsageError
+  with pytest.raises(UsageError, match=r"scan_unroll=.* must be an int >= 1"):
+    abstract_model(T2V, scan_unroll=bad)
+
+
 @pytest.mark.slow
 def test_remat_keeps_values_and_gradients(tiny_state):
   graphdef, state = tiny_state

@@ -127,11 +127,16 @@ class WanDiT(nnx.Module):
   """
 
   def __init__(self, cfg: DiTConfig, *, policy="float32", rngs: nnx.Rngs, scan=True, remat="none",
-               attn_impl="auto"):
+               attn_impl="auto", scan_unroll=1):
     if remat not in REMAT_POLICIES:
       raise UsageError(f"remat={remat!r}; valid: {', '.join(REMAT_POLICIES)}")
+    if isinstance(scan_unroll, bool) or not isinstance(scan_unroll, int) or scan_unroll < 1:
+      raise UsageError(f"scan_unroll={scan_unroll!r} must be an int >= 1 (layers per iteration of the scanned loop)")
     policy = precision.get_policy(policy)
     self.cfg, self.policy, self.scan, self.remat = cfg, policy, bool(scan), remat
+    # Layers per iteration of the scanned loop (jax.lax.scan's `unroll`): same maths, fewer loop iterations, a
+    # longer compile. `benchmarks/dit_forward.py --scan-unroll` measures what the loop costs.
+    self.scan_unroll = scan_unroll
     d, pd = cfg.dim, policy.param_dtype
     small = nnx.initializers.normal(0.02)   # text/time embedding init (§1.15)
     self.patch_embedding = layers.PatchEmbed(cfg.in_dim, d, cfg.patch_size, policy=policy, rngs=rngs)
@@ -241,7 +246,8 @@ class WanDiT(nnx.Module):
       body = nnx.remat(body, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
     layer_ids = jnp.arange(self.cfg.num_layers)
     if self.scan:
-      scan = nnx.scan(body, in_axes=(0, nnx.Carry, None if cross_kv is None else 0, 0), out_axes=nnx.Carry)
+      scan = nnx.scan(body, in_axes=(0, nnx.Carry, None if cross_kv is None else 0, 0), out_axes=nnx.Carry,
+                      unroll=self.scan_unroll)
       return scan(self.blocks, x0, cross_kv, layer_ids)
     # Debug path: a Python loop over the same stacked parameters.
     graphdef, state = nnx.split(self.blocks)
@@ -265,7 +271,7 @@ class WanDiT(nnx.Module):
       body = nnx.remat(body, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
     layer_ids = jnp.arange(self.cfg.num_layers)
     if self.scan:
-      scan = nnx.scan(body, in_axes=(0, nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0))
+      scan = nnx.scan(body, in_axes=(0, nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0), unroll=self.scan_unroll)
       return scan(self.blocks, x0, cross_kv, kv, layer_ids)
     graphdef, state = nnx.split(self.blocks)
     x, outs = x0, []
