@@ -5,21 +5,20 @@
 # order of importance, each under its own timeout (T_<NAME> seconds; 0 skips it), teeing full logs to $OUT
 # (the device tool returns at most 8 files). Figures go to docs/bench/ and the closing note, with the card.
 # The defaults run what is still unmeasured on an H100 (docs/bench/ has the rest, with dates and cards; session 12
-# measured the block profile, the block variants, the VAE decode against diffusers, umT5, the 1.3B/14B forwards
-# and the Self-Forcing fps after the bf16-matmul-output change); the goals of the performance issue are stated for
-# an H100, so name kind nvidia-h100-x1 when the session has the time:
-#   bash benchmarks/gpu_session.sh    # <= 6.5 min: JAX's Pallas Mosaic-GPU attention kernel (float16 staging) against
-#                                     # cuDNN and torch SDPA; a device trace of the whole 1.3B forward (where
-#                                     # the ~40 ms outside the 30 blocks go), the forward with 1, 3 and 30
-#                                     # layers per scan iteration against diffusers (what the loop costs);
-#                                     # the 1.3B DMD step with the bf16
-#                                     # teacher (the fp32-teacher step is ~1 GiB over the H100's limit)
-#   T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_DMDBF16=0 T_DIT13=90 T_AR=90 T_ARND=60 bash benchmarks/gpu_session.sh
-#                                     # after a change to the block: the 1.3B forward against diffusers and the
-#                                     # Self-Forcing fps with and without decode
-#   D0="T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_DMDBF16=0"   # the others, in more calls (one call may run 600 s)
-#   env $D0 T_SAMPLE=120 T_SAMPLE_WARM=70 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...
-#   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 T_LAYER=60 T_BLOCKV=150 T_VAEBF16=100 bash ...
+# measured the block profile, the block variants, the VAE decode against diffusers, umT5, the 1.3B/14B forwards and
+# the Self-Forcing fps after the bf16-matmul-output change). The goals of the performance issue are stated for an
+# H100: name kind nvidia-h100-x1. All defaults together exceed one call's 600 s, so two calls (~40 s per start):
+#   T_DMDBF16=0 bash benchmarks/gpu_session.sh        # call 1, ~6 min: JAX's Pallas Mosaic-GPU attention kernel
+#                                     # against cuDNN and torch SDPA; a device trace of the whole 1.3B forward
+#                                     # (where the ~40 ms outside the 30 blocks go); the forward with 1, 3 and 30
+#                                     # layers per scan iteration against diffusers (what the loop costs); the
+#                                     # bf16 VAE decode against diffusers and in its old float32-product form
+#   T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_VAEBF16=0 T_VAEF32OUT=0 T_AR=90 bash benchmarks/gpu_session.sh
+#                                     # call 2, ~4.5 min: the 1.3B DMD step with the bf16 teacher (the fp32
+#                                     # teacher is ~1 GiB over the H100's limit) and the Self-Forcing fps
+#   D0="T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_VAEBF16=0 T_VAEF32OUT=0 T_DMDBF16=0"   # the others (default 0):
+#   env $D0 T_DIT13=90 T_ARND=60 T_SAMPLE=120 T_SAMPLE_WARM=70 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...
+#   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 T_LAYER=60 T_BLOCKV=150 T_QKV=60 T_DMD=170 bash ...
 set -o pipefail
 python3 -m pip install -q --no-deps --no-index --find-links .device-wheels ml_collections diffusers tensorboardX \
   2>&1 | tail -2
@@ -43,7 +42,7 @@ bench sample_warm "${T_SAMPLE_WARM:-0}" python3 benchmarks/sample.py --vae-polic
 bench dit_1_3b "${T_DIT13:-0}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5
 bench dit_1_3b_profile "${T_FWDPROF:-70}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 3 \
   --profile 2    # jax only, CUDA graphs off: the kernel table and idle gaps of the whole forward
-bench dit_1_3b_unroll "${T_FWDUNROLL:-100}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5 \
+bench dit_1_3b_unroll "${T_FWDUNROLL:-150}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5 \
   --scan-unroll 1,3,30   # the layer loop's cost: 1, 3 and 30 layers per scan iteration (diffusers too)
 bench layer_1_3b "${T_LAYER:-0}" python3 benchmarks/dit_layer_breakdown.py --iters 5 --profile 3 \
   --profile-dir "$OUT/layer_profile"     # brings back the block's optimised HLO (block_hlo.txt) beside the table
@@ -56,8 +55,10 @@ bench sample_14b_int8 "${T_S14INT8:-0}" python3 benchmarks/sample.py --model t2v
 bench sample_14b_bf16 "${T_S14BF16:-0}" python3 benchmarks/sample.py --model t2v_14b --policy bf16_weights \
   --cfg-steps 0 --skip-t5 --vae-policy bf16
 bench vae_decode "${T_VAE:-0}" python3 benchmarks/vae_decode.py --modes chunked,tiled --iters 2
-bench vae_decode_bf16 "${T_VAEBF16:-0}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked --iters 2 \
+bench vae_decode_bf16 "${T_VAEBF16:-100}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked --iters 2 \
   --reference diffusers
+bench vae_decode_bf16_f32out "${T_VAEF32OUT:-70}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked \
+  --iters 2 --reference none --conv-out float32    # the convs' float32-product form, against vae_decode_bf16
 bench dmd_step "${T_DMD:-0}" python3 benchmarks/dmd_step.py --iters 1
 bench dmd_step_bf16_teacher "${T_DMDBF16:-170}" python3 benchmarks/dmd_step.py --iters 1 --teacher-param-dtype bfloat16
 bench ar_sample "${T_AR:-0}" python3 benchmarks/ar_sample.py --iters 2

@@ -6,6 +6,7 @@ spatial tiling, real `wan21` architecture with random weights.
   python benchmarks/vae_decode.py --modes chunked,tiled,full        # "full" = whole-sequence (memory hungry)
   python benchmarks/vae_decode.py --small                           # CPU smoke test: tiny model, 17x64x64
   python benchmarks/vae_decode.py --reference none                  # wanjax only (no torch reference)
+  python benchmarks/vae_decode.py --policy bf16 --conv-out float32  # convs writing float32 products (the old form)
 
 Each mode runs in its own subprocess, so peak memory is per mode. Prints the device, shapes, dtype, compile
 seconds (ahead-of-time `lower().compile()`), first-call and steady-state seconds (median of N after warm-up,
@@ -86,6 +87,10 @@ def run_mode(args):
   from flax import nnx
   from wanjax.vae import create_vae, decode_latent, get_config
 
+  if args.conv_out == "float32":   # the float32-product form (before wanjax.nn.matmul_output_dtype), for comparison
+    import jax.numpy as jnp
+    from wanjax.vae import layers as vae_layers
+    vae_layers.conv_output_dtype = lambda compute_dtype: jnp.float32
   cfg = get_config(args.model)
   frames, h, w = args.frames, args.height, args.width
   latent_shape = (1, 1 + (frames - 1) // 4, h // 8, w // 8, cfg.z_dim)
@@ -121,7 +126,7 @@ def run_mode(args):
   in_use, peak = allocator_gb()
   dev = jax.devices()[0]
   return dict(mode=args.mode, device=dev.device_kind, platform=dev.platform, model=args.model,
-              policy=args.policy, video=[frames, h, w], latent=list(latent_shape), tile=tile,
+              policy=args.policy, conv_out=args.conv_out, video=[frames, h, w], latent=list(latent_shape), tile=tile,
               overlap=args.overlap if tile else None, sec=sec, compile_s=compile_s, first_call_s=first_s,
               init_s=init_s, peak_gb=peak or 0.0, state_in_use_gb=state_in_use, state_peak_gb=state_peak,
               compile_peak_gb=compile_peak, first_call_peak_gb=first_peak, in_use_after_gb=in_use, **xla_mem,
@@ -156,6 +161,10 @@ def run_reference(args):
   import numpy as np
   from wanjax.vae.config import get_config
 
+  if args.conv_out == "float32":   # the float32-product form (before wanjax.nn.matmul_output_dtype), for comparison
+    import jax.numpy as jnp
+    from wanjax.vae import layers as vae_layers
+    vae_layers.conv_output_dtype = lambda compute_dtype: jnp.float32
   cfg = get_config(args.model)
   frames, h, w = args.frames, args.height, args.width
   latent_shape = (1, cfg.z_dim, 1 + (frames - 1) // 4, h // 8, w // 8)
@@ -241,6 +250,9 @@ def main():
   p.add_argument("--reference", choices=REFERENCES,
                  help="torch reference timed in the same run: diffusers AutoencoderKLWan (default where torch and "
                       "diffusers are installed) or none")
+  p.add_argument("--conv-out", default="model", choices=["model", "float32"],
+                 help="dtype the convs write before their bias: the model's (bf16 under --policy bf16) or float32 "
+                      "(the form before session 12, to compare)")
   p.add_argument("--small", action="store_true", help="tiny model, 17x64x64, on whatever device (CPU smoke)")
   p.add_argument("--mode", help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -278,7 +290,8 @@ def main():
     r = results[mode] = _child(mode)
     if r is None:
       continue
-    print(f"{mode:>8} on {r['device']} ({r['platform']}): {r['model']} {r['policy']}, video {r['video']} <- latent "
+    print(f"{mode:>8} on {r['device']} ({r['platform']}): {r['model']} {r['policy']} (conv outputs "
+          f"{r['conv_out']}), video {r['video']} <- latent "
           f"{r['latent']}, tile {r['tile']} overlap {r['overlap']}: {r['sec']:.3f} s steady, compile "
           f"{r['compile_s']:.1f} s, peak {r['peak_gb']:.2f} GiB, finite {r['finite']}")
     print(f"{'':>8} XLA plan: temp {_gb(r['xla_temp_gb'])} GiB, arguments {_gb(r['xla_argument_gb'])}, output "

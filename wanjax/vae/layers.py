@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wanjax import sharding as shd
+from wanjax.nn import matmul_output_dtype
 from wanjax.ops.attention import attention
 
 CACHE_T = 2
@@ -35,6 +36,18 @@ def _torch_uniform(fan_in):
 def _precision(policy):
   # fp32 parity with the fp32 reference needs true fp32 convs (no TF32 on GPUs).
   return jax.lax.Precision.HIGHEST if policy.compute_dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+
+
+def conv_output_dtype(compute_dtype):
+  """The dtype a conv / 1x1 matmul writes before its bias: the half-precision compute dtype under bf16, float32
+  under float32 (`wanjax.nn.matmul_output_dtype`, docs/decisions.md "bf16 matmul outputs"). One name so that
+  `benchmarks/vae_decode.py --conv-out float32` can time the float32-product form against it."""
+  return matmul_output_dtype(compute_dtype)
+
+
+def _add_bias(y, bias, cd):
+  """`y + bias` in float32, rounded to the compute dtype."""
+  return (y.astype(jnp.float32) + bias.astype(jnp.float32)).astype(cd)
 
 
 def silu(x):
@@ -64,8 +77,8 @@ class CausalConv3d(nnx.Module):
     y = jax.lax.conv_general_dilated(
         x.astype(cd), self.kernel[...].astype(cd), window_strides=self.stride,
         padding=((pad_t, 0), (self.pad_h, self.pad_h), (self.pad_w, self.pad_w)),
-        dimension_numbers=_CONV3D, precision=_precision(self.policy), preferred_element_type=jnp.float32)
-    return (y + self.bias[...].astype(jnp.float32)).astype(cd)
+        dimension_numbers=_CONV3D, precision=_precision(self.policy), preferred_element_type=conv_output_dtype(cd))
+    return _add_bias(y, self.bias[...], cd)
 
   def __call__(self, x):  # [B, T, H, W, Cin] -> [B, T', H, W, Cout]
     return self._conv(x, self.pad_t)
@@ -97,8 +110,8 @@ class Conv2d(nnx.Module):
     y = jax.lax.conv_general_dilated(
         x.reshape((b * t,) + x.shape[2:]).astype(cd), self.kernel[...].astype(cd), window_strides=self.stride,
         padding=self.padding, dimension_numbers=_CONV2D, precision=_precision(self.policy),
-        preferred_element_type=jnp.float32)
-    y = (y + self.bias[...].astype(jnp.float32)).astype(cd)
+        preferred_element_type=conv_output_dtype(cd))
+    y = _add_bias(y, self.bias[...], cd)
     return y.reshape((b, t) + y.shape[1:])
 
 
@@ -155,8 +168,8 @@ class Linear1x1(nnx.Module):
   def __call__(self, x):
     cd = self.policy.compute_dtype
     y = jnp.einsum("...i,io->...o", x.astype(cd), self.kernel[...].astype(cd), precision=_precision(self.policy),
-                   preferred_element_type=jnp.float32)
-    return (y + self.bias[...].astype(jnp.float32)).astype(cd)
+                   preferred_element_type=conv_output_dtype(cd))
+    return _add_bias(y, self.bias[...], cd)
 
 
 class AttentionBlock(nnx.Module):
