@@ -20,6 +20,9 @@ block's bf16 `Dense` layers and FFN finish (the parameters and inputs are the sa
                  GELU+bias epilogue can take)
   halves         the current epilogues; q/k RoPE on contiguous halves (`dit_qkv_variants.py`'s "halves": q/k
                  channels permuted per head, which leaves q.k and so the block output unchanged up to rounding)
+  rope_flip      the current epilogues; RoPE as `x*cos + pairswap(x)*signed sin` (`apply_rope_flip`: the same
+                 values, no concatenate; the H100 trace shows the current RoPE as a separate 0.125 ms
+                 concatenate fusion per q and k after a 0.105 ms RMSNorm fusion that writes float32)
 
 Each XLA flag set (`--flag-sets`) runs in its own subprocess (XLA reads XLA_FLAGS once, at start-up):
 
@@ -47,20 +50,37 @@ from benchmarks import cli  # noqa: E402
 from benchmarks.dit_layer_breakdown import block_setup  # noqa: E402
 from benchmarks.timing import median_s  # noqa: E402
 
-VARIANTS = ("current", "f32_dots", "bf16_bias", "gelu_bf16", "halves")
+VARIANTS = ("current", "f32_dots", "bf16_bias", "gelu_bf16", "halves", "rope_flip")
 FLAG_SETS = {
     "default": "",
     "cublaslt": "--xla_gpu_enable_cublaslt=true",
     "no_triton_gemm": "--xla_gpu_enable_triton_gemm=false",
 }
 # Variant -> (Dense epilogue, GELU dtype, RoPE on halves).
-_FORMS = {
-    "current": ("model", "f32", False),
-    "f32_dots": ("f32", "f32", False),
-    "bf16_bias": ("bf16_bias", "f32", False),
-    "gelu_bf16": ("bf16_bias", "bf16", False),
-    "halves": ("model", "f32", True),
+_FORMS = {   # variant -> (Dense epilogue, GELU dtype, q/k layout: "pairs" | "halves" | "flip")
+    "current": ("model", "f32", "pairs"),
+    "f32_dots": ("f32", "f32", "pairs"),
+    "bf16_bias": ("bf16_bias", "f32", "pairs"),
+    "gelu_bf16": ("bf16_bias", "bf16", "pairs"),
+    "halves": ("model", "f32", "halves"),
+    "rope_flip": ("model", "f32", "flip"),
 }
+
+
+def apply_rope_flip(x, cos, sin):
+  """`wanjax.dit.rope.apply_rope` without the stack of its two outputs (which XLA emits as a concatenate that it
+  does not fuse with the q/k RMSNorm): `x * [c0, c0, c1, c1, ...] + pairswap(x) * [-s0, s0, -s1, s1, ...]`, where
+  pairswap reverses each channel pair. The same products and sums (a - b = a + (-b), a + b = b + a), so the same
+  float32 values up to a compiler's multiply-add contraction."""
+  import jax.numpy as jnp
+  b, l, n, k = x.shape
+  if cos.ndim == 2:
+    cos, sin = cos[None], sin[None]
+  c = jnp.repeat(cos, 2, axis=-1)[:, :, None, :]                                   # [1|B, L, 1, K]
+  sg = jnp.stack([-sin, sin], axis=-1).reshape(sin.shape[:-1] + (k,))[:, :, None, :]
+  xf = x.astype(jnp.float32)
+  swapped = xf.reshape(b, l, n, k // 2, 2)[..., ::-1].reshape(b, l, n, k)
+  return xf * c + swapped * sg
 
 
 def dense_call(epilogue):
@@ -109,16 +129,19 @@ def formulation(name):
   from wanjax.dit import layers
   from wanjax.dit.attention import SelfAttention
   from wanjax.nn import Dense
-  epilogue, gelu, halves = _FORMS[name]
-  saved = (Dense.__call__, layers.MLP.__call__, SelfAttention.qkv)
+  from wanjax.dit import attention as dit_attention
+  epilogue, gelu, layout = _FORMS[name]
+  saved = (Dense.__call__, layers.MLP.__call__, SelfAttention.qkv, dit_attention.apply_rope)
   Dense.__call__ = dense_call(epilogue)
   layers.MLP.__call__ = mlp_call(gelu)
-  if halves:
+  if layout == "halves":
     SelfAttention.qkv = lambda self, x, cos, sin: qkv_variant(self, x, cos, sin, halves=True)
+  elif layout == "flip":
+    dit_attention.apply_rope = apply_rope_flip
   try:
     yield
   finally:
-    Dense.__call__, layers.MLP.__call__, SelfAttention.qkv = saved
+    Dense.__call__, layers.MLP.__call__, SelfAttention.qkv, dit_attention.apply_rope = saved
 
 
 def run_variants(args):

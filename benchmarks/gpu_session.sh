@@ -13,12 +13,13 @@
 #                                     # (where the ~40 ms outside the 30 blocks go); the forward with 1, 3 and 30
 #                                     # layers per scan iteration against diffusers (what the loop costs); the
 #                                     # bf16 VAE decode against diffusers and in its old float32-product form
-#   T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_VAEBF16=0 T_VAEF32OUT=0 T_AR=90 bash benchmarks/gpu_session.sh
-#                                     # call 2, ~4.5 min: the 1.3B DMD step with the bf16 teacher (the fp32
-#                                     # teacher is ~1 GiB over the H100's limit) and the Self-Forcing fps
+#   T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_VAEBF16=0 T_VAEF32OUT=0 T_AR=90 T_BLOCKV=70 bash benchmarks/gpu_session.sh
+#                                     # call 2, ~5.5 min: the 1.3B DMD step with the bf16 teacher (the fp32
+#                                     # teacher is ~1 GiB over the H100's limit), the Self-Forcing fps, and the
+#                                     # block variants (rope_flip: the RoPE without its concatenate)
 #   D0="T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_VAEBF16=0 T_VAEF32OUT=0 T_DMDBF16=0"   # the others (default 0):
 #   env $D0 T_DIT13=90 T_ARND=60 T_SAMPLE=120 T_SAMPLE_WARM=70 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...
-#   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 T_LAYER=60 T_BLOCKV=150 T_QKV=60 T_DMD=170 bash ...
+#   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 T_LAYER=60 T_QKV=60 T_DMD=170 bash ...
 set -o pipefail
 python3 -m pip install -q --no-deps --no-index --find-links .device-wheels ml_collections diffusers tensorboardX \
   2>&1 | tail -2
@@ -46,7 +47,7 @@ bench dit_1_3b_unroll "${T_FWDUNROLL:-150}" python3 benchmarks/dit_forward.py --
   --scan-unroll 1,3,30   # the layer loop's cost: 1, 3 and 30 layers per scan iteration (diffusers too)
 bench layer_1_3b "${T_LAYER:-0}" python3 benchmarks/dit_layer_breakdown.py --iters 5 --profile 3 \
   --profile-dir "$OUT/layer_profile"     # brings back the block's optimised HLO (block_hlo.txt) beside the table
-bench block_variants "${T_BLOCKV:-0}" python3 benchmarks/dit_block_variants.py --iters 5
+bench block_variants "${T_BLOCKV:-0}" python3 benchmarks/dit_block_variants.py --iters 5 --flag-sets default
 bench qkv_variants "${T_QKV:-0}" python3 benchmarks/dit_qkv_variants.py
 bench attn_mgpu "${T_MGPU:-60}" python3 benchmarks/attention_mgpu.py
 bench attn_kvlen "${T_ATTNKV:-0}" python3 benchmarks/attention_fp8.py --kv-lengths 4680,14040,32760

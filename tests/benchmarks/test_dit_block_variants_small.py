@@ -38,17 +38,37 @@ def test_small_run_has_every_variant_per_flag_set():
     # The variants that round differently really ran (a jit cache hit would give exactly the same output).
     assert rows["f32_dots"]["rel_diff"] > 0 and rows["gelu_bf16"]["rel_diff"] > 0
     assert rows["halves"]["rel_diff"] < 1e-4
+    assert rows["rope_flip"]["rel_diff"] < 1e-5
 
 
-@pytest.mark.parametrize("name", ["gelu_bf16", "halves"])
+@pytest.mark.parametrize("name", ["gelu_bf16", "halves", "rope_flip"])
 def test_formulation_patches_are_undone(name):
   from wanjax.dit import layers
   from wanjax.dit.attention import SelfAttention
   from wanjax.nn import Dense
-  before = (Dense.__call__, layers.MLP.__call__, SelfAttention.qkv)
+  from wanjax.dit import attention as dit_attention
+
+  def patched():
+    return (Dense.__call__, layers.MLP.__call__, SelfAttention.qkv, dit_attention.apply_rope)
+  before = patched()
   with pytest.raises(RuntimeError):
     with dbv.formulation(name):
-      now = (Dense.__call__, layers.MLP.__call__, SelfAttention.qkv)
-      assert now != before
+      assert patched() != before
       raise RuntimeError("inside")
-  assert (Dense.__call__, layers.MLP.__call__, SelfAttention.qkv) == before
+  assert patched() == before
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_rope_flip_is_the_same_rotation_fp32(per_sample):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from wanjax.dit import rope
+  cos, sin = rope.rope_cos_sin(128, (2, 3, 4), frame_offset=7)
+  if per_sample:
+    cos, sin = jnp.stack([cos, cos[::-1]]), jnp.stack([sin, sin[::-1]])
+  x = jax.random.normal(jax.random.key(0), (2, cos.shape[-2], 3, 128)) * 3.0
+  want = np.asarray(rope.apply_rope(x, cos, sin))
+  got = np.asarray(dbv.apply_rope_flip(x, cos, sin))
+  np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
+  assert not np.allclose(want, np.asarray(x), atol=1e-3)    # the rotation is not the identity here
