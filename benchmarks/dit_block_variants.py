@@ -149,27 +149,15 @@ def run_variants(args):
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  from benchmarks.dit_qkv_variants import randomise_qk_affine, rel_l2
+  from benchmarks.dit_qkv_variants import random_block, rel_l2
   from wanjax import precision
   from wanjax.dit import rope
-  from wanjax.dit.model import WanBlock
 
   cfg, grid = block_setup(args.model, args.small)
   L, S, D = grid[0] * grid[1] * grid[2], cfg.text_len, cfg.dim
   policy = precision.get_policy("bf16")
   t0 = time.perf_counter()
-
-  def make():
-    return WanBlock(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn)
-
-  graphdef, _ = nnx.split(nnx.eval_shape(make))
-
-  def init():
-    b = make()
-    randomise_qk_affine(b.self_attn, jax.random.key(1))   # a permutation missing from the biases would show
-    return nnx.state(b)
-
-  state = jax.jit(init)()
+  graphdef, state = random_block(cfg, policy, args.attn)
   init_s = time.perf_counter() - t0
   keys = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(keys[0], (1, L, D), jnp.float32)

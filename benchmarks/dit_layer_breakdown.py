@@ -79,16 +79,7 @@ def trace_events(profile, host=True):
   if no line is named so), named by the `hlo_op` stat when the event has one. Without device events and with
   `host` (a CPU run: a GPU's host events would be launch times), the host plane's events that carry an `hlo_op`
   stat (XLA CPU thunks). Returns (events, "device" | "host" | None)."""
-  events = []
-  for plane in profile.planes:
-    if not plane.name.startswith("/device:") or plane.name.startswith("/device:CPU"):
-      continue
-    lines = list(plane.lines)
-    streams = [ln for ln in lines if ln.name.startswith("Stream")]
-    for line in streams or [ln for ln in lines if ln.name not in DERIVED_LINES]:
-      for ev in line.events:
-        stats = dict(ev.stats)
-        events.append((str(stats.get("hlo_op") or ev.name), float(ev.duration_ns), ev.name))
+  events = [(_op_name(ev), float(ev.duration_ns), ev.name) for ev in _device_kernel_events(profile)]
   if events:
     return events, "device"
   for plane in (profile.planes if host else ()):
@@ -101,18 +92,27 @@ def trace_events(profile, host=True):
   return events, ("host" if events else None)
 
 
-def device_timeline(profile):
-  """(hlo op or kernel name, start_ns, end_ns) of the device kernels of a `jax.profiler.ProfileData` (the lines
-  `trace_events` reads), sorted by start."""
-  out = []
+def _device_kernel_events(profile):
+  """The kernel events of a profile's device planes: their "Stream #..." lines, or every line but the derived ones
+  where no line is named so."""
   for plane in profile.planes:
     if not plane.name.startswith("/device:") or plane.name.startswith("/device:CPU"):
       continue
     lines = list(plane.lines)
     streams = [ln for ln in lines if ln.name.startswith("Stream")]
     for line in streams or [ln for ln in lines if ln.name not in DERIVED_LINES]:
-      for ev in line.events:
-        out.append((str(dict(ev.stats).get("hlo_op") or ev.name), float(ev.start_ns), float(ev.end_ns)))
+      yield from line.events
+
+
+def _op_name(ev):
+  """An event's HLO instruction (`hlo_op` stat), else the kernel's name."""
+  return str(dict(ev.stats).get("hlo_op") or ev.name)
+
+
+def device_timeline(profile):
+  """(hlo op or kernel name, start_ns, end_ns) of the device kernels of a `jax.profiler.ProfileData` (the events
+  `trace_events` reads), sorted by start."""
+  out = [(_op_name(ev), float(ev.start_ns), float(ev.end_ns)) for ev in _device_kernel_events(profile)]
   return sorted(out, key=lambda e: (e[1], e[2]))
 
 

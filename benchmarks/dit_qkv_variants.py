@@ -122,6 +122,24 @@ def randomise_qk_affine(attn, key, spread=0.1):
     var.set_value((1 + jax.random.normal(next(keys), var.shape) * spread).astype(var.dtype))
 
 
+def random_block(cfg, policy, attn_impl):
+  """(graphdef, state) of a `WanBlock` initialised on the device, with `randomise_qk_affine` applied to its
+  self-attention (so that a permutation missing from the q/k biases or RMSNorm scales would show)."""
+  import jax
+  from flax import nnx
+  from wanjax.dit.model import WanBlock
+
+  def make():
+    return WanBlock(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=attn_impl)
+
+  def init():
+    b = make()
+    randomise_qk_affine(b.self_attn, jax.random.key(1))
+    return nnx.state(b)
+
+  return nnx.split(nnx.eval_shape(make))[0], jax.jit(init)()
+
+
 def rel_l2(a, b):
   """‖a - b‖ / ‖b‖ in float32."""
   import jax.numpy as jnp
@@ -147,7 +165,6 @@ def run(args):
   from flax import nnx
   from wanjax import precision
   from wanjax.dit import layers, rope
-  from wanjax.dit.model import WanBlock
   from wanjax.ops.attention import attention
 
   cfg, grid = block_setup(args.model, args.small)
@@ -155,14 +172,7 @@ def run(args):
   policy = precision.get_policy("bf16")
 
   t0 = time.perf_counter()
-  graphdef, _ = nnx.split(nnx.eval_shape(lambda: WanBlock(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn)))
-
-  def init():
-    b = WanBlock(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn)
-    randomise_qk_affine(b.self_attn, jax.random.key(1))
-    return nnx.state(b)
-
-  state = jax.jit(init)()
+  graphdef, state = random_block(cfg, policy, args.attn)
   init_s = time.perf_counter() - t0
   keys = jax.random.split(jax.random.key(0), 2)
   x = jax.random.normal(keys[0], (1, L, D), jnp.float32)
