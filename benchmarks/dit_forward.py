@@ -100,7 +100,7 @@ def run_jax(args):
     out = compiled(state, x, t, ctx)
     fin = bool(np.isfinite(np.asarray(out, np.float32)).all())
     del out
-    by_unroll[u] = dict(sec=median_s(lambda: compiled(state, x, t, ctx).block_until_ready(), args.iters),
+    by_unroll[u] = dict(sec=median_s(lambda c=compiled: c(state, x, t, ctx).block_until_ready(), args.iters),
                         compile_s=c_s, finite=fin)
     if u != unrolls[-1]:
       del compiled
@@ -131,7 +131,6 @@ def run_jax(args):
 
 
 def run_torch(args):
-  import numpy as np
   import torch
   from diffusers import WanTransformer3DModel
   from wanjax.dit.config import get_config

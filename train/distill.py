@@ -20,7 +20,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from jax.sharding import NamedSharding
 
 from train import causal, data, dmd, loop
