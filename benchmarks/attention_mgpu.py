@@ -5,20 +5,15 @@ for Hopper, and torch SDPA in the same run.
   python benchmarks/attention_mgpu.py --heads 12 --block-kv 64,128
   python benchmarks/attention_mgpu.py --small             # CPU run: the tail merge against plain attention
 
-The profile of a 1.3B block (`dit_layer_breakdown.py --profile`) puts the cuDNN attention kernel at ~10.4 ms of
-the ~11.5-11.7 ms that the attention call takes on its own. The Pallas kernel
-(`jax.experimental.pallas.ops.gpu.attention_mgpu`, warpgroup MMA, TMA pipelining) is the "Pallas kernel if faster"
-of the performance issue; it has no softmax scale, no mask and needs the key count to be a multiple of its key
-block and the query count a multiple of twice its query block. 32,760 is neither (2^3 * 4095), so
-`split_tail_attention` runs the kernel over the first `block_kv * floor(S / block_kv)` keys (queries zero-padded,
-their rows dropped), attends to the remaining < block_kv keys with a plain float32 softmax, and merges the two by
-their log-sum-exps (the kernel returns its own). q is scaled by 1/sqrt(K) in bf16 before both (one rounding
-cuDNN does not make; the error column shows its size).
+The profile of a 1.3B block (`dit_layer_breakdown.py --profile`) puts the cuDNN attention kernel at 10.45 ms of a
+16.06 ms block on an H100. The Pallas kernel (`wanjax/ops/pallas_gpu.py`: `jax.experimental.pallas.ops.gpu.
+attention_mgpu` behind a split-tail wrapper, since 32,760 is not a multiple of its blocks) is the "Pallas kernel if
+faster" of the performance issue, and `attention(impl="pallas_gpu")` once this says so.
 
 Per shape: milliseconds per call (median of `--iters` samples of `--repeat` calls chained in one program, so
-that a single call's dispatch and wait, ~0.9 ms on an H100, is not counted) and TFLOP/s (4*L*S*N*K) of jax cuDNN, of the Pallas kernel alone on
-the key/query counts it accepts (32,768, no tail: its raw speed), of the split-tail Pallas attention at the real
-length, and of torch SDPA; the relative L2 difference of the split-tail output from cuDNN's. A Pallas
+that a single call's dispatch and wait, ~0.9 ms on an H100, is not counted) and TFLOP/s (4*L*S*N*K) of jax
+cuDNN, of the Pallas kernel alone on the key/query counts it accepts (32,768, no tail: its raw speed), of the
+split-tail Pallas attention at the real length, and of torch SDPA; the relative L2 difference of the split-tail output from cuDNN's. A Pallas
 configuration that does not compile or run (shared memory, a CUDA version) is reported and skipped.
 """
 
@@ -35,78 +30,23 @@ from benchmarks import cli  # noqa: E402
 from benchmarks.timing import median_s  # noqa: E402
 
 
-def split_tail_attention(q, k, v, *, main, block_kv, q_multiple, scale=None):
-  """Softmax attention of q `[B, L, N, K]` over k/v `[B, S, N, K]` (no mask) with a kernel `main` that only
-  takes key counts in multiples of `block_kv` and query counts in multiples of `q_multiple`.
-
-  `main(q, k, v) -> (out [B, Lp, N, K], lse [B, N, Lp] natural log)` gets the scaled queries zero-padded to
-  Lp and the first `block_kv * floor(S / block_kv)` keys; the remaining keys are attended with a float32 softmax
-  and both parts are combined with weights exp(lse_part - lse_all). Returns `[B, L, N, K]` in q's dtype."""
-  import jax.numpy as jnp
-  b, L, n, kd = q.shape
-  S = k.shape[1]
-  scale = 1.0 / math.sqrt(kd) if scale is None else scale
-  qs = (q.astype(jnp.float32) * scale).astype(q.dtype)
-  s_main = (S // block_kv) * block_kv
-  parts = []
-  if s_main:
-    lp = -(-L // q_multiple) * q_multiple
-    qp = jnp.pad(qs, ((0, 0), (0, lp - L), (0, 0), (0, 0))) if lp != L else qs
-    out_m, lse_m = main(qp, k[:, :s_main], v[:, :s_main])
-    parts.append((out_m[:, :L].astype(jnp.float32), lse_m[:, :, :L]))
-  if s_main < S:
-    kt, vt = k[:, s_main:], v[:, s_main:]
-    logits = jnp.einsum("BLNK,BSNK->BNLS", qs, kt, preferred_element_type=jnp.float32)
-    m = logits.max(axis=-1, keepdims=True)
-    p = jnp.exp(logits - m)
-    den = p.sum(axis=-1)
-    out_t = jnp.einsum("BNLS,BSNK->BLNK", p, vt.astype(jnp.float32)) / den.transpose(0, 2, 1)[..., None]
-    parts.append((out_t, m[..., 0] + jnp.log(den)))
-  if len(parts) == 1:
-    return parts[0][0].astype(q.dtype)
-  (o1, l1), (o2, l2) = parts
-  lse = jnp.logaddexp(l1, l2)
-  w1 = jnp.exp(l1 - lse).transpose(0, 2, 1)[..., None]
-  w2 = jnp.exp(l2 - lse).transpose(0, 2, 1)[..., None]
-  return (o1 * w1 + o2 * w2).astype(q.dtype)
-
-
-def mgpu_main(block_q, block_kv, steps):
-  """The Pallas Mosaic-GPU kernel as a `split_tail_attention` main: (out, natural-log lse)."""
-  from jax.experimental.pallas.ops.gpu import attention_mgpu as am
-  cfg = am.TuningConfig(block_q=block_q, block_kv=block_kv, max_concurrent_steps=steps)
-
-  def main(q, k, v):
-    import jax.numpy as jnp
-    # The kernel's shared-memory staging is float16 (jax 0.11): bf16 inputs go in as float16 (Wan's q/k after
-    # RMSNorm and v stay far inside float16's range); the output comes back in the input dtype.
-    q16, k16, v16 = (a.astype(jnp.float16) for a in (q, k, v))
-    out, (lse2,) = am.attention(q16, k16, v16, cfg, save_residuals=True)
-    return out.astype(q.dtype), lse2 * math.log(2.0)    # the kernel's lse is in base 2
-
-  return main
-
-
-def reference_main(q, k, v):
-  """Plain float32 attention with its lse (the CPU stand-in for the kernel)."""
-  import jax.numpy as jnp
-  logits = jnp.einsum("BLNK,BSNK->BNLS", q, k, preferred_element_type=jnp.float32)
-  m = logits.max(axis=-1, keepdims=True)
-  p = jnp.exp(logits - m)
-  den = p.sum(axis=-1)
-  out = jnp.einsum("BNLS,BSNK->BLNK", p, v.astype(jnp.float32)) / den.transpose(0, 2, 1)[..., None]
-  return out.astype(q.dtype), m[..., 0] + jnp.log(den)
-
-
 def rel_l2(a, b):
   import jax.numpy as jnp
   a, b = a.astype(jnp.float32), b.astype(jnp.float32)
   return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
+def reference_main(q, k, v):
+  """The kernel's contract in plain float32 attention (the CPU stand-in): (out in q's dtype, natural-log lse)."""
+  from wanjax.ops.pallas_gpu import softmax_with_lse
+  out, lse = softmax_with_lse(q, k, v)
+  return out.astype(q.dtype), lse
+
+
 def run_shape(args, heads, on_gpu):
   import jax
   import jax.numpy as jnp
+  from wanjax.ops import pallas_gpu as pg
   L, kd = args.tokens, args.head_dim
   keys = jax.random.split(jax.random.key(0), 3)
   q, k, v = (jax.random.normal(kk, (1, L, heads, kd), jnp.float32).astype(jnp.bfloat16) for kk in keys)
@@ -132,13 +72,13 @@ def run_shape(args, heads, on_gpu):
     ref = timed("jax_xla", lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"), q, k, v)
   for bkv in args.block_kv:
     tag = f"{'pallas' if on_gpu else 'reference'}_bq{args.block_q}_bkv{bkv}"
-    main = mgpu_main(args.block_q, bkv, args.steps) if on_gpu else reference_main
+    main = pg.mosaic_main(args.block_q, bkv, args.steps) if on_gpu else reference_main
     if on_gpu:   # the kernel alone on a length it accepts (its raw speed)
       n = -(-L // math.lcm(2 * args.block_q, bkv)) * math.lcm(2 * args.block_q, bkv)
       qa, ka, va = (jnp.pad(a, ((0, 0), (0, n - L), (0, 0), (0, 0))) for a in (q, k, v))
       timed(f"{tag}_kernel_{n}", lambda q, k, v: main(q, k, v)[0], qa, ka, va)
-    out = timed(f"{tag}_split_tail", lambda q, k, v: split_tail_attention(
-        q, k, v, main=main, block_kv=bkv, q_multiple=2 * args.block_q), q, k, v)
+    out = timed(f"{tag}_split_tail", lambda q, k, v: pg.pallas_gpu_attention(
+        q, k, v, block_q=args.block_q, block_kv=bkv, steps=args.steps, main=main), q, k, v)
     if out is not None and ref is not None:
       row[f"{tag}_split_tail"]["rel_diff_vs_reference"] = rel_l2(out, ref)
   if on_gpu and args.torch:

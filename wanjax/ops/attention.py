@@ -7,6 +7,8 @@ Implementations:
   bf16/fp16 inputs; supports key-length masking, no additive bias.
 - "splash": the TPU Pallas splash kernel (`wanjax/ops/splash.py`; interpret mode off TPU). No bias; masks as
   key lengths or `BlockCausal`.
+- "pallas_gpu": JAX's Pallas Mosaic-GPU flash kernel for Hopper (`wanjax/ops/pallas_gpu.py`), opt-in and
+  inference only: no bias, mask or key lengths; never chosen by "auto".
 - "auto": "cudnn" on a CUDA GPU when the inputs are half precision and no bias is given; "splash" on TPU for
   long self-attention (both lengths >= SPLASH_MIN_LENGTH, head dim a multiple of 128, no bias, mask None or
   `BlockCausal`), so the 512-token text cross-attention stays on XLA; else "xla".
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 
 from wanjax.errors import UsageError
 
-IMPLS = ("auto", "xla", "cudnn", "splash")
+IMPLS = ("auto", "xla", "cudnn", "splash", "pallas_gpu")
 SPLASH_MIN_LENGTH = 1024   # shorter sequences (text / image cross-attention) gain nothing from tiling
 
 
@@ -99,7 +101,7 @@ def attention(q, k, v, *, bias=None, mask=None, key_lengths=None, scale=None, im
     mask: optional boolean, broadcastable to `[B, N, L, S]`; False = not attended; or a `BlockCausal`.
     key_lengths: optional int `[B]`; keys at positions >= length are not attended (padded video tokens).
     scale: logits scale; default `1/sqrt(K)`. T5 passes 1.0.
-    impl: "auto" | "xla" | "cudnn" | "splash".
+    impl: "auto" | "xla" | "cudnn" | "splash" | "pallas_gpu".
   """
   if scale is None:
     scale = q.shape[-1] ** -0.5
@@ -111,6 +113,10 @@ def attention(q, k, v, *, bias=None, mask=None, key_lengths=None, scale=None, im
     from wanjax.ops.splash import splash_attention  # Pallas TPU imports only when used
     causal = None if mask is None else (mask.block_tokens, mask.q_offset)
     return splash_attention(q, k, v, scale=scale, key_lengths=key_lengths, block_causal=causal)
+  if impl == "pallas_gpu":
+    from wanjax.ops import pallas_gpu  # Mosaic GPU imports only when used
+    pallas_gpu.check_supported(q.shape[-1], bias is not None, mask, key_lengths, jax.default_backend())
+    return pallas_gpu.pallas_gpu_attention(q, k, v, scale=scale)
   if isinstance(mask, BlockCausal):
     mask = mask.dense(q.shape[1], k.shape[1])
   which = resolve_impl(impl, q.dtype, bias is not None, q.shape[-1])
