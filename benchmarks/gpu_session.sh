@@ -12,13 +12,14 @@
 #                                     # Mosaic-GPU attention kernel against cuDNN and torch SDPA, and the 1.3B
 #                                     # forward with it (attn pallas_gpu); a device trace of the whole forward
 #                                     # (where the ~40 ms outside the 30 blocks go); the forward with 1, 3 and 30
-#                                     # layers per scan iteration against diffusers (what the loop costs)
-#   T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_FWDPALLAS=0 T_AR=90 T_BLOCKV=70 bash benchmarks/gpu_session.sh
+#                                     # layers per scan iteration against diffusers (what the loop costs); which
+#                                     # form of fc1 + bias + GELU XLA folds into the GEMM (gelu_epilogue.py)
+#   T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_FWDPALLAS=0 T_GELU=0 T_AR=90 T_BLOCKV=70 bash benchmarks/gpu_session.sh
 #                                     # call 2, ~6 min: the 1.3B DMD step with the bf16 teacher (the fp32 teacher
 #                                     # is ~1 GiB over the H100's limit), the bf16 VAE decode against diffusers and
 #                                     # in its old float32-product form, the Self-Forcing fps, the block variants
 #                                     # (rope_flip: the RoPE without its concatenate)
-#   D0="T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_FWDPALLAS=0 T_VAEBF16=0 T_VAEF32OUT=0 T_DMDBF16=0"   # the others:
+#   D0="T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_FWDPALLAS=0 T_GELU=0 T_VAEBF16=0 T_VAEF32OUT=0 T_DMDBF16=0"   # the others:
 #   env $D0 T_DIT13=90 T_ARND=60 T_SAMPLE=120 T_SAMPLE_WARM=70 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...
 #   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 T_LAYER=60 T_QKV=60 T_DMD=170 bash ...
 set -o pipefail
@@ -44,6 +45,7 @@ bench sample_warm "${T_SAMPLE_WARM:-0}" python3 benchmarks/sample.py --vae-polic
 bench dit_1_3b "${T_DIT13:-0}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5
 bench dit_1_3b_profile "${T_FWDPROF:-70}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 3 \
   --profile 2    # jax only, CUDA graphs off: the kernel table and idle gaps of the whole forward
+bench gelu_epilogue "${T_GELU:-40}" python3 benchmarks/gelu_epilogue.py    # can XLA fold bias+GELU into fc1?
 bench dit_1_3b_pallas "${T_FWDPALLAS:-80}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 5 \
   --attn pallas_gpu    # jax only: the forward with the Pallas Mosaic-GPU attention (opt-in impl)
 bench dit_1_3b_unroll "${T_FWDUNROLL:-150}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5 \
