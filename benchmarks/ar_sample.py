@@ -4,6 +4,7 @@ VAE decode of each finished block.
 
   python benchmarks/ar_sample.py                      # GPU: t2v_1_3b + Wan2.1 VAE, random weights, bf16
   python benchmarks/ar_sample.py --small              # CPU smoke test (tiny DiT + tiny VAE)
+  python benchmarks/ar_sample.py --scan-unroll 30     # the DiT's 30 layers unrolled (no layer loop)
 
 Reports compile time (first run) apart from steady state (median of --iters runs after it): time to first decoded
 frame, total time, frames per second including VAE decode, DiT time per call, and one JSON line.
@@ -31,11 +32,13 @@ def main():
   p.add_argument("--iters", type=int, default=2, help="timed runs after the first (compile) run")
   p.add_argument("--attn", default="auto")
   p.add_argument("--no-decode", action="store_true", help="DiT only (no VAE)")
+  p.add_argument("--scan-unroll", type=int, default=1,
+                 help="layers per iteration of the DiT's scanned layer loop (`WanDiT(scan_unroll=...)`)")
   p.add_argument("--small", action="store_true", help="tiny DiT + tiny VAE on CPU (smoke test)")
   args = p.parse_args()
   cli.apply_small(p, args, dict(model="tiny", frames=21, height=32, width=48, iters=1), preset="model")
   cli.check_frames(p, args.frames)
-  for flag, val in (("--nfpb", args.nfpb), ("--iters", args.iters)):
+  for flag, val in (("--nfpb", args.nfpb), ("--iters", args.iters), ("--scan-unroll", args.scan_unroll)):
     if val < 1:
       p.error(f"{flag} must be >= 1, got {val}")
   if ((args.frames - 1) // 4 + 1) % args.nfpb:
@@ -63,7 +66,8 @@ def main():
     return nnx.merge(graphdef, state)
 
   t0 = time.perf_counter()
-  dit = build(lambda: WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn))
+  dit = build(lambda: WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn,
+                             scan_unroll=args.scan_unroll))
   # The VAE is filled on the host (`create_vae`): its device-side init compiles one RNG program per shape,
   # about 50 s on a CPU even for the tiny VAE.
   vae = None if args.no_decode else create_vae(vae_config("tiny" if args.small else "wan21"), policy=policy, seed=1)
@@ -94,7 +98,7 @@ def main():
   mem = dev.memory_stats() or {}
   out = dict(
       bench="ar_sample", model=args.model, device=dev.device_kind, dtype=policy, frames=frames, latent=[f, h, w],
-      frames_per_block=args.nfpb, steps=len(sampling_ar.schedule(opts)[0]), model_calls=calls,
+      frames_per_block=args.nfpb, scan_unroll=args.scan_unroll, steps=len(sampling_ar.schedule(opts)[0]), model_calls=calls,
       decode=vae is not None, init_s=round(init_s, 2), first_run_incl_compile_s=round(first_s, 2),
       total_s=round(total, 4), ttff_s=round(ttff, 4), fps=round(frames / total, 3),
       dit_ms_per_call_upper_bound=round(1000 * total / calls, 2),

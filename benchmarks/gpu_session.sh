@@ -15,6 +15,8 @@
 #                                     # layers per scan iteration against diffusers (what the loop costs); which
 #                                     # form of fc1 + bias + GELU XLA folds into the GEMM (gelu_epilogue.py)
 #   T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_FWDPALLAS=0 T_GELU=0 T_AR=90 T_BLOCKV=70 bash benchmarks/gpu_session.sh
+#                                     # (add T_ARUNROLL=150 if call 1 showed the layer loop costing time: the
+#                                     # Self-Forcing fps with the 30 layers unrolled)
 #                                     # call 2, ~6 min: the 1.3B DMD step with the bf16 teacher (the fp32 teacher
 #                                     # is ~1 GiB over the H100's limit), the bf16 VAE decode against diffusers and
 #                                     # in its old float32-product form, the Self-Forcing fps, the block variants
@@ -68,6 +70,7 @@ bench vae_decode_bf16_f32out "${T_VAEF32OUT:-70}" python3 benchmarks/vae_decode.
 bench dmd_step "${T_DMD:-0}" python3 benchmarks/dmd_step.py --iters 1
 bench dmd_step_bf16_teacher "${T_DMDBF16:-170}" python3 benchmarks/dmd_step.py --iters 1 --teacher-param-dtype bfloat16
 bench ar_sample "${T_AR:-0}" python3 benchmarks/ar_sample.py --iters 2
+bench ar_sample_unrolled "${T_ARUNROLL:-0}" python3 benchmarks/ar_sample.py --iters 2 --scan-unroll 30
 bench ar_sample_nodecode "${T_ARND:-0}" python3 benchmarks/ar_sample.py --iters 2 --no-decode
 bench t5_encode "${T_T5:-0}" python3 benchmarks/t5_encode.py --batches 1,2 --iters 5
 bench attn_fp8 "${T_ATTN8:-0}" python3 benchmarks/attention_fp8.py
