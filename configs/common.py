@@ -65,7 +65,9 @@ def sample_defaults(arg=None):
   c.clip = ""                  # I2V only: converted CLIP image encoder dir
   c.dtype = "bf16"             # DiT precision policy: bf16 | float32 | bf16_weights
   c.vae_dtype = "float32"      # float32 (reference, fp32) | bf16: 81x480x832 decode 9.16 s -> 1.40 s on H200
-  c.attn_impl = "auto"
+  c.attn_impl = "auto"          # auto | xla | cudnn | splash | pallas_gpu (opt-in: Hopper, bidirectional only)
+  c.scan_unroll = 1            # DiT layers per iteration of its scanned layer loop (same maths; more = longer
+                               # compile; the layer count = no loop). benchmarks/dit_forward.py --scan-unroll
   c.lora = ""                  # 'a.safetensors:0.8,b.safetensors' merged into the DiT at load (strength default 1)
   c.lora_allow_unmatched = False   # LoRA keys that match no DiT parameter: warn instead of failing
   c.quant = "none"             # none | int8 | fp8: weight-only block matmuls (after LoRA merges); quantised

@@ -140,6 +140,8 @@ def check(c) -> Plan:
     raise UsageError(f"cfg_scale={c.cfg_scale} must be >= 1 (1 disables CFG)")
   if c.get("guidance", 0.0) < 0:
     raise UsageError(f"guidance={c.guidance} must be >= 0 (0 = off; e.g. 5 for a CFG-distilled model)")
+  if c.get("scan_unroll", 1) < 1:
+    raise UsageError(f"scan_unroll={c.scan_unroll} must be >= 1 (DiT layers per iteration of its layer loop)")
   if c.distilled and c.cfg_scale > 1:
     logging.warning("cfg_scale=%s on the step-distilled preset %r: distilled models are sampled without CFG "
                     "(cfg_scale=1); CFG > 1 tends to blur the video", c.cfg_scale, c.model)

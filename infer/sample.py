@@ -90,13 +90,13 @@ def build_dit(c, plan, mesh):
   from infer.models import adapt_dit
   if c.random_init:
     from wanjax.dit.model import WanDiT
-    dit = demo.random_model(lambda: WanDiT(plan.dit_cfg, policy=c.dtype, rngs=nnx.Rngs(0), attn_impl=c.attn_impl),
-                            model_seed(c))
+    dit = demo.random_model(lambda: WanDiT(plan.dit_cfg, policy=c.dtype, rngs=nnx.Rngs(0), attn_impl=c.attn_impl,
+                                           scan_unroll=c.scan_unroll), model_seed(c))
   else:
     from infer.models import resolve_dit
     from wanjax.dit.load import load_dit
     dit = load_dit(resolve_dit(plan.weights), policy=c.dtype, mesh=mesh, expect_model_type=plan.model_type,
-                   attn_impl=c.attn_impl)
+                   attn_impl=c.attn_impl, scan_unroll=c.scan_unroll)
     check_dit_interface(dit.cfg, plan.dit_cfg, plan.weights, c.model)   # raw checkpoints: known once converted
   return adapt_dit(dit, plan.loras, allow_unmatched=c.lora_allow_unmatched, quant=c.quant)
 

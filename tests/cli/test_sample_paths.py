@@ -169,3 +169,24 @@ def test_ar_sidecar_has_the_plain_fields(plain_run, tmp_path):
   assert side["num_steps"] == len(side["timesteps"]) == 4 and side["guidance"] == 0.0
   assert side["dit_weight_bytes"] == plain["dit_weight_bytes"] > 0   # the same tiny DiT
   assert json.load(open(tmp_path / "ar.json"))["num_steps"] == 4
+
+
+def test_scan_unroll_reaches_the_dit_and_keeps_its_output():
+  """config.scan_unroll: the DiT the sampler builds loops over 2 layers per iteration; same velocities."""
+  import jax
+  outs = []
+  for unroll in (1, 2):
+    c = tiny.get_config("steps=3")
+    c.scan_unroll = unroll
+    dit = S.build_dit(c, S.check(c), None)
+    assert dit.scan_unroll == unroll
+    cfg = dit.cfg
+    x = jax.random.normal(jax.random.key(0), (1, 2, 4, 6, cfg.in_dim))
+    ctx = jax.random.normal(jax.random.key(1), (1, 5, cfg.text_dim))
+    outs.append(np.asarray(dit(x, jnp.array([700.0]), ctx)))
+  assert np.abs(outs[0]).max() > 0
+  np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+  c = tiny.get_config("steps=3")
+  c.scan_unroll = 0
+  with pytest.raises(UsageError, match="scan_unroll=0 must be >= 1"):
+    S.check(c)

@@ -42,12 +42,13 @@ def read_config(path):
 
 
 def load_dit(path, *, policy="float32", mesh=None, expect_model_type=None, scan=True, remat="none",
-             attn_impl="auto"):
+             attn_impl="auto", scan_unroll=1):
   """Returns the `WanDiT` stored in the converted directory `path`.
 
   policy: precision policy name or `Policy` (parameters are cast to its param dtype while loading).
   mesh: a `jax.sharding.Mesh`; parameters are sharded by the logical-axis rules (default: one device).
   expect_model_type: "t2v" | "i2v" | "flf2v"; a checkpoint of another type is a UsageError.
+  scan, remat, attn_impl, scan_unroll: as `WanDiT`.
   """
   from wanjax.dit.model import WanDiT
   cfg, meta = read_config(path)
@@ -67,7 +68,8 @@ def load_dit(path, *, policy="float32", mesh=None, expect_model_type=None, scan=
     mode = _QUANT_MODES[fmt]
 
   def build():
-    model = WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), scan=scan, remat=remat, attn_impl=attn_impl)
+    model = WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), scan=scan, remat=remat, attn_impl=attn_impl,
+                   scan_unroll=scan_unroll)
     if mode is not None:
       from wanjax import quant as quantlib
       quantlib.quantize_model(model, mode)
