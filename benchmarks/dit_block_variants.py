@@ -47,7 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import cli  # noqa: E402
-from benchmarks.dit_layer_breakdown import block_setup  # noqa: E402
+from benchmarks.dit_layer_breakdown import add_block_flags, block_inputs, block_setup, check_block_flags  # noqa: E402
 from benchmarks.timing import median_s  # noqa: E402
 
 VARIANTS = ("current", "f32_dots", "bf16_bias", "gelu_bf16", "halves", "rope_flip")
@@ -151,19 +151,14 @@ def run_variants(args):
   from flax import nnx
   from benchmarks.dit_qkv_variants import random_block, rel_l2
   from wanjax import precision
-  from wanjax.dit import rope
 
   cfg, grid = block_setup(args.model, args.small)
-  L, S, D = grid[0] * grid[1] * grid[2], cfg.text_len, cfg.dim
+  L, D = grid[0] * grid[1] * grid[2], cfg.dim
   policy = precision.get_policy("bf16")
   t0 = time.perf_counter()
   graphdef, state = random_block(cfg, policy, args.attn)
   init_s = time.perf_counter() - t0
-  keys = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(keys[0], (1, L, D), jnp.float32)
-  e0 = jax.random.normal(keys[1], (1, 1, 6, D), jnp.float32) * 0.1
-  ctx = jax.random.normal(keys[2], (1, S, D), jnp.float32).astype(policy.compute_dtype)
-  cos, sin = rope.rope_cos_sin(cfg.head_dim, grid)
+  x, e0, ctx, cos, sin = block_inputs(cfg, grid, policy.compute_dtype)
 
   def make_block():   # a new function per variant: jax.jit caches traces by function
     return lambda st, x: nnx.merge(graphdef, st)(x, e0, ctx, None, cos, sin)
@@ -221,22 +216,14 @@ def run_flag_sets(args):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model", default="t2v_1_3b")
-  p.add_argument("--attn", default="auto", help="attention implementation (auto | xla | cudnn | splash)")
-  p.add_argument("--iters", type=int, default=10)
-  p.add_argument("--small", action="store_true", help="tiny config on a 3x4x6 latent (CPU smoke run)")
+  add_block_flags(p)
   p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}; the first "
                  "is the reference of the rel_diff column")
   p.add_argument("--flag-sets", default=",".join(FLAG_SETS), help=f"comma list of {', '.join(FLAG_SETS)}")
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args()
-  if not args.child:
-    cli.apply_small(p, args, {}, preset="model", runs="a dim-64, 2-head block on a 3x4x6 latent")
-  if args.iters < 1:
-    p.error(f"--iters must be >= 1, got {args.iters}")
-  from wanjax.ops.attention import IMPLS
-  if args.attn not in IMPLS:
-    p.error(f"--attn={args.attn!r} is not one of {', '.join(IMPLS)}")
+  if not args.child:   # a child gets the parent's checked flags (with --model set by --small)
+    check_block_flags(p, args)
   for flag, text, known in (("--variants", args.variants, VARIANTS), ("--flag-sets", args.flag_sets, FLAG_SETS)):
     names = [v.strip() for v in text.split(",") if v.strip()]
     bad = [v for v in names if v not in known]

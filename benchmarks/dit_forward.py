@@ -209,8 +209,8 @@ def main():
   if args.profile < 0:
     p.error(f"--profile must be >= 0 (0 = off), got {args.profile}")
   if args.profile and args.only == "jax":
-    from benchmarks.dit_layer_breakdown import NO_COMMAND_BUFFERS
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + NO_COMMAND_BUFFERS).strip()
+    from benchmarks.dit_layer_breakdown import disable_command_buffers
+    disable_command_buffers()
   cli.apply_small(p, args, dict(model="tiny", shape="small", iters=2), preset="model")
   if args.only:
     res = run_jax(args) if args.only == "jax" else run_torch(args)

@@ -232,6 +232,43 @@ def _xplanes(log_dir):
   return found
 
 
+def add_block_flags(p, attn_help="attention implementation"):
+  """The flags every one-block benchmark takes: --model, --attn (one of `wanjax.ops.attention.IMPLS`), --iters,
+  --small."""
+  from wanjax.ops.attention import IMPLS
+  p.add_argument("--model", default="t2v_1_3b")
+  p.add_argument("--attn", default="auto", choices=IMPLS, help=f"{attn_help} ({' | '.join(IMPLS)})")
+  p.add_argument("--iters", type=int, default=10)
+  p.add_argument("--small", action="store_true", help="tiny config on a 3x4x6 latent (CPU smoke run)")
+
+
+def check_block_flags(p, args):
+  """--small's settings (it replaces --model) and the --iters bound, as parser errors."""
+  cli.apply_small(p, args, {}, preset="model", runs="a dim-64, 2-head block on a 3x4x6 latent")
+  if args.iters < 1:
+    p.error(f"--iters must be >= 1, got {args.iters}")
+
+
+def block_inputs(cfg, grid, compute_dtype):
+  """The inputs of one benchmarked block: float32 residual stream x `[1, L, D]`, time modulation e0
+  `[1, 1, 6, D]`, embedded text `[1, S, D]` in the compute dtype, and the RoPE tables of the grid."""
+  import jax
+  import jax.numpy as jnp
+  from wanjax.dit import rope
+  L, S, D = grid[0] * grid[1] * grid[2], cfg.text_len, cfg.dim
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (1, L, D), jnp.float32)
+  e0 = jax.random.normal(keys[1], (1, 1, 6, D), jnp.float32) * 0.1
+  ctx = jax.random.normal(keys[2], (1, S, D), jnp.float32).astype(compute_dtype)
+  cos, sin = rope.rope_cos_sin(cfg.head_dim, grid)
+  return x, e0, ctx, cos, sin
+
+
+def disable_command_buffers():
+  """Turns XLA's CUDA graphs off for this process (before jax starts): a profile then shows every kernel."""
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + NO_COMMAND_BUFFERS).strip()
+
+
 def block_setup(model, small):
   """The DiT config of `model` (the tiny width with `small`) and the patch grid of the benchmarked latent."""
   from wanjax.dit.config import get_config
@@ -249,7 +286,7 @@ def run(args):
   import numpy as np
   from flax import nnx
   from wanjax import precision
-  from wanjax.dit import layers, rope
+  from wanjax.dit import layers
   from wanjax.dit.model import WanBlock
   from wanjax.ops.attention import attention
 
@@ -263,11 +300,7 @@ def run(args):
                                                               attn_impl=args.attn)))
   state = jax.jit(lambda: nnx.state(WanBlock(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn)))()
   init_s = time.perf_counter() - t0
-  keys = jax.random.split(jax.random.key(0), 4)
-  x = jax.random.normal(keys[0], (1, L, D), jnp.float32)
-  e0 = jax.random.normal(keys[1], (1, 1, 6, D), jnp.float32) * 0.1
-  ctx = jax.random.normal(keys[2], (1, S, D), jnp.float32).astype(cd)
-  cos, sin = rope.rope_cos_sin(cfg.head_dim, grid)
+  x, e0, ctx, cos, sin = block_inputs(cfg, grid, cd)
 
   def mod(b, i):
     return (b.modulation[...].astype(jnp.float32)[None] + e0)[:, :, i]
@@ -376,10 +409,7 @@ def print_kernels(r):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model", default="t2v_1_3b")
-  p.add_argument("--attn", default="auto", help="attention implementation (auto | xla | cudnn | splash)")
-  p.add_argument("--iters", type=int, default=10)
-  p.add_argument("--small", action="store_true", help="tiny config on a 3x4x6 latent (CPU smoke run)")
+  add_block_flags(p)
   p.add_argument("--profile", type=int, default=0, metavar="N",
                  help="then trace N calls of the whole block and print its kernels, longest first (0 = off)")
   p.add_argument("--profile-top", type=int, default=25, metavar="K", help="rows of the kernel table (default 25)")
@@ -388,9 +418,7 @@ def main():
                       "of a temporary directory; for a device-tool run put DIR under $OUT (the tool brings back at "
                       "most 8 files of 16 MiB each)")
   args = p.parse_args()
-  cli.apply_small(p, args, {}, preset="model", runs="a dim-64, 2-head block on a 3x4x6 latent")
-  if args.iters < 1:
-    p.error(f"--iters must be >= 1, got {args.iters}")
+  check_block_flags(p, args)
   if args.profile < 0:
     p.error(f"--profile must be >= 0 (0 = off), got {args.profile}")
   if args.profile_top < 1:
@@ -399,7 +427,7 @@ def main():
     # XLA on a GPU replays a program's kernels as one CUDA graph ("command buffer"), which the trace shows as one
     # event: no per-kernel table. Off for this process (before jax starts), so the timings of a --profile run
     # include the kernel launches a CUDA graph would hide (the JSON line says so: "command_buffers": false).
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + NO_COMMAND_BUFFERS).strip()
+    disable_command_buffers()
   if args.profile_dir is not None:
     if not args.profile:
       p.error(f"--profile-dir {args.profile_dir!r} needs --profile N >= 1")

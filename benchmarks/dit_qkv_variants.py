@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import cli  # noqa: E402
-from benchmarks.dit_layer_breakdown import block_setup  # noqa: E402
+from benchmarks.dit_layer_breakdown import add_block_flags, block_inputs, block_setup, check_block_flags  # noqa: E402
 from benchmarks.timing import median_s  # noqa: E402
 
 VARIANTS = ("current", "fused", "halves", "halves_fused", "bf16_out_rope")
@@ -164,7 +164,7 @@ def run(args):
   import jax.numpy as jnp
   from flax import nnx
   from wanjax import precision
-  from wanjax.dit import layers, rope
+  from wanjax.dit import layers
   from wanjax.ops.attention import attention
 
   cfg, grid = block_setup(args.model, args.small)
@@ -174,10 +174,7 @@ def run(args):
   t0 = time.perf_counter()
   graphdef, state = random_block(cfg, policy, args.attn)
   init_s = time.perf_counter() - t0
-  keys = jax.random.split(jax.random.key(0), 2)
-  x = jax.random.normal(keys[0], (1, L, D), jnp.float32)
-  e0 = jax.random.normal(keys[1], (1, 1, 6, D), jnp.float32) * 0.1
-  cos, sin = rope.rope_cos_sin(cfg.head_dim, grid)
+  x, e0, _, cos, sin = block_inputs(cfg, grid, policy.compute_dtype)
 
   def norm1_mod(st, x):
     b = nnx.merge(graphdef, st)
@@ -223,18 +220,9 @@ def run(args):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model", default="t2v_1_3b")
-  p.add_argument("--attn", default="auto",
-                 help="attention implementation of the equivalence check only (auto | xla | cudnn | splash)")
-  p.add_argument("--iters", type=int, default=10)
-  p.add_argument("--small", action="store_true", help="tiny config on a 3x4x6 latent (CPU smoke run)")
+  add_block_flags(p, attn_help="attention implementation of the equivalence check only")
   args = p.parse_args()
-  cli.apply_small(p, args, {}, preset="model", runs="a dim-64, 2-head block on a 3x4x6 latent")
-  if args.iters < 1:
-    p.error(f"--iters must be >= 1, got {args.iters}")
-  from wanjax.ops.attention import IMPLS
-  if args.attn not in IMPLS:
-    p.error(f"--attn={args.attn!r} is not one of {', '.join(IMPLS)}")
+  check_block_flags(p, args)
   r = run(args)
   print(f"{r['model']} q/k/v on {r['device']}: {r['tokens']} tokens, dim {r['dim']}, {r['heads']} heads of "
         f"{r['head_dim']}, {r['gflop']:.1f} GFLOP of projections; attention check {r['attn']}")

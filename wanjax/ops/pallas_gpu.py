@@ -35,8 +35,7 @@ def split_tail_attention(q, k, v, *, main, block_kv, q_multiple, scale=None):
   `main(q, k, v) -> (out [B, Lp, N, K], lse [B, N, Lp] natural log)` gets the queries already scaled, zero-padded
   to Lp, and the first `block_kv * floor(S / block_kv)` keys; the remaining keys are attended with a float32
   softmax and both parts are combined with weights exp(lse_part - lse_all). Returns `[B, L, N, K]` in q's dtype."""
-  b, L, n, kd = q.shape
-  S = k.shape[1]
+  L, S, kd = q.shape[1], k.shape[1], q.shape[-1]
   scale = 1.0 / math.sqrt(kd) if scale is None else scale
   qs = (q.astype(jnp.float32) * scale).astype(q.dtype)
   s_main = (S // block_kv) * block_kv
