@@ -48,15 +48,32 @@ bench dit_1_3b "${T_DIT13:-0}" python3 benchmarks/dit_forward.py --model t2v_1_3
 bench dit_1_3b_profile "${T_FWDPROF:-70}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 3 \
   --profile 2    # jax only, CUDA graphs off: the kernel table and idle gaps of the whole forward
 bench gelu_epilogue "${T_GELU:-40}" python3 benchmarks/gelu_epilogue.py    # can XLA fold bias+GELU into fc1?
-bench dit_1_3b_pallas "${T_FWDPALLAS:-80}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 5 \
-  --attn pallas_gpu    # jax only: the forward with the Pallas Mosaic-GPU attention (opt-in impl)
 bench dit_1_3b_unroll "${T_FWDUNROLL:-150}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5 \
   --scan-unroll 1,3,30   # the layer loop's cost: 1, 3 and 30 layers per scan iteration (diffusers too)
 bench layer_1_3b "${T_LAYER:-0}" python3 benchmarks/dit_layer_breakdown.py --iters 5 --profile 3 \
   --profile-dir "$OUT/layer_profile"     # brings back the block's optimised HLO (block_hlo.txt) beside the table
-bench block_variants "${T_BLOCKV:-0}" python3 benchmarks/dit_block_variants.py --iters 5 --flag-sets default
+bench block_variants "${T_BLOCKV:-70}" python3 benchmarks/dit_block_variants.py --iters 5 --flag-sets default \
+  --variants current,rope_flip    # RoPE without its concatenate (the other variants: docs/bench/h100_dit_block_variants_1_3b.txt)
 bench qkv_variants "${T_QKV:-0}" python3 benchmarks/dit_qkv_variants.py
 bench attn_mgpu "${T_MGPU:-60}" python3 benchmarks/attention_mgpu.py
+# The forward with the Pallas attention only where its split-tail form beat cuDNN at 12 heads (T_FWDPALLAS_FORCE=1: always).
+pallas_won() {
+  [ "${T_FWDPALLAS_FORCE:-0}" = 1 ] && return 0
+  python3 - "$OUT/attn_mgpu.txt" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1], errors="replace") if l.startswith('{"bench": "attention_mgpu"')]
+if not rows: sys.exit(1)
+shape = rows[-1]["shapes"][0]
+best = min((v["ms"] for k, v in shape.items() if k.endswith("split_tail") and isinstance(v, dict) and "ms" in v),
+           default=float("inf"))
+print(f"pallas split-tail best {best:.3f} ms against cuDNN {shape['jax_cudnn']['ms']:.3f} ms")
+sys.exit(0 if best < shape["jax_cudnn"]["ms"] else 1)
+PY
+}
+if [ "${T_MGPU:-60}" != 0 ] && pallas_won; then
+  bench dit_1_3b_pallas "${T_FWDPALLAS:-80}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 5 \
+    --attn pallas_gpu    # jax only: the forward with the Pallas Mosaic-GPU attention (opt-in impl)
+fi
 bench attn_kvlen "${T_ATTNKV:-0}" python3 benchmarks/attention_fp8.py --kv-lengths 4680,14040,32760
 bench sample_14b_int8 "${T_S14INT8:-0}" python3 benchmarks/sample.py --model t2v_14b --policy bf16_weights \
   --quant int8 --cfg-steps 0 --skip-t5 --vae-policy bf16
