@@ -110,7 +110,7 @@ def run_jax(args):
   if args.profile:
     from benchmarks.dit_layer_breakdown import profile_block, print_kernels
     prof = profile_block(compiled, (state, x, t, ctx), args.profile, 20)    # the last --scan-unroll value's
-    print_kernels(dict(prof, block_ms=by_unroll[unrolls[-1]]["sec"] * 1e3, device=jax.devices()[0].platform))
+    print_kernels(dict(prof, block_ms=by_unroll[unrolls[-1]]["sec"] * 1e3, device=jax.devices()[0].platform), "forward")
   del compiled
   from wanjax.ops.attention import attention
   q, k, v = (jax.random.normal(jax.random.key(i), (1, L, cfg.num_heads, cfg.head_dim), jnp.bfloat16)

@@ -162,6 +162,20 @@ def aggregate_kernels(events, calls):
   return rows, total / calls / 1e6
 
 
+def kernels_by_op(rows):
+  """The kernel rows of `profile_block` summed by what they are (the `op` column: a custom-call target such as a
+  cuDNN convolution, "fusion kLoop", "copy", ...; "?" where the HLO did not name it): [{op, ms, pct, count}],
+  longest first."""
+  ms, count = {}, {}
+  for r in rows:
+    op = r.get("op") or "?"
+    ms[op] = ms.get(op, 0.0) + r["ms"]
+    count[op] = count.get(op, 0) + r["count"]
+  total = sum(ms.values())
+  out = [dict(op=op, ms=t, pct=100 * t / total if total else 0.0, count=count[op]) for op, t in ms.items()]
+  return sorted(out, key=lambda r: (-r["ms"], r["op"]))
+
+
 _HLO_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[^\s=]+) = (?P<shape>.+?) (?P<opcode>[a-z][\w-]*)\(")
 
 
@@ -186,9 +200,10 @@ def hlo_instructions(hlo_text):
   return out
 
 
-def profile_block(compiled, inputs, calls, top, keep_dir=None):
+def profile_block(compiled, inputs, calls, top, keep_dir=None, all_rows=False):
   """Kernel table of `calls` runs of `compiled(*inputs)` (see the module docstring); the trace goes to a
-  temporary directory, or is kept in `keep_dir`."""
+  temporary directory, or is kept in `keep_dir`. `all_rows`: every row also under "all_kernels" (the table keeps
+  the `top` longest), for `kernels_by_op`."""
   import jax
   from jax.profiler import ProfileData
 
@@ -219,7 +234,7 @@ def profile_block(compiled, inputs, calls, top, keep_dir=None):
   for r in rows:
     r["shape"], r["op"], r["op_name"] = instr.get(r["name"], ("", "", ""))
   out = dict(kernels=rows[:top], kernel_ms_per_block=total, kernel_names=len(rows), kernel_source=source,
-             profile_calls=calls, device_timeline=timeline)
+             profile_calls=calls, device_timeline=timeline, **({"all_kernels": rows} if all_rows else {}))
   if keep_dir:
     out["profile_trace"] = new[-1]
   return out
@@ -374,16 +389,17 @@ def run(args):
   return result
 
 
-def print_kernels(r):
-  """The --profile table: one row per kernel name, longest first, then the rest in one line."""
+def print_kernels(r, what="block"):
+  """The --profile table: one row per kernel name, longest first, then the rest in one line. `what`: the
+  program traced (block, forward, decode)."""
   rows, total = r["kernels"], r["kernel_ms_per_block"]
   if not rows:
     why = ", no host events with an hlo_op stat" if r["device"] == "cpu" else "; is libcupti loadable?"
-    print(f"  profile: no per-kernel events in the trace of {r['profile_calls']} block calls on {r['device']} "
+    print(f"  profile: no per-kernel events in the trace of {r['profile_calls']} {what} calls on {r['device']} "
           f"(no device kernel events{why})")
     return
-  print(f"  kernels of the whole block ({r['kernel_source']} trace, {r['profile_calls']} calls): "
-        f"{total:.3f} ms per block in {r['kernel_names']} names, wall {r['block_ms']:.3f} ms")
+  print(f"  kernels of the whole {what} ({r['kernel_source']} trace, {r['profile_calls']} calls): "
+        f"{total:.3f} ms per {what} in {r['kernel_names']} names, wall {r['block_ms']:.3f} ms")
   print(f"  {'ms':>9} {'%':>5} {'cum%':>5} {'calls':>5}  {'hlo op (or kernel)':<32} {'shape':<32} "
         f"what (jax op); kernel")
   cum = 0.0
@@ -399,7 +415,7 @@ def print_kernels(r):
           f"{r['kernel_names'] - len(rows)} more names")
   tl = r.get("device_timeline") or {}
   if tl.get("span_ms"):
-    print(f"  device timeline per block call: busy {tl['busy_ms']:.3f} ms of a {tl['span_ms']:.3f} ms span "
+    print(f"  device timeline per {what} call: busy {tl['busy_ms']:.3f} ms of a {tl['span_ms']:.3f} ms span "
           f"(idle {tl['idle_ms']:.3f} ms, gaps between calls included); longest gaps, by the kernels around them:")
     for g in tl["gaps"]:
       print(f"  {g['ms']:9.3f} ms  {g['between'][:150]}")

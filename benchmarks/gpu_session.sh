@@ -6,22 +6,21 @@
 # (the device tool returns at most 8 files). Figures go to docs/bench/ and the closing note, with the card.
 # The defaults run what is still unmeasured on an H100 (docs/bench/ has the rest, with dates and cards; session 12
 # measured the block profile, the block variants, the VAE decode against diffusers, umT5, the 1.3B/14B forwards and
-# the Self-Forcing fps after the bf16-matmul-output change). The goals of the performance issue are stated for an
-# H100: name kind nvidia-h100-x1. All defaults together exceed one call's 600 s, so two calls (~40 s per start):
-#   T_DMDBF16=0 T_VAEBF16=0 T_VAEF32OUT=0 bash benchmarks/gpu_session.sh     # call 1, ~4 min: JAX's Pallas
-#                                     # Mosaic-GPU attention kernel against cuDNN and torch SDPA, and the 1.3B
-#                                     # forward with it (attn pallas_gpu); a device trace of the whole forward
+# the Self-Forcing fps after the bf16-matmul-output change; session 13 had no device). The goals of the performance
+# issue are stated for an H100: name kind nvidia-h100-x1. Two calls (~40 s per start; 900 s of device time):
+#   bash benchmarks/gpu_session.sh    # call 1, ~8.5 min (timeout_s 560): a device trace of the whole 1.3B forward
 #                                     # (where the ~40 ms outside the 30 blocks go); the forward with 1, 3 and 30
 #                                     # layers per scan iteration against diffusers (what the loop costs); which
-#                                     # form of fc1 + bias + GELU XLA folds into the GEMM (gelu_epilogue.py)
-#   T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_FWDPALLAS=0 T_GELU=0 T_AR=90 T_BLOCKV=70 bash benchmarks/gpu_session.sh
-#                                     # (add T_ARUNROLL=150 if call 1 showed the layer loop costing time: the
-#                                     # Self-Forcing fps with the 30 layers unrolled)
-#                                     # call 2, ~6 min: the 1.3B DMD step with the bf16 teacher (the fp32 teacher
-#                                     # is ~1 GiB over the H100's limit), the bf16 VAE decode against diffusers and
-#                                     # in its old float32-product form, the Self-Forcing fps, the block variants
-#                                     # (rope_flip: the RoPE without its concatenate)
-#   D0="T_MGPU=0 T_FWDPROF=0 T_FWDUNROLL=0 T_FWDPALLAS=0 T_GELU=0 T_VAEBF16=0 T_VAEF32OUT=0 T_DMDBF16=0"   # the others:
+#                                     # form of fc1 + bias + GELU XLA folds into the GEMM (gelu_epilogue.py); the
+#                                     # bf16 VAE decode against diffusers (its convs now write bf16), with the
+#                                     # fold2d + subpixel conv forms, and its kernel table by kind (convs at
+#                                     # 275 TFLOP per decode: 180 TFLOP/s at session 12's 1.53 s)
+#   T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0 T_VAEPROF=0 \
+#     T_DIT13=90 T_AR=90 T_DIT14=120 bash benchmarks/gpu_session.sh   # call 2, after adopting call 1's winners
+#                                     # (scan_unroll default, conv forms, GELU spelling): the headline figures again
+#                                     # (add T_BLOCKV=70 for rope_flip, T_MGPU=60 for the Pallas attention kernel,
+#                                     # T_ARUNROLL=150 if unrolling won, T_VAEF32OUT=70, T_DMDBF16=170 as time allows)
+#   D0="T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0 T_VAEPROF=0"   # the others:
 #   env $D0 T_DIT13=90 T_ARND=60 T_SAMPLE=120 T_SAMPLE_WARM=70 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...
 #   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 T_LAYER=60 T_QKV=60 T_DMD=170 bash ...
 set -o pipefail
@@ -52,10 +51,10 @@ bench dit_1_3b_unroll "${T_FWDUNROLL:-150}" python3 benchmarks/dit_forward.py --
   --scan-unroll 1,3,30   # the layer loop's cost: 1, 3 and 30 layers per scan iteration (diffusers too)
 bench layer_1_3b "${T_LAYER:-0}" python3 benchmarks/dit_layer_breakdown.py --iters 5 --profile 3 \
   --profile-dir "$OUT/layer_profile"     # brings back the block's optimised HLO (block_hlo.txt) beside the table
-bench block_variants "${T_BLOCKV:-70}" python3 benchmarks/dit_block_variants.py --iters 5 --flag-sets default \
+bench block_variants "${T_BLOCKV:-0}" python3 benchmarks/dit_block_variants.py --iters 5 --flag-sets default \
   --variants current,rope_flip    # RoPE without its concatenate (the other variants: docs/bench/h100_dit_block_variants_1_3b.txt)
 bench qkv_variants "${T_QKV:-0}" python3 benchmarks/dit_qkv_variants.py
-bench attn_mgpu "${T_MGPU:-60}" python3 benchmarks/attention_mgpu.py
+bench attn_mgpu "${T_MGPU:-0}" python3 benchmarks/attention_mgpu.py
 # The forward with the Pallas attention only where its split-tail form beat cuDNN at 12 heads (T_FWDPALLAS_FORCE=1: always).
 pallas_won() {
   [ "${T_FWDPALLAS_FORCE:-0}" = 1 ] && return 0
@@ -70,7 +69,7 @@ print(f"pallas split-tail best {best:.3f} ms against cuDNN {shape['jax_cudnn']['
 sys.exit(0 if best < shape["jax_cudnn"]["ms"] else 1)
 PY
 }
-if [ "${T_MGPU:-60}" != 0 ] && pallas_won; then
+if [ "${T_MGPU:-0}" != 0 ] && pallas_won; then
   bench dit_1_3b_pallas "${T_FWDPALLAS:-80}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 5 \
     --attn pallas_gpu    # jax only: the forward with the Pallas Mosaic-GPU attention (opt-in impl)
 fi
@@ -82,10 +81,14 @@ bench sample_14b_bf16 "${T_S14BF16:-0}" python3 benchmarks/sample.py --model t2v
 bench vae_decode "${T_VAE:-0}" python3 benchmarks/vae_decode.py --modes chunked,tiled --iters 2
 bench vae_decode_bf16 "${T_VAEBF16:-100}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked --iters 2 \
   --reference diffusers
-bench vae_decode_bf16_f32out "${T_VAEF32OUT:-70}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked \
+bench vae_decode_bf16_f32out "${T_VAEF32OUT:-0}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked \
   --iters 2 --reference none --conv-out float32    # the convs' float32-product form, against vae_decode_bf16
+bench vae_decode_bf16_forms "${T_VAEFORMS:-70}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked \
+  --iters 2 --reference none --conv3d fold2d --upsample subpixel   # the alternative conv forms, same function
+bench vae_decode_bf16_profile "${T_VAEPROF:-60}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked \
+  --iters 1 --reference none --profile 1 --profile-top 20   # CUDA graphs off: kernel time by kind, longest kernels
 bench dmd_step "${T_DMD:-0}" python3 benchmarks/dmd_step.py --iters 1
-bench dmd_step_bf16_teacher "${T_DMDBF16:-170}" python3 benchmarks/dmd_step.py --iters 1 --teacher-param-dtype bfloat16
+bench dmd_step_bf16_teacher "${T_DMDBF16:-0}" python3 benchmarks/dmd_step.py --iters 1 --teacher-param-dtype bfloat16
 bench ar_sample "${T_AR:-0}" python3 benchmarks/ar_sample.py --iters 2
 bench ar_sample_unrolled "${T_ARUNROLL:-0}" python3 benchmarks/ar_sample.py --iters 2 --scan-unroll 30
 bench ar_sample_nodecode "${T_ARND:-0}" python3 benchmarks/ar_sample.py --iters 2 --no-decode

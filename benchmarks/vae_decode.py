@@ -7,6 +7,14 @@ spatial tiling, real `wan21` architecture with random weights.
   python benchmarks/vae_decode.py --small                           # CPU smoke test: tiny model, 17x64x64
   python benchmarks/vae_decode.py --reference none                  # wanjax only (no torch reference)
   python benchmarks/vae_decode.py --policy bf16 --conv-out float32  # convs writing float32 products (the old form)
+  python benchmarks/vae_decode.py --policy bf16 --conv3d fold2d --upsample subpixel   # the alternative conv forms
+  python benchmarks/vae_decode.py --policy bf16 --modes chunked --reference none --profile 1   # kernel table
+
+Each mode line also gives the decode's convolution and matmul work (counted from its jaxpr, `benchmarks/flops.py`:
+275 TFLOP for the 81x480x832 decode, 71 % of it in the 3x3x3 convs at 96 and 192 channels) and the TFLOP/s that
+the steady time makes of it. The conv forms (`--conv3d fold2d`, `--upsample subpixel`; `wanjax.vae.layers`) compute
+the same function in other kernels (tests/vae/test_vae_conv_forms.py); subpixel also does 16/36 of the upsample
+convs' multiply-adds.
 
 Each mode runs in its own subprocess, so peak memory is per mode. Prints the device, shapes, dtype, compile
 seconds (ahead-of-time `lower().compile()`), first-call and steady-state seconds (median of N after warm-up,
@@ -81,16 +89,24 @@ def xla_memory_gb(compiled):
   return out
 
 
+def apply_conv_forms(args):
+  """Selects the conv forms of `--conv-out`, `--conv3d` and `--upsample` (module-level names in
+  `wanjax.vae.layers`, read when the decode is traced: this process traces nothing before)."""
+  import jax.numpy as jnp
+  from wanjax.vae import layers as vae_layers
+  if args.conv_out == "float32":   # the float32-product form (before wanjax.nn.matmul_output_dtype), for comparison
+    vae_layers.conv_output_dtype = lambda compute_dtype: jnp.float32
+  vae_layers.conv3d_form = lambda: args.conv3d
+  vae_layers.upsample_form = lambda: args.upsample
+
+
 def run_mode(args):
   import jax
   import numpy as np
   from flax import nnx
   from wanjax.vae import create_vae, decode_latent, get_config
 
-  if args.conv_out == "float32":   # the float32-product form (before wanjax.nn.matmul_output_dtype), for comparison
-    import jax.numpy as jnp
-    from wanjax.vae import layers as vae_layers
-    vae_layers.conv_output_dtype = lambda compute_dtype: jnp.float32
+  apply_conv_forms(args)
   cfg = get_config(args.model)
   frames, h, w = args.frames, args.height, args.width
   latent_shape = (1, 1 + (frames - 1) // 4, h // 8, w // 8, cfg.z_dim)
@@ -113,6 +129,9 @@ def run_mode(args):
   _, compile_peak = allocator_gb()
   xla_mem = xla_memory_gb(compiled)
 
+  from benchmarks.flops import program_flops
+  flops, _ = program_flops(fn, state, latent)
+
   t0 = time.perf_counter()
   out = compiled(state, latent).block_until_ready()
   first_s = time.perf_counter() - t0
@@ -125,8 +144,15 @@ def run_mode(args):
   sec = float(np.median(times))
   in_use, peak = allocator_gb()
   dev = jax.devices()[0]
+  prof = {}
+  if args.profile:   # after the timed runs: the trace's own cost is not in `sec`
+    from benchmarks.dit_layer_breakdown import kernels_by_op, profile_block
+    prof = profile_block(compiled, (state, latent), args.profile, args.profile_top, all_rows=True)
+    prof["by_op"] = kernels_by_op(prof.pop("all_kernels"))
   return dict(mode=args.mode, device=dev.device_kind, platform=dev.platform, model=args.model,
-              policy=args.policy, conv_out=args.conv_out, video=[frames, h, w], latent=list(latent_shape), tile=tile,
+              policy=args.policy, conv_out=args.conv_out, conv3d=args.conv3d, upsample=args.upsample,
+              flops=flops, tflops=flops / sec / 1e12, **prof,
+              video=[frames, h, w], latent=list(latent_shape), tile=tile,
               overlap=args.overlap if tile else None, sec=sec, compile_s=compile_s, first_call_s=first_s,
               init_s=init_s, peak_gb=peak or 0.0, state_in_use_gb=state_in_use, state_peak_gb=state_peak,
               compile_peak_gb=compile_peak, first_call_peak_gb=first_peak, in_use_after_gb=in_use, **xla_mem,
@@ -161,10 +187,6 @@ def run_reference(args):
   import numpy as np
   from wanjax.vae.config import get_config
 
-  if args.conv_out == "float32":   # the float32-product form (before wanjax.nn.matmul_output_dtype), for comparison
-    import jax.numpy as jnp
-    from wanjax.vae import layers as vae_layers
-    vae_layers.conv_output_dtype = lambda compute_dtype: jnp.float32
   cfg = get_config(args.model)
   frames, h, w = args.frames, args.height, args.width
   latent_shape = (1, cfg.z_dim, 1 + (frames - 1) // 4, h // 8, w // 8)
@@ -232,11 +254,22 @@ def run_reference(args):
               out_shape=out_shape, finite=finite)
 
 
+def print_profile(r):
+  """The --profile tables of one mode: time by kind of kernel, then the longest kernels and the idle gaps."""
+  from benchmarks.dit_layer_breakdown import print_kernels
+  total = r["kernel_ms_per_block"]
+  print(f"{'':>8} kernel time by kind ({r['profile_calls']} traced decodes, {total:.1f} ms of kernels per decode):")
+  for row in r.get("by_op") or []:
+    print(f"{'':>8} {row['ms']:10.2f} ms {row['pct']:5.1f} %  {row['count']:8g} launches  {row['op']}")
+  print_kernels(dict(r, block_ms=r["sec"] * 1e3, device=r["platform"]), "decode")
+
+
 def _gb(v):
   return "n/a" if v is None else f"{v:.3g}"
 
 
 def main():
+  from wanjax.vae.layers import CONV3D_FORMS, UPSAMPLE_FORMS
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default="wan21")
   p.add_argument("--frames", type=int, default=81)
@@ -253,6 +286,16 @@ def main():
   p.add_argument("--conv-out", default="model", choices=["model", "float32"],
                  help="dtype the convs write before their bias: the model's (bf16 under --policy bf16) or float32 "
                       "(the form before session 12, to compare)")
+  p.add_argument("--conv3d", default="conv3d", choices=CONV3D_FORMS,
+                 help="causal 3-D convs as one 3-D conv, or fold2d: temporal taps folded into the input channels of "
+                      "a 2-D conv (wanjax.vae.layers.conv3d_form)")
+  p.add_argument("--upsample", default="repeat", choices=UPSAMPLE_FORMS,
+                 help="nearest x2 + 3x3 conv as repeat-then-conv, or subpixel: four 2x2 convs of the low-resolution "
+                      "input (wanjax.vae.layers.upsample_form)")
+  p.add_argument("--profile", type=int, default=0, metavar="N",
+                 help="after timing, trace N decodes (CUDA graphs off) and print the kernel table, the time by "
+                      "kind of kernel (convolutions, fusions, copies) and the device's idle gaps")
+  p.add_argument("--profile-top", type=int, default=15, metavar="K", help="rows of the --profile kernel table")
   p.add_argument("--small", action="store_true", help="tiny model, 17x64x64, on whatever device (CPU smoke)")
   p.add_argument("--mode", help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -267,6 +310,8 @@ def main():
   cli.check_frames(p, args.frames)
   if args.height % 8 or args.width % 8 or min(args.height, args.width) < 8:
     p.error(f"--height={args.height} and --width={args.width} must be positive multiples of 8")
+  if args.profile < 0 or args.profile_top < 1:
+    p.error(f"--profile={args.profile} must be >= 0 (0 = off) and --profile-top={args.profile_top} >= 1")
   if args.overlap < 0 or args.iters < 1:
     p.error(f"--overlap={args.overlap} must be >= 0 and --iters={args.iters} >= 1")
   if args.mode == REFERENCE_MODE:
@@ -276,6 +321,9 @@ def main():
       print(f"UNAVAILABLE {e}")
     return
   if args.mode:
+    if args.profile:
+      from benchmarks.dit_layer_breakdown import disable_command_buffers
+      disable_command_buffers()   # before jax starts in this child: the trace then shows every kernel
     print("RESULT " + json.dumps(run_mode(args)))
     return
   from wanjax.vae import get_config
@@ -294,6 +342,11 @@ def main():
           f"{r['conv_out']}), video {r['video']} <- latent "
           f"{r['latent']}, tile {r['tile']} overlap {r['overlap']}: {r['sec']:.3f} s steady, compile "
           f"{r['compile_s']:.1f} s, peak {r['peak_gb']:.2f} GiB, finite {r['finite']}")
+    print(f"{'':>8} forms: 3-D convs {r['conv3d']}, upsample {r['upsample']}; {r['flops'] / 1e12:.4g} TFLOP of "
+          f"convolutions and matmuls per decode = {r['tflops']:.4g} TFLOP/s"
+          + (" (XLA's CUDA graphs off for --profile)" if args.profile else ""))
+    if args.profile:
+      print_profile(r)
     print(f"{'':>8} XLA plan: temp {_gb(r['xla_temp_gb'])} GiB, arguments {_gb(r['xla_argument_gb'])}, output "
           f"{_gb(r['xla_output_gb'])}, code {_gb(r['xla_code_gb'])}; allocator in use/peak after weights "
           f"{_gb(r['state_in_use_gb'])}/{_gb(r['state_peak_gb'])} GiB, peak after compile "

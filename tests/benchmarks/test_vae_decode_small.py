@@ -123,3 +123,22 @@ def test_diffusers_model_has_the_jax_models_parameters(preset):
   state = nnx.state(nnx.eval_shape(lambda: WanVAE(cfg, policy=get_policy("float32"), rngs=nnx.Rngs(0))))
   n_jax = sum(int(np.prod(v.get_value().shape)) for _, v in nnx.to_flat_state(state))
   assert n_torch == n_jax == {"tiny": 1_253_071, "wan21": 126_892_531}[preset]
+
+
+@pytest.mark.slow
+def test_conv_forms_and_profile(tmp_path):
+  """`--conv3d fold2d --upsample subpixel --profile 1`: the forms are recorded, the subpixel upsample shows as
+  less conv work than the default form (counted from the jaxpr), and the trace is summed by kind of kernel."""
+  runs = {}
+  for forms in ((), ("--conv3d", "fold2d", "--upsample", "subpixel", "--profile", "1")):
+    proc = _run("--modes", "chunked", "--reference", "none", *forms)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs[forms[1] if forms else "default"] = json.loads(proc.stdout.strip().splitlines()[-1])["results"]["chunked"]
+  base, alt = runs["default"], runs["fold2d"]
+  assert (base["conv3d"], base["upsample"], alt["conv3d"], alt["upsample"]) == ("conv3d", "repeat", "fold2d",
+                                                                                  "subpixel")
+  assert 0 < alt["flops"] < base["flops"] and abs(alt["tflops"] - alt["flops"] / alt["sec"] / 1e12) < 1e-9
+  assert "by_op" not in base and alt["profile_calls"] == 1
+  # On CPU the kinds are XLA:CPU's (convolution, XNNPACK fusions, loop fusions, copies); the rows cover the trace.
+  assert len({r["op"] for r in alt["by_op"]}) > 1, alt["by_op"]
+  assert abs(sum(r["ms"] for r in alt["by_op"]) - alt["kernel_ms_per_block"]) < 1e-6 * alt["kernel_ms_per_block"]

@@ -45,6 +45,25 @@ def conv_output_dtype(compute_dtype):
   return matmul_output_dtype(compute_dtype)
 
 
+CONV3D_FORMS = ("conv3d", "fold2d")
+UPSAMPLE_FORMS = ("repeat", "subpixel")
+
+
+def conv3d_form():
+  """How a causal conv with a temporal kernel > 1 and temporal stride 1 is computed: "conv3d" (one 3-D conv) or
+  "fold2d" (its temporal taps folded into the input channels: one 2-D conv over kt·Cin channels per output frame).
+  The same sums in another kernel; a module-level name so that `benchmarks/vae_decode.py --conv3d` can time both
+  (docs/decisions.md "VAE conv forms")."""
+  return "conv3d"
+
+
+def upsample_form():
+  """How the ×2 nearest upsample + 3×3 conv of the decoder is computed: "repeat" (repeat the pixels, then the
+  3×3 conv) or "subpixel" (four 2×2 convs of the low-resolution input, one per output phase, interleaved: the
+  same result with 16/36 of the multiply-adds). Patched by `benchmarks/vae_decode.py --upsample`."""
+  return "repeat"
+
+
 def _add_bias(y, bias, cd):
   """`y + bias` in float32, rounded to the compute dtype."""
   return (y.astype(jnp.float32) + bias.astype(jnp.float32)).astype(cd)
@@ -74,11 +93,31 @@ class CausalConv3d(nnx.Module):
   def _conv(self, x, pad_t):
     """Conv over `x` with `pad_t` zero frames in front."""
     cd = self.policy.compute_dtype
+    if self.kernel.shape[0] > 1 and self.stride[0] == 1 and conv3d_form() == "fold2d":
+      return self._conv_fold2d(x, pad_t)
     y = jax.lax.conv_general_dilated(
         x.astype(cd), self.kernel[...].astype(cd), window_strides=self.stride,
         padding=((pad_t, 0), (self.pad_h, self.pad_h), (self.pad_w, self.pad_w)),
         dimension_numbers=_CONV3D, precision=_precision(self.policy), preferred_element_type=conv_output_dtype(cd))
     return _add_bias(y, self.bias[...], cd)
+
+  def _conv_fold2d(self, x, pad_t):
+    """The "fold2d" form: frames t..t+kt-1 side by side on the channel axis, one 2-D conv per output frame with
+    the kernel `[kh, kw, kt·Cin, Cout]` (tap-major channels, as they were stacked)."""
+    cd = self.policy.compute_dtype
+    kt, kh, kw, cin, cout = self.kernel.shape
+    x = x.astype(cd)
+    if pad_t:
+      x = jnp.pad(x, ((0, 0), (pad_t, 0), (0, 0), (0, 0), (0, 0)))
+    b, tout = x.shape[0], x.shape[1] - kt + 1
+    xs = jnp.concatenate([x[:, i:i + tout] for i in range(kt)], axis=-1)
+    kernel = jnp.transpose(self.kernel[...].astype(cd), (1, 2, 0, 3, 4)).reshape(kh, kw, kt * cin, cout)
+    y = jax.lax.conv_general_dilated(
+        xs.reshape((b * tout,) + xs.shape[2:]), kernel, window_strides=self.stride[1:],
+        padding=((self.pad_h, self.pad_h), (self.pad_w, self.pad_w)), dimension_numbers=_CONV2D,
+        precision=_precision(self.policy), preferred_element_type=conv_output_dtype(cd))
+    y = _add_bias(y, self.bias[...], cd)
+    return y.reshape((b, tout) + y.shape[1:])
 
   def __call__(self, x):  # [B, T, H, W, Cin] -> [B, T', H, W, Cout]
     return self._conv(x, self.pad_t)
@@ -103,6 +142,32 @@ class Conv2d(nnx.Module):
     self.kernel = shd.param(init(rngs.params(), (kernel, kernel, cin, cout), pd),
                             (None, None, "conv_in", "conv_out"))
     self.bias = shd.param(init(rngs.params(), (cout,), pd), ("conv_out",))
+
+  def upsample2x(self, x):
+    """`self(nearest ×2 upsample of x)` for a 3×3, stride-1, padding-1 conv, as four 2×2 convs of `x` (the
+    "subpixel" form of `upsample_form`). Output pixel (2i+a, 2j+b) sees input rows i-1, i, i (a = 0) or i, i, i+1
+    (a = 1), and the same for columns: per phase the 3×3 taps that land on one input pixel are summed into a 2×2
+    kernel (in float32), applied with the padding that phase needs."""
+    assert self.kernel.shape[:2] == (3, 3) and self.stride == (1, 1) and self.padding == ((1, 1), (1, 1))
+    b, t = x.shape[:2]
+    cd = self.policy.compute_dtype
+    xf = x.reshape((b * t,) + x.shape[2:]).astype(cd)
+    taps = jnp.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], jnp.float32)   # [phase, 2 taps, 3 taps]
+    k = jnp.einsum("apy,bqx,yxio->abpqio", taps, taps, self.kernel[...].astype(jnp.float32),
+                   precision=jax.lax.Precision.HIGHEST).astype(cd)
+    pad = ((1, 0), (0, 1))   # phase 0 reads offsets (-1, 0), phase 1 (0, +1)
+    rows = []
+    for a in range(2):
+      cols = []
+      for c in range(2):
+        y = jax.lax.conv_general_dilated(
+            xf, k[a, c], window_strides=(1, 1), padding=(pad[a], pad[c]), dimension_numbers=_CONV2D,
+            precision=_precision(self.policy), preferred_element_type=conv_output_dtype(cd))
+        cols.append(_add_bias(y, self.bias[...], cd))
+      rows.append(jnp.stack(cols, axis=3))                 # [BT, H, W, 2 (column phase), Cout]
+    y = jnp.stack(rows, axis=2)                            # [BT, H, 2 (row phase), W, 2, Cout]
+    n, h, _, w, _, co = y.shape
+    return y.reshape((b, t, 2 * h, 2 * w, co))
 
   def __call__(self, x):  # [B, T, H, W, Cin] -> [B, T, H', W', Cout]
     b, t = x.shape[:2]
@@ -229,6 +294,8 @@ class Resample(nnx.Module):
 
   def _spatial(self, x):
     if self.mode.startswith("up"):
+      if upsample_form() == "subpixel":
+        return self.conv.upsample2x(x)
       # nearest-exact ×2 is a plain pixel repeat.
       x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
     return self.conv(x)
