@@ -5,6 +5,8 @@ VAE decode of each finished block.
   python benchmarks/ar_sample.py                      # GPU: t2v_1_3b + Wan2.1 VAE, random weights, bf16
   python benchmarks/ar_sample.py --small              # CPU smoke test (tiny DiT + tiny VAE)
   python benchmarks/ar_sample.py --scan-unroll 30     # the DiT's 30 layers unrolled (no layer loop)
+  python benchmarks/ar_sample.py --kv-buckets 4       # attention over the shortest of 4 cache prefixes (4 programs)
+  python benchmarks/ar_sample.py --vae-conv3d fold2d --vae-upsample subpixel   # the VAE's other conv forms
 
 Reports compile time (first run) apart from steady state (median of --iters runs after it): time to first decoded
 frame, total time, frames per second including VAE decode, DiT time per call, and one JSON line.
@@ -34,11 +36,19 @@ def main():
   p.add_argument("--no-decode", action="store_true", help="DiT only (no VAE)")
   p.add_argument("--scan-unroll", type=int, default=1,
                  help="layers per iteration of the DiT's scanned layer loop (`WanDiT(scan_unroll=...)`)")
+  p.add_argument("--kv-buckets", type=int, default=1,
+                 help="AROptions.kv_buckets: attend the shortest of this many static prefixes of the KV cache "
+                      "(one compiled DiT program each; 1 = the whole buffer, masked, in one program)")
+  p.add_argument("--vae-conv3d", default="conv3d", choices=("conv3d", "fold2d"),
+                 help="wanjax.vae.layers.conv3d_form for the streamed decode")
+  p.add_argument("--vae-upsample", default="repeat", choices=("repeat", "subpixel"),
+                 help="wanjax.vae.layers.upsample_form for the streamed decode")
   p.add_argument("--small", action="store_true", help="tiny DiT + tiny VAE on CPU (smoke test)")
   args = p.parse_args()
   cli.apply_small(p, args, dict(model="tiny", frames=21, height=32, width=48, iters=1), preset="model")
   cli.check_frames(p, args.frames)
-  for flag, val in (("--nfpb", args.nfpb), ("--iters", args.iters), ("--scan-unroll", args.scan_unroll)):
+  for flag, val in (("--nfpb", args.nfpb), ("--iters", args.iters), ("--scan-unroll", args.scan_unroll),
+                    ("--kv-buckets", args.kv_buckets)):
     if val < 1:
       p.error(f"{flag} must be >= 1, got {val}")
   if ((args.frames - 1) // 4 + 1) % args.nfpb:
@@ -54,7 +64,11 @@ def main():
   from wanjax.dit.config import get_config
   from wanjax.dit.model import WanDiT
   from wanjax.vae.config import get_config as vae_config
+  from wanjax.vae import layers as vae_layers
   from wanjax.vae.model import create_vae
+
+  vae_layers.conv3d_form = lambda: args.vae_conv3d       # read when the decoder is traced (nothing is yet)
+  vae_layers.upsample_form = lambda: args.vae_upsample
 
   cfg = get_config(args.model)
   policy = "float32" if args.small else "bf16"
@@ -75,7 +89,7 @@ def main():
 
   f = (args.frames - 1) // 4 + 1
   h, w = args.height // 8, args.width // 8
-  opts = sampling_ar.AROptions(frames_per_block=args.nfpb, cache_frames=f)
+  opts = sampling_ar.AROptions(frames_per_block=args.nfpb, cache_frames=f, kv_buckets=args.kv_buckets)
   key = jax.random.key(0)
   noise = jax.random.normal(key, (1, f, h, w, cfg.out_dim), jnp.float32)
   ctx = jax.random.normal(key, (1, cfg.text_len, cfg.text_dim), jnp.float32)
@@ -98,7 +112,9 @@ def main():
   mem = dev.memory_stats() or {}
   out = dict(
       bench="ar_sample", model=args.model, device=dev.device_kind, dtype=policy, frames=frames, latent=[f, h, w],
-      frames_per_block=args.nfpb, scan_unroll=args.scan_unroll, steps=len(sampling_ar.schedule(opts)[0]), model_calls=calls,
+      frames_per_block=args.nfpb, scan_unroll=args.scan_unroll, kv_buckets=args.kv_buckets,
+      vae_conv3d=args.vae_conv3d, vae_upsample=args.vae_upsample, steps=len(sampling_ar.schedule(opts)[0]),
+      model_calls=calls,
       decode=vae is not None, init_s=round(init_s, 2), first_run_incl_compile_s=round(first_s, 2),
       total_s=round(total, 4), ttff_s=round(ttff, 4), fps=round(frames / total, 3),
       dit_ms_per_call_upper_bound=round(1000 * total / calls, 2),

@@ -18,8 +18,11 @@
 #   T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0 T_VAEPROF=0 \
 #     T_DIT13=90 T_AR=90 T_DIT14=120 bash benchmarks/gpu_session.sh   # call 2, after adopting call 1's winners
 #                                     # (scan_unroll default, conv forms, GELU spelling): the headline figures again
-#                                     # (add T_BLOCKV=70 for rope_flip, T_MGPU=60 for the Pallas attention kernel,
-#                                     # T_ARUNROLL=150 if unrolling won, T_VAEF32OUT=70, T_DMDBF16=170 as time allows)
+#                                     # (add T_ARKV=110: Self-Forcing with 4 attention lengths (AROptions.kv_buckets;
+#                                     # the masked tail of the cache still costs ~0.06 ms per 4680 slots per layer),
+#                                     # T_ARFORMS=100 if the VAE forms won, T_BLOCKV=70 for rope_flip, T_MGPU=60 for
+#                                     # the Pallas attention kernel, T_ARUNROLL=150 if unrolling won, T_VAEF32OUT=70,
+#                                     # T_DMDBF16=170 as time allows)
 #   D0="T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0 T_VAEPROF=0"   # the others:
 #   env $D0 T_DIT13=90 T_ARND=60 T_SAMPLE=120 T_SAMPLE_WARM=70 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...
 #   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 T_LAYER=60 T_QKV=60 T_DMD=170 bash ...
@@ -91,6 +94,9 @@ bench dmd_step "${T_DMD:-0}" python3 benchmarks/dmd_step.py --iters 1
 bench dmd_step_bf16_teacher "${T_DMDBF16:-0}" python3 benchmarks/dmd_step.py --iters 1 --teacher-param-dtype bfloat16
 bench ar_sample "${T_AR:-0}" python3 benchmarks/ar_sample.py --iters 2
 bench ar_sample_unrolled "${T_ARUNROLL:-0}" python3 benchmarks/ar_sample.py --iters 2 --scan-unroll 30
+bench ar_sample_kv4 "${T_ARKV:-0}" python3 benchmarks/ar_sample.py --iters 2 --kv-buckets 4   # 4 attention lengths
+bench ar_sample_vae_forms "${T_ARFORMS:-0}" python3 benchmarks/ar_sample.py --iters 2 --vae-conv3d fold2d \
+  --vae-upsample subpixel      # the streamed decode in the other conv forms
 bench ar_sample_nodecode "${T_ARND:-0}" python3 benchmarks/ar_sample.py --iters 2 --no-decode
 bench t5_encode "${T_T5:-0}" python3 benchmarks/t5_encode.py --batches 1,2 --iters 5
 bench attn_fp8 "${T_ATTN8:-0}" python3 benchmarks/attention_fp8.py

@@ -32,7 +32,8 @@ def ar_options(c):
       frames_per_block=a.frames_per_block, steps=tuple(c.timesteps), shift=c.shift, warp=a.warp,
       sigma_lookup=a.sigma_lookup, update=_UPDATE[c.solver], context_pass=a.context_pass,
       context_noise=a.context_noise, cache_frames=a.cache_frames, rolling=a.rolling, sink_frames=a.sink_frames,
-      long_video=a.long_video, num_segments=a.num_segments, overlap_frames=a.overlap_frames).validate()
+      long_video=a.long_video, num_segments=a.num_segments, overlap_frames=a.overlap_frames,
+      kv_buckets=a.kv_buckets).validate()
 
 
 def noise_frames(opts, frames):

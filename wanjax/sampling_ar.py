@@ -71,6 +71,10 @@ class AROptions:
   long_video: str = "none"                        # none | rollouts (CV) | fragments (LX num_fragments)
   num_segments: int = 1                           # rollouts / fragments
   overlap_frames: int = 3                         # CV rollout overlap in latent frames (multiple of nfpb)
+  # Attention lengths (non-rolling caches): the buffer is attended in `kv_buckets` static prefixes, the shortest
+  # one that covers the block (one compiled program each), instead of always the whole buffer with the unused
+  # slots masked. 1 = one program for every block; the outputs agree to float rounding for any value.
+  kv_buckets: int = 1
 
   def validate(self):
     if self.frames_per_block < 1:
@@ -81,6 +85,11 @@ class AROptions:
         raise UsageError(f"{name}={val!r}; valid: {', '.join(valid)}")
     if self.num_segments < 1:
       raise UsageError(f"num_segments={self.num_segments} must be >= 1")
+    if self.kv_buckets < 1:
+      raise UsageError(f"kv_buckets={self.kv_buckets} must be >= 1 (1 = attend the whole KV buffer in one program)")
+    if self.rolling and self.kv_buckets > 1:
+      raise UsageError(f"kv_buckets={self.kv_buckets} needs a non-rolling cache (a rolling one is attended whole); "
+                       f"set kv_buckets=1 with rolling=True")
     if self.long_video == "rollouts" and (self.overlap_frames < self.frames_per_block
                                           or self.overlap_frames % self.frames_per_block):
       raise UsageError(f"overlap_frames={self.overlap_frames} must be a positive multiple of frames_per_block="
@@ -118,12 +127,21 @@ def schedule(opts: AROptions):
 # ------------------------------------------------------------------------------------------ jitted programs
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
-def _forward(graphdef, params, rest, cache, cross_kv, x, t, start_frame):
-  """The one program of every model call: (velocity, cache with this block's K/V written)."""
+@functools.partial(jax.jit, static_argnums=(0, 8), donate_argnums=3)
+def _forward(graphdef, params, rest, cache, cross_kv, x, t, start_frame, kv_len=None):
+  """The program of every model call (one per `kv_len`): (velocity, cache with this block's K/V written)."""
   TRACE_COUNTS["forward"] += 1
   model = nnx.merge(graphdef, params, rest)
-  return kv_cache.cached_forward(model, cache, cross_kv, x, t, start_frame)
+  return kv_cache.cached_forward(model, cache, cross_kv, x, t, start_frame, kv_len)
+
+
+def kv_bucket_frames(cache_frames, frames_per_block, buckets):
+  """The attention lengths in latent frames for `AROptions.kv_buckets`: `buckets` block-aligned prefixes spread
+  evenly over the buffer's blocks, the last one the whole buffer (21 frames, blocks of 3, 4 buckets:
+  6, 12, 18, 21)."""
+  nb = -(-cache_frames // frames_per_block)
+  k = min(buckets, nb)
+  return sorted({min(cache_frames, frames_per_block * -(-nb * i // k)) for i in range(1, k + 1)})
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -170,6 +188,7 @@ class ARSampler:
     self.cache = kv_cache.cache_for(model, batch, opts.cache_frames, self.tokens_per_frame,
                                     rolling=opts.rolling, sink_frames=opts.sink_frames)
     kv_cache.check_block_fits(self.cache, opts.frames_per_block * self.tokens_per_frame)
+    self.kv_frames = kv_bucket_frames(opts.cache_frames, opts.frames_per_block, opts.kv_buckets)
     self.cross_kv = None
     self.stats = {"model_calls": 0, "blocks": 0}
 
@@ -187,9 +206,19 @@ class ARSampler:
     b = x.shape[0]
     t = jnp.full((b,), t, F32)
     v, self.cache = _forward(self.graphdef, self.params, self.rest, self.cache, self.cross_kv, x, t,
-                             jnp.asarray(start_frame, jnp.int32))
+                             jnp.asarray(start_frame, jnp.int32), self.kv_len(int(start_frame) + x.shape[1]))
     self.stats["model_calls"] += 1
     return v
+
+  def kv_len(self, end_frame):
+    """The static attention length (slots) of a call whose block ends at latent frame `end_frame`: the shortest
+    bucket that covers it; None for the whole buffer (always with one bucket or a rolling cache)."""
+    if self.opts.rolling:
+      return None
+    frames = next((f for f in self.kv_frames if f >= end_frame), None)
+    if frames is None or frames * self.tokens_per_frame >= self.cache.size:
+      return None
+    return frames * self.tokens_per_frame
 
   def _check_span(self, end_frame):
     if not self.opts.rolling and end_frame > self.opts.cache_frames:

@@ -28,6 +28,8 @@ def ar_defaults(nfpb=3):
       long_video="none",        # none | rollouts (CausVid) | fragments (LightX2V num_fragments)
       num_segments=1,
       overlap_frames=3,         # CausVid rollout overlap (latent frames)
+      kv_buckets=1,             # attention lengths: >1 attends the shortest of that many cache prefixes (one
+                                # program each; same video to float rounding, see AROptions.kv_buckets)
   ))
 
 

@@ -36,6 +36,7 @@ def test_small_run_counts_calls_and_frames():
     (("--frames", "20"), "--frames=20 must be 4k+1"),
     (("--nfpb", "4"), "--nfpb=4 must divide the 21 latent frames"),
     (("--height", "472"), "must be multiples of 16"),
+    (("--kv-buckets", "0"), "--kv-buckets must be >= 1, got 0"),
     (("--model", "nope"), "unknown DiT preset 'nope'"),
 ])
 def test_bad_flags_are_one_line(flags, message):

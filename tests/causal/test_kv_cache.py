@@ -209,3 +209,30 @@ def test_block_too_large_for_cache_is_a_usage_error(model):
   cache = kv_cache.cache_for(model, 1, 3, TOKENS_PER_FRAME, rolling=True, sink_frames=2)
   with pytest.raises(UsageError, match="does not fit"):
     kv_cache.check_block_fits(cache, NFPB * TOKENS_PER_FRAME)
+
+
+def test_kv_len_attends_a_static_prefix_holding_the_same_keys(model):
+  """`kv_len`: attention gets the first kv_len slots (the written block included), the whole buffer is still
+  written, and the forward agrees with the full-buffer one; rolling caches and lengths outside the buffer are
+  refused."""
+  from wanjax.errors import UsageError
+  cache = kv_cache.cache_for(model, 1, 6, TOKENS_PER_FRAME)
+  n, kv_len = NFPB * TOKENS_PER_FRAME, 4 * TOKENS_PER_FRAME
+  shape = cache.k.shape[1:2] + (n,) + cache.k.shape[3:]
+  k_new, v_new = jnp.ones(shape), jnp.full(shape, 2.0)
+  layer = (cache.k[0], cache.v[0])
+  k_all, v_all, lengths, (kc, vc) = kv_cache.update_fn(cache, 2 * TOKENS_PER_FRAME, n, kv_len)(layer, k_new, v_new)
+  assert k_all.shape[1] == v_all.shape[1] == kv_len and kc.shape == layer[0].shape
+  assert int(lengths[0]) == kv_len and float(k_all[0, 2 * TOKENS_PER_FRAME:].min()) == 1.0
+  ctx = kv_cache.prompt_kv(model, jnp.asarray(context()))
+  x, t = jnp.asarray(latents(NFPB, seed=4)), jnp.full((1,), 937.5)
+  full, c_full = kv_cache.cached_forward(model, cache, ctx, x, t, 0)
+  short, c_short = kv_cache.cached_forward(model, cache, ctx, x, t, 0, kv_len=NFPB * TOKENS_PER_FRAME)
+  assert max_rel_err(short, full) <= TOL_FP32
+  # Layer 0's keys come before any attention: identical; later layers' follow the outputs, to rounding.
+  np.testing.assert_array_equal(np.asarray(c_short.k[0]), np.asarray(c_full.k[0]))
+  assert max_rel_err(c_short.k, c_full.k) <= TOL_FP32 and max_rel_err(c_short.v, c_full.v) <= TOL_FP32
+  with pytest.raises(UsageError, match=rf"kv_len={7 * TOKENS_PER_FRAME} must be in \[1, {6 * TOKENS_PER_FRAME}\]"):
+    kv_cache.check_kv_len(cache, 7 * TOKENS_PER_FRAME)
+  with pytest.raises(UsageError, match="non-rolling"):
+    kv_cache.check_kv_len(kv_cache.cache_for(model, 1, 6, TOKENS_PER_FRAME, rolling=True), n)

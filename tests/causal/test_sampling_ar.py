@@ -2,6 +2,7 @@
 program, reproducibility with injected noise, and the Self-Forcing sampler against a straightforward
 re-implementation without a cache (full recompute with the block-causal mask), fp32 CPU."""
 
+import dataclasses
 import functools
 
 import jax
@@ -161,3 +162,35 @@ def test_lx_fragments_length_and_calls(model):
   assert res.stats["model_calls"] == 9 + 2 * (1 + 6)
   with pytest.raises(UsageError, match="fragments need"):
     sampling_ar.generate(model, context(), latents(f + 1), opts)
+
+
+# ------------------------------------------------------------------------------------------ attention buckets
+
+
+def test_kv_bucket_frames_cover_the_buffer():
+  assert sampling_ar.kv_bucket_frames(21, 3, 1) == [21]
+  assert sampling_ar.kv_bucket_frames(21, 3, 4) == [6, 12, 18, 21]
+  assert sampling_ar.kv_bucket_frames(21, 3, 7) == sampling_ar.kv_bucket_frames(21, 3, 50) == list(range(3, 22, 3))
+  assert sampling_ar.kv_bucket_frames(20, 3, 3) == [9, 15, 20]      # a partial last block: the buffer's end
+  with pytest.raises(UsageError, match="kv_buckets=0"):
+    sampling_ar.AROptions(kv_buckets=0).validate()
+  with pytest.raises(UsageError, match="non-rolling"):
+    sampling_ar.AROptions(frames_per_block=2, cache_frames=6, rolling=True, kv_buckets=2).validate()
+
+
+def test_kv_buckets_give_the_same_video_with_one_program_per_length(model):
+  """Attending a static prefix of the buffer (3 blocks of 2 frames, buckets 2, 4, 6 frames) changes which masked
+  slots exist, not which keys are attended: the latents agree with the one-program sampler to float rounding,
+  and each block's length is its own program (the 6-frame one is the whole buffer, as with kv_buckets=1)."""
+  ctx, noise = context(seed=12), latents(6, seed=13)
+  ren = _renoise(SF, 3, seed=14)
+  want = sampling_ar.generate(model, ctx, noise, SF, renoise=ren).latents
+  opts = dataclasses.replace(SF, kv_buckets=3)
+  sampler = sampling_ar.ARSampler(model, opts, batch=1, height=H, width=W)
+  assert [sampler.kv_len(e) for e in (2, 4, 6)] == [2 * sampler.tokens_per_frame, 4 * sampler.tokens_per_frame, None]
+  jax.clear_caches()
+  before = sampling_ar.TRACE_COUNTS["forward"]
+  got = sampling_ar.generate(model, ctx, noise, opts, renoise=ren).latents
+  assert sampling_ar.TRACE_COUNTS["forward"] - before == 3
+  assert max_rel_err(got, want) <= TOL_FP32
+  assert not np.array_equal(np.asarray(got), np.zeros_like(np.asarray(got)))

@@ -15,8 +15,9 @@ Mirrors the cache path of Self-Forcing's `CausalWanSelfAttention.forward` / `Cau
   the order of keys once RoPE has been applied.
 
 The valid slots are always a prefix `[0, local_end)`, so attention takes `key_lengths = local_end` (cuDNN
-flash attention skips the rest). Indices are traced int32 scalars, so one compiled program serves every
-block. Writes use `lax.dynamic_update_slice` (a scatter only for the rolling ring, whose writes may wrap).
+flash attention skips most of the rest). Indices are traced int32 scalars, so one compiled program serves every
+block. Optionally (`kv_len`, a static int; `AROptions.kv_buckets`) attention reads only a static prefix of the
+buffer that covers the block: a few programs, one per prefix length, each attending fewer masked slots. Writes use `lax.dynamic_update_slice` (a scatter only for the rolling ring, whose writes may wrap).
 
 `cached_forward(model, cache, cross_kv, x, t, start_frame)` is the DiT forward of one block against the
 cache (the same `WanDiT`, through `embed`-style pieces and `blocks_forward_cached`).
@@ -99,9 +100,23 @@ def write_plan(cache: KVCache, start, n: int):
   return start, end, local
 
 
-def update_fn(cache: KVCache, start, n: int):
+def check_kv_len(cache: KVCache, kv_len):
+  """`kv_len` (static int or None): how many leading slots attention reads; None = all of them."""
+  if kv_len is None:
+    return
+  if cache.rolling:
+    raise UsageError("kv_len (attention over a prefix of the cache) needs a non-rolling cache: a rolling one "
+                     "fills its whole buffer; leave kv_len=None (AROptions.kv_buckets=1)")
+  if not 1 <= kv_len <= cache.size:
+    raise UsageError(f"kv_len={kv_len} must be in [1, {cache.size}] (the cache's slots)")
+
+
+def update_fn(cache: KVCache, start, n: int, kv_len=None):
   """The per-layer `update(layer_kv, k, v)` for `WanDiT.blocks_forward_cached`: writes the n new tokens and
-  returns (k_all, v_all, key_lengths [B], layer_kv')."""
+  returns (k_all, v_all, key_lengths [B], layer_kv'). With `kv_len` (a static int, non-rolling caches) k_all
+  and v_all are the first `kv_len` slots only: the caller guarantees `start + n <= kv_len`, so attention sees
+  the same keys in a shorter, statically sized buffer (`AROptions.kv_buckets`)."""
+  check_kv_len(cache, kv_len)
   first, _, local = write_plan(cache, start, n)
   idx = slots(cache, start, n) if cache.rolling else None
 
@@ -115,6 +130,8 @@ def update_fn(cache: KVCache, start, n: int):
       kc = kc.at[:, idx].set(k, unique_indices=True)
       vc = vc.at[:, idx].set(v, unique_indices=True)
     lengths = jnp.full((kc.shape[0],), local, jnp.int32)
+    if kv_len is not None and kv_len < kc.shape[1]:
+      return kc[:, :kv_len], vc[:, :kv_len], lengths, (kc, vc)
     return kc, vc, lengths, (kc, vc)
 
   return update
@@ -135,11 +152,12 @@ def prompt_kv(model, context, context_img=None) -> CrossKV:
   return model.cross_kv(ctx, ctx_img)
 
 
-def cached_forward(model, cache: KVCache, cross_kv: CrossKV, x, t, start_frame):
+def cached_forward(model, cache: KVCache, cross_kv: CrossKV, x, t, start_frame, kv_len=None):
   """One block through the DiT against the cache, writing its K/V.
 
   x `[B, f, H, W, C]` channels-last latent of the block's f frames; t `[B]` or per-frame `[B, f]`;
-  start_frame: traced int32 absolute latent-frame index of the block's first frame (RoPE and cache slot).
+  start_frame: traced int32 absolute latent-frame index of the block's first frame (RoPE and cache slot);
+  kv_len: None, or a static slot count >= the block's end token that attention reads (see `update_fn`).
   Returns (velocity float32 `[B, f, H, W, out_dim]`, updated cache).
   """
   cfg = model.cfg
@@ -156,7 +174,7 @@ def cached_forward(model, cache: KVCache, cross_kv: CrossKV, x, t, start_frame):
   cos, sin = model.rope(grid, start_frame)
   n = tokens.shape[1]
   check_block_fits(cache, n)
-  update = update_fn(cache, start_frame * (n // grid[0]), n)
+  update = update_fn(cache, start_frame * (n // grid[0]), n, kv_len)
   h, (k, v) = model.blocks_forward_cached(tokens, e0, cos, sin, cross_kv, (cache.k, cache.v), update)
   _, end, local = write_plan(cache, start_frame * (n // grid[0]), n)
   return model.head_forward(h, e, grid), cache.replace(k=k, v=v, global_end=end, local_end=local)
