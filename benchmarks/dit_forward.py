@@ -20,7 +20,9 @@ one timed call times the layer count, which added one dispatch and wait per laye
 off and prints their kernel table and the device's idle gaps (`dit_layer_breakdown.profile_block`): where the
 forward's time outside the blocks goes. `--scan-unroll 1,2,30` times wanjax's forward with 1, 2 and 30 layers per
 iteration of its scanned layer loop (`WanDiT(scan_unroll=...)`, same parameters; longer compiles): what the loop
-itself costs.
+itself costs. `--ffn-gelu bf16_formula` times the FFN's bias + GELU in the all-bf16 spelling that XLA's GEMM rewriter
+folds into a cuBLASLt BIAS_GELU epilogue; run it with `XLA_FLAGS=--xla_gpu_enable_cublaslt=true` (the rewriter
+fuses only into cuBLASLt matmuls; `gelu_epilogue.py` shows whether it fired).
 """
 
 import argparse
@@ -60,9 +62,11 @@ def run_jax(args):
   import numpy as np
   from flax import nnx
   from wanjax.dit.config import get_config
+  from wanjax.dit import layers as dit_layers
   from wanjax.dit.model import WanDiT
   import dataclasses
 
+  dit_layers.ffn_gelu_form = lambda: args.ffn_gelu   # read when the forward is traced (nothing is yet)
   cfg = get_config(args.model)
   if args.layers:
     cfg = dataclasses.replace(cfg, num_layers=args.layers)
@@ -126,7 +130,8 @@ def run_jax(args):
               self_attn_s=self_attn_s,
               init_s=init_s, peak_gb=stats.get("peak_bytes_in_use", 0) / 2**30,
               flops=flops_per_forward(dataclasses.asdict(cfg), L, cfg.text_len), tokens=L, finite=finite,
-              scan_unroll={str(u): r for u, r in by_unroll.items()},
+              scan_unroll={str(u): r for u, r in by_unroll.items()}, ffn_gelu=args.ffn_gelu,
+              xla_flags=os.environ.get("XLA_FLAGS", ""),
               **({"command_buffers": False, **prof} if args.profile else {}))
 
 
@@ -196,6 +201,9 @@ def main():
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--attn", default="auto")
   p.add_argument("--bf16-weights", action="store_true", help="store JAX weights in bf16 (14B on one card)")
+  p.add_argument("--ffn-gelu", default="float32", choices=("float32", "bf16_formula"),
+                 help="wanjax.dit.layers.ffn_gelu_form: fc1 bias + tanh GELU in float32 (default) or spelled in bf16 "
+                      "as XLA folds it into a cuBLASLt epilogue (with XLA_FLAGS=--xla_gpu_enable_cublaslt=true)")
   p.add_argument("--small", action="store_true", help="tiny model on CPU (smoke test)")
   p.add_argument("--only", choices=["jax", "torch"], help=argparse.SUPPRESS)
   p.add_argument("--scan-unroll", default="1",

@@ -36,13 +36,11 @@ from benchmarks import cli  # noqa: E402
 from benchmarks.timing import median_s  # noqa: E402
 
 FORMS = ("model", "bf16_jax", "bf16_formula", "f32_formula", "bf16_nobias")
-_C = math.sqrt(2.0 / math.pi)
-
-
 def gelu_formula(x):
-  """tanh-GELU spelled out with a plain cube, in x's dtype."""
-  import jax.numpy as jnp
-  return x * (0.5 * (1.0 + jnp.tanh(_C * (x + 0.044715 * (x * x * x)))))
+  """tanh-GELU spelled out with a plain cube, in x's dtype: the model's own spelling of the "bf16_formula" FFN form
+  (`wanjax.dit.layers.gelu_tanh_formula`), so that what this finds holds for the model."""
+  from wanjax.dit.layers import gelu_tanh_formula
+  return gelu_tanh_formula(x)
 
 
 def form_fn(name):

@@ -9,21 +9,24 @@
 # the Self-Forcing fps after the bf16-matmul-output change; session 13 had no device). The goals of the performance
 # issue are stated for an H100: name kind nvidia-h100-x1. Two calls (~40 s per start; 900 s of device time):
 #   bash benchmarks/gpu_session.sh    # call 1, ~8.5 min (timeout_s 560): a device trace of the whole 1.3B forward
-#                                     # (where the ~40 ms outside the 30 blocks go); the forward with 1, 3 and 30
-#                                     # layers per scan iteration against diffusers (what the loop costs); which
-#                                     # form of fc1 + bias + GELU XLA folds into the GEMM (gelu_epilogue.py); the
-#                                     # bf16 VAE decode against diffusers (its convs now write bf16), with the
-#                                     # fold2d + subpixel conv forms, and its kernel table by kind (convs at
-#                                     # 275 TFLOP per decode: 180 TFLOP/s at session 12's 1.53 s)
-#   T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0 T_VAEPROF=0 \
+#                                     # (where the ~40 ms outside the 30 blocks go); which form of fc1 + bias + GELU
+#                                     # XLA folds into the GEMM, with and without cuBLASLt (gelu_epilogue.py), and
+#                                     # the forward with the winning form if one folds (--ffn-gelu bf16_formula);
+#                                     # the forward with 1 and 30 layers per scan iteration against diffusers (what
+#                                     # the loop costs); the bf16 VAE decode against diffusers (its convs now write
+#                                     # bf16) and with the fold2d + subpixel conv forms (convs: 275 TFLOP per
+#                                     # decode, 180 TFLOP/s at session 12's 1.53 s; T_VAEPROF=60 adds its kernel
+#                                     # table by kind)
+#   T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0 \
 #     T_DIT13=90 T_AR=90 T_DIT14=120 bash benchmarks/gpu_session.sh   # call 2, after adopting call 1's winners
-#                                     # (scan_unroll default, conv forms, GELU spelling): the headline figures again
+#                                     # (scan_unroll default, conv forms, GELU spelling + the cuBLASLt flag set by
+#                                     # the entry points): the headline figures again
 #                                     # (add T_ARKV=110: Self-Forcing with 4 attention lengths (AROptions.kv_buckets;
 #                                     # the masked tail of the cache still costs ~0.06 ms per 4680 slots per layer),
 #                                     # T_ARFORMS=100 if the VAE forms won, T_BLOCKV=70 for rope_flip, T_MGPU=60 for
 #                                     # the Pallas attention kernel, T_ARUNROLL=150 if unrolling won, T_VAEF32OUT=70,
 #                                     # T_DMDBF16=170 as time allows)
-#   D0="T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0 T_VAEPROF=0"   # the others:
+#   D0="T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0"   # the others:
 #   env $D0 T_DIT13=90 T_ARND=60 T_SAMPLE=120 T_SAMPLE_WARM=70 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...
 #   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 T_LAYER=60 T_QKV=60 T_DMD=170 bash ...
 set -o pipefail
@@ -50,8 +53,26 @@ bench dit_1_3b "${T_DIT13:-0}" python3 benchmarks/dit_forward.py --model t2v_1_3
 bench dit_1_3b_profile "${T_FWDPROF:-70}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 3 \
   --profile 2    # jax only, CUDA graphs off: the kernel table and idle gaps of the whole forward
 bench gelu_epilogue "${T_GELU:-40}" python3 benchmarks/gelu_epilogue.py    # can XLA fold bias+GELU into fc1?
-bench dit_1_3b_unroll "${T_FWDUNROLL:-150}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5 \
-  --scan-unroll 1,3,30   # the layer loop's cost: 1, 3 and 30 layers per scan iteration (diffusers too)
+# XLA's GEMM rewriter folds bias + tanh GELU only into cuBLASLt matmuls, which are off by default:
+bench gelu_epilogue_lt "${T_GELU:-40}" env XLA_FLAGS=--xla_gpu_enable_cublaslt=true python3 benchmarks/gelu_epilogue.py
+gelu_won() {   # the bf16 spelling got a GELU epilogue under cuBLASLt and beat the model's form
+  [ "${T_FWDGELU_FORCE:-0}" = 1 ] && return 0
+  python3 - "$OUT/gelu_epilogue_lt.txt" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1], errors="replace") if l.startswith('{"bench": "gelu_epilogue"')]
+if not rows: sys.exit(1)
+f = rows[-1]["forms"]
+b, m = f.get("bf16_formula", {}), f.get("model", {})
+print(f"bf16_formula {b.get('ms')} ms epilogues {b.get('epilogues')} against model {m.get('ms')} ms")
+sys.exit(0 if any("GELU" in e for e in b.get("epilogues", [])) and b["ms"] < m["ms"] else 1)
+PY
+}
+if [ "${T_GELU:-40}" != 0 ] && gelu_won; then   # the jax forward with it (compare with dit_1_3b_unroll's jax line)
+  bench dit_1_3b_gelu "${T_FWDGELU:-60}" env XLA_FLAGS=--xla_gpu_enable_cublaslt=true python3 benchmarks/dit_forward.py \
+    --only jax --model t2v_1_3b --iters 5 --ffn-gelu bf16_formula
+fi
+bench dit_1_3b_unroll "${T_FWDUNROLL:-130}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5 \
+  --scan-unroll 1,30   # the layer loop's cost: 1 and 30 layers per scan iteration (diffusers too)
 bench layer_1_3b "${T_LAYER:-0}" python3 benchmarks/dit_layer_breakdown.py --iters 5 --profile 3 \
   --profile-dir "$OUT/layer_profile"     # brings back the block's optimised HLO (block_hlo.txt) beside the table
 bench block_variants "${T_BLOCKV:-0}" python3 benchmarks/dit_block_variants.py --iters 5 --flag-sets default \
@@ -88,7 +109,7 @@ bench vae_decode_bf16_f32out "${T_VAEF32OUT:-0}" python3 benchmarks/vae_decode.p
   --iters 2 --reference none --conv-out float32    # the convs' float32-product form, against vae_decode_bf16
 bench vae_decode_bf16_forms "${T_VAEFORMS:-70}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked \
   --iters 2 --reference none --conv3d fold2d --upsample subpixel   # the alternative conv forms, same function
-bench vae_decode_bf16_profile "${T_VAEPROF:-60}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked \
+bench vae_decode_bf16_profile "${T_VAEPROF:-0}" python3 benchmarks/vae_decode.py --policy bf16 --modes chunked \
   --iters 1 --reference none --profile 1 --profile-top 20   # CUDA graphs off: kernel time by kind, longest kernels
 bench dmd_step "${T_DMD:-0}" python3 benchmarks/dmd_step.py --iters 1
 bench dmd_step_bf16_teacher "${T_DMDBF16:-0}" python3 benchmarks/dmd_step.py --iters 1 --teacher-param-dtype bfloat16

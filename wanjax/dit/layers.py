@@ -92,11 +92,30 @@ _ACTS = {
 }
 
 
+FFN_GELU_FORMS = ("float32", "bf16_formula")
+_SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
+
+
+def ffn_gelu_form():
+  """How a half-precision MLP with the tanh GELU computes fc1's bias and the GELU: "float32" (bias added and GELU
+  evaluated in float32, rounded once, as torch does for a bf16 tensor; the default) or "bf16_formula" (bias added
+  in the compute dtype and the GELU spelled out there, `x·0.5·(1 + tanh(√(2/π)·(x + 0.044715·x·x·x)))`: the exact
+  pattern XLA's GPU GEMM rewriter folds into a cuBLASLt BIAS_GELU epilogue, which computes in float32 and rounds
+  once, when `--xla_gpu_enable_cublaslt=true`; elsewhere it is bf16 arithmetic). A module-level name read at trace
+  time, patched by `benchmarks/dit_forward.py --ffn-gelu`; docs/decisions.md "FFN GELU form"."""
+  return "float32"
+
+
+def gelu_tanh_formula(x):
+  """tanh GELU in x's dtype, spelled as XLA's GEMM rewriter matches it (a plain cube, constants on the left)."""
+  return x * (0.5 * (1.0 + jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x)))))
+
+
 class MLP(nnx.Module):
   """fc1 -> activation -> fc2 (reference `nn.Sequential(Linear, act, Linear)` as `.0` / `.2`).
 
   Matmuls run in `compute_dtype` with outputs in that dtype; the activation is evaluated in float32 and rounded
-  back, as torch does for a bf16 tensor.
+  back, as torch does for a bf16 tensor (the tanh GELU has an opt-in all-bf16 form, `ffn_gelu_form`).
   """
 
   def __init__(self, din, dhidden, dout, *, act, compute_dtype, param_dtype, axes1=("embed", "mlp"),
@@ -108,9 +127,21 @@ class MLP(nnx.Module):
     self.act = act
     self.tag = tag
 
+  def _fc1_bias_gelu_bf16(self, x):
+    """fc1 + bias + tanh GELU all in the half-precision compute dtype (the "bf16_formula" form)."""
+    cd = self.fc1.compute_dtype
+    y = jnp.einsum("...i,io->...o", x.astype(cd), self.fc1.kernel[...].astype(cd), preferred_element_type=cd)
+    return gelu_tanh_formula(y + self.fc1.bias[...].astype(cd))
+
   def __call__(self, x):
-    h = self.fc1(x)
-    h = _ACTS[self.act](h.astype(F32)).astype(h.dtype)
+    fc1 = self.fc1
+    if (self.act == "gelu_tanh" and ffn_gelu_form() == "bf16_formula" and fc1.bias is not None
+        and jnp.dtype(fc1.compute_dtype) != jnp.dtype(F32) and fc1.out_dtype is None
+        and getattr(fc1, "kernel_scale", None) is None):
+      h = self._fc1_bias_gelu_bf16(x)
+    else:
+      h = fc1(x)
+      h = _ACTS[self.act](h.astype(F32)).astype(h.dtype)
     if self.tag:
       h = checkpoint_name(h, self.tag)
     return self.fc2(h)
