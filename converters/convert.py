@@ -17,7 +17,6 @@ are merged at sampling time, `--config.lora`; safetensors LoRAs need no conversi
 import inspect
 import json
 import os
-import sys
 import tempfile
 
 import ml_dtypes
@@ -283,6 +282,7 @@ def _define_flags():
 def run():
   from absl import app
   from absl import logging as absl_logging
+  from infer import cli   # the CLIs' shared flag parsing and exit codes
   _define_flags()
 
   def wrapped(argv):
@@ -290,10 +290,9 @@ def run():
     try:
       main(argv)
     except UsageError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
+      cli.fail(e)
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=cli.flags_parser())
 
 
 if __name__ == "__main__":

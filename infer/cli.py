@@ -1,7 +1,8 @@
-"""Flag plumbing shared by the inference CLIs (`infer.sample`, `infer.serve`; the trainers use `flags_parser`
-too): the `--config` preset flag and a
-flags parser that turns preset and `--config.<field>` mistakes into one `error: ...` line with exit code 2,
-like every other usage error, instead of ml_collections' tracebacks.
+"""Flag plumbing shared by the CLIs (`infer.sample`, `infer.serve`; the trainers and tools use `flags_parser` and
+`fail` too): the `--config` preset flag and a flags parser that turns preset and `--config.<field>` mistakes
+into one `error: ...` line with exit code 2, like every other usage error, instead of ml_collections' tracebacks.
+
+Exit codes, in every CLI: 2 = the user's input is at fault, 1 = the run failed, 130 = interrupted (Ctrl-C).
 
 ml_collections applies `--config.<field>` overrides while parsing the preset: when `--config` is not given the
 default preset is parsed as the flag is defined (a typo raises from `DEFINE_config_file`), otherwise during
@@ -50,24 +51,24 @@ def define_config_flag(default, help_text):
     fail(config_error_message(e))
 
 
-def flags_parser(*, what="preset", hint="configs/sample/<preset>.py[:arg]", exit_code=USAGE_EXIT):
-  """A `flags_parser` for `absl.app.run`: parses argv; flag and `--config` errors become one line and exit
-  `exit_code`. `what` / `hint` word the message for a config file that cannot be loaded (the trainers say
-  "config file" and point to configs/train/)."""
+def flags_parser(*, what="preset", hint="configs/sample/<preset>.py[:arg]"):
+  """A `flags_parser` for `absl.app.run`: parses argv; flag and `--config` errors become one line and exit 2.
+  `what` / `hint` word the message for a config file that cannot be loaded (the trainers say "config file" and
+  point to configs/train/)."""
   def parse(argv):
     try:
       rest = flags.FLAGS(argv)
     except (AttributeError, KeyError, flags.Error) as e:
-      fail(config_error_message(e), exit_code)
+      fail(config_error_message(e))
     if "config" in flags.FLAGS:
       try:   # ml_collections defers a config file that cannot be loaded until the config is first read
         getattr(flags.FLAGS.config, "get", None)
       except OSError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         fail(f"--config={flags.FLAGS['config'].serialize().partition('=')[2]}: cannot load the {what} file "
-             f"({lines[-1] if lines else e}); pass {hint}", exit_code)
+             f"({lines[-1] if lines else e}); pass {hint}")
     return rest
   return parse
 
 
-parse_flags = flags_parser()   # the inference CLIs': exit 2
+parse_flags = flags_parser()   # the inference CLIs'

@@ -32,7 +32,6 @@ Components are runners in `COMPONENTS` (name -> function(model_path, inputs, **o
 """
 
 import os
-import sys
 
 import numpy as np
 
@@ -405,6 +404,7 @@ def _define_flags():
 
 def run():
   from absl import app, logging
+  from infer import cli
   _define_flags()
 
   def wrapped(argv):
@@ -412,10 +412,9 @@ def run():
     try:
       main(argv)
     except UsageError as e:
-      print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)   # one line, key lists included
-      sys.exit(1)
+      cli.fail(e)   # one line, key lists included
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=cli.flags_parser())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ optionally `<name>_frames/` (PNG) and the final latent (`--config.save_latents`)
 
 import json
 import os
-import sys
 import time
 
 from absl import app, flags, logging
@@ -367,19 +366,18 @@ OOM_ADVICE = ("Try --config.dtype=bf16_weights or --config.quant=int8 (half or a
 
 
 def main(argv):
+  from infer import cli
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.<field>=...")
+    cli.fail(f"unexpected arguments {argv[1:]}; settings go through --config.<field>=...")
   try:
     run(flags.FLAGS.config)
   except UsageError as e:
-    print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   except Exception as e:   # noqa: BLE001  (an out-of-memory is one line; anything else keeps its traceback)
     msg = out_of_memory_message(e, OOM_ADVICE)
     if msg is None:
       raise
-    print("error: " + msg, file=sys.stderr)
-    sys.exit(1)
+    cli.fail(msg, exit_code=1)
 
 
 if __name__ == "__main__":

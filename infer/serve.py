@@ -31,7 +31,6 @@ import os
 import queue
 import secrets
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -558,8 +557,9 @@ def create_app(service: Service):
 
 def main(argv):
   import uvicorn
+  from infer import cli
   if len(argv) > 1:
-    raise absl_app.UsageError(f"unexpected arguments {argv[1:]}; settings go through flags")
+    cli.fail(f"unexpected arguments {argv[1:]}; settings go through flags")
   f = flags.FLAGS
   c = f.config
   try:
@@ -570,8 +570,7 @@ def main(argv):
                            output_dir=f.output_dir, warmup=f.warmup)
     service = Service(c, options).start()
   except UsageError as e:
-    print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   logging.info("outputs in %s; listening on http://%s:%d", service.output_dir, f.host, f.port)
   try:
     uvicorn.run(create_app(service), host=f.host, port=f.port, log_level="info")

@@ -6,7 +6,7 @@ so a save cut short leaves only that folder; `checkpoint_manager` logs it and re
 this config's train state, so a changed width or an EMA switched on is one line naming the arrays (and the
 config changes, from the config recorded in each checkpoint's metadata) instead of a tensorstore traceback. A
 step that fits but cannot be read is skipped for the one before. Writes that fail for lack of space or
-permissions become one `WorkdirError` line (`write_failure` reads tensorstore's `os_error_code`).
+permissions become one `WriteFailedError` line (`write_failure` reads tensorstore's `os_error_code`).
 """
 
 import errno
@@ -23,7 +23,12 @@ from wanjax.errors import UsageError
 
 
 class WorkdirError(UsageError):
-  """A write into the work folder failed: full disk, quota, read-only or unwritable folder (one line)."""
+  """The folder the user named (--workdir, --output) cannot be written: read-only, no permission, not a folder
+  (one line; the CLIs exit 2)."""
+
+
+class WriteFailedError(WorkdirError):
+  """A write into that folder failed during the run: full disk, quota, ... (one line; the run failed: exit 1)."""
 
 
 TMP_MARK = ".orbax-checkpoint-tmp"   # orbax's suffix of a step folder still being written
@@ -171,12 +176,14 @@ def restore_or_create(manager, *, abstract_state, shardings, create, config=None
   A checkpoint that does not fit this config's state (changed widths, EMA on/off, ...) is one `UsageError`
   naming the first mismatched arrays and the config changes since (`config`: this run's config as JSON data,
   compared with the one recorded in the checkpoint). A checkpoint that fits but cannot be read (missing or
-  truncated files) is skipped with a warning for the next older one; once an older one restores, the unreadable
-  newer folders are renamed `<step>.unreadable` so the run can save those steps again.
+  truncated files) is skipped with a warning for the next older one (and without orbax's 'Event loop is closed'
+  tracebacks: `drop_closed_loop_errors`); once an older one restores, the unreadable newer folders are renamed
+  `<step>.unreadable` so the run can save those steps again.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return create(), None
+  drop_closed_loop_errors()
   target = abstract_sharded(abstract_state, shardings)
   unreadable = []
   for step in steps:
@@ -212,6 +219,29 @@ def restore_or_create(manager, *, abstract_state, shardings, create, config=None
   step, e = unreadable[0]
   raise UsageError(f"no readable checkpoint in {manager.directory} (step {step}: {first_line(e)}); move the "
                    f"folder aside to start anew, or fix it")
+
+
+def _is_closed_loop_error(u):
+  return isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed"
+
+
+def drop_closed_loop_errors():
+  """Stops one kind of orbax noise. Orbax reads (and writes) a checkpoint's arrays with asyncio.gather in an event
+  loop that it closes as soon as one read fails; the reads still running finish in tensorstore's threads, and
+  their callbacks, aimed at the closed loop, raise 'Event loop is closed' as unraisable exceptions, each one a
+  traceback on stderr at some later time. This drops exactly those for the rest of the process (they can come any
+  time after the read) and passes every other unraisable exception to the hook in place before. Idempotent."""
+  import sys
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_errors", False):
+    return
+
+  def hook(u):
+    if not _is_closed_loop_error(u):
+      previous(u)
+
+  hook.drops_closed_loop_errors = True
+  sys.unraisablehook = hook
 
 
 def _set_aside(manager, steps):
@@ -258,11 +288,11 @@ def save(manager, step, state, metadata=None):
 
 
 def write_error(e, what, manager):
-  """A `WorkdirError` for a failed write (full disk, ...), or None if `e` is something else."""
+  """A `WriteFailedError` for a failed write (full disk, ...), or None if `e` is something else."""
   reason = write_failure(e)
   if reason is None:
     return None
   done = complete_steps(str(manager.directory))
-  return WorkdirError(f"cannot write {what} in {os.path.dirname(str(manager.directory))}: {reason}. Free space "
-                      f"(or fix the folder) and rerun the same command: it resumes from "
-                      + (f"checkpoint step {done[-1]}" if done else "the start (no complete checkpoint yet)"))
+  return WriteFailedError(f"cannot write {what} in {os.path.dirname(str(manager.directory))}: {reason}. Free space "
+                          f"(or fix the folder) and rerun the same command: it resumes from "
+                          + (f"checkpoint step {done[-1]}" if done else "the start (no complete checkpoint yet)"))

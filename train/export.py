@@ -258,9 +258,10 @@ def export(c, workdir, out_dir, *, role="generator", ema=False, step=None):
 
 def main(argv):
   from absl import flags
+  from infer import cli
   f = flags.FLAGS
   if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+    cli.fail(f"unexpected arguments {argv[1:]}")
   try:
     if f.umt5:
       s = export_random_umt5(f.out, f.umt5, seed=f.seed)
@@ -268,8 +269,8 @@ def main(argv):
       if f.config is None or not f.workdir:
         raise UsageError("give --config and --workdir of a training run (or --umt5 PRESET for a random encoder)")
       s = export(f.config, f.workdir, f.out, role=f.role, ema=f.ema, step=f.step)
-  except (UsageError, CheckpointError) as e:
-    sys.exit(f"error: {e}")
+  except UsageError as e:   # CheckpointError included
+    cli.fail(e)
   sys.stdout.write(json.dumps(s) + "\n")
 
 
@@ -285,4 +286,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_string("umt5", "", "Write a frozen random umT5 of this preset instead (e.g. toyworld).")
   flags.DEFINE_integer("seed", 0, "Seed of the random umT5.")
-  app.run(main)
+  from infer import cli
+  app.run(main, flags_parser=cli.flags_parser(what="config", hint="the run's configs/train/<name>.py[:arg]"))

@@ -23,9 +23,9 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from train.checkpoints import (TMP_MARK, WorkdirError, abstract_sharded, check_writable, checkpoint_dir,  # noqa: F401
-                               checkpoint_manager, complete_steps, first_line, restore_or_create, save,
-                               saved_metadata, write_error, write_failure)
+from train.checkpoints import (TMP_MARK, WorkdirError, WriteFailedError, abstract_sharded,  # noqa: F401
+                               check_writable, checkpoint_dir, checkpoint_manager, complete_steps, first_line,
+                               restore_or_create, save, saved_metadata, write_error, write_failure)
 from wanjax.errors import UsageError, out_of_memory_message
 
 
@@ -100,7 +100,7 @@ def run(settings: LoopSettings, *, state, start_step, step_fn_for, batch_for, ma
   seconds (counted from entry, so the first step's compile counts too) and saves that step, so a budgeted run
   ends like a finished one and `train.export` picks it up. A resume continues towards `total_steps`.
 
-  A write that fails for lack of space or permissions (checkpoint or event file) is one `WorkdirError` line.
+  A write that fails for lack of space or permissions (checkpoint or event file) is one `WriteFailedError` line.
   """
   if start_step >= settings.total_steps:   # a finished run rerun, or total_steps lowered: nothing to train
     past = start_step > settings.total_steps
@@ -278,7 +278,9 @@ def exit_now(message, code=1):
 def run_cli(train_fn, example_config):
   """The absl entry point every trainer shares: `--config FILE[:args]` (locked ml-collections config, so a
   mistyped `--config.x` fails) and `--workdir DIR` (checkpoints, TensorBoard; resumed automatically). Calls
-  `train_fn(config, workdir)`; usage errors and a non-finite abort print one line and exit non-zero."""
+  `train_fn(config, workdir)`. Errors are one line; the exit code says whose fault (`infer/cli.py`): 2 for the
+  user's input (flags, config, an unwritable --workdir), 1 for a failed run (non-finite abort, out of memory, a
+  write that failed mid-run), 130 for Ctrl-C."""
   import sys
   from absl import app, flags
   from ml_collections import config_flags
@@ -290,7 +292,7 @@ def run_cli(train_fn, example_config):
 
   def main(argv):
     if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.<field>=...")
+      cli.fail(f"unexpected arguments {argv[1:]}; settings go through --config.<field>=...")
     try:
       if flags.FLAGS.config is None:
         raise UsageError(f"--config is required, e.g. --config {example_config}")
@@ -298,10 +300,14 @@ def run_cli(train_fn, example_config):
         raise UsageError("--workdir is required (checkpoints and TensorBoard logs are written there)")
       check_writable(flags.FLAGS.workdir)
       train_fn(flags.FLAGS.config, flags.FLAGS.workdir)
-    except WorkdirError as e:
+    except WriteFailedError as e:   # full disk, ... during the run
       exit_now(f"error: {e}")
-    except (UsageError, NonFiniteError) as e:
-      sys.exit(f"error: {e}")
+    except WorkdirError as e:   # the --workdir given cannot be written
+      exit_now(f"error: {e}", cli.USAGE_EXIT)
+    except UsageError as e:
+      cli.fail(e)
+    except NonFiniteError as e:
+      cli.fail(e, exit_code=1)
     except KeyboardInterrupt:
       exit_now(interrupted_message(flags.FLAGS.workdir), 130)
     except Exception as e:   # noqa: BLE001  (an out-of-memory is one line; anything else keeps its traceback)
@@ -310,6 +316,5 @@ def run_cli(train_fn, example_config):
         raise
       exit_now(line)
 
-  # Config typos and unloadable config files: one line, exit 1 as the trainers' other usage errors.
-  app.run(main, flags_parser=cli.flags_parser(what="config", hint="configs/train/<name>.py[:arg]",
-                                              exit_code=1))
+  # Config typos and unloadable config files: one line, exit 2 as the trainers' other usage errors.
+  app.run(main, flags_parser=cli.flags_parser(what="config", hint="configs/train/<name>.py[:arg]"))

@@ -37,7 +37,7 @@ import numpy as np
 from absl import logging
 
 from train import data, features
-from train.checkpoints import WorkdirError, check_writable, write_failure
+from train.checkpoints import WriteFailedError, check_writable, write_failure
 from train.distill import batch_sharding, dmd_settings
 from train.models import build_dit
 from wanjax import checkpoint, schedules
@@ -224,8 +224,8 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
       reason = write_failure(e)
       if reason is None:
         raise
-      raise WorkdirError(f"--output={output}: cannot write {name}: {reason}. Free space and rerun the same "
-                              f"command: it keeps the {len(index['shards'])} finished shard(s)") from None
+      raise WriteFailedError(f"--output={output}: cannot write {name}: {reason}. Free space and rerun the same "
+                             f"command: it keeps the {len(index['shards'])} finished shard(s)") from None
     index["shards"] = shards
   bar.close()
   return {"output": output, "samples": n, "shards_written": len(todo), "shards": num_shards}
@@ -233,17 +233,20 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
 
 def main(argv):
   from absl import flags
+  from infer import cli
   f = flags.FLAGS
   if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+    cli.fail(f"unexpected arguments {argv[1:]}")
   try:
     if f.config is None:
       raise UsageError("--config is required, e.g. --config configs/train/ode_init.py")
     s = run(f.config, f.output, num_steps=f.num_steps, solver=f.solver, guidance=f.guidance,
             sample_shift=f.sample_shift, samples_per_shard=f.samples_per_shard, batch_size=f.batch_size,
             num_samples=f.num_samples, dtype=f.dtype)
+  except WriteFailedError as e:   # full disk, ... during the run
+    cli.fail(e, exit_code=1)
   except UsageError as e:
-    sys.exit(f"error: {e}")
+    cli.fail(e)
   sys.stdout.write(f"wrote {s['shards_written']} shard(s) of {s['shards']} ({s['samples']} samples) -> "
                    f"{s['output']}\n")
 
@@ -262,4 +265,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("batch_size", 1, "Prompts per teacher call (CFG doubles it).")
   flags.DEFINE_integer("num_samples", 0, "Number of prompts to use; 0 = all.")
   flags.DEFINE_string("dtype", "float16", "Stored dtype: float16 (reference), bfloat16 or float32.")
-  app.run(main)
+  from infer import cli
+  app.run(main, flags_parser=cli.flags_parser(what="config", hint="configs/train/ode_init.py[:arg]"))

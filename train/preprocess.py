@@ -482,9 +482,10 @@ def summary_line(s) -> str:
 
 def main(argv):
   from absl import flags
+  from infer import cli
   f = flags.FLAGS
   if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+    cli.fail(f"unexpected arguments {argv[1:]}")
   try:
     if f.config is None:
       raise UsageError("--config is required, e.g. --config configs/data/t2v_480p.py")
@@ -492,14 +493,14 @@ def main(argv):
       raise UsageError("--input is required: a folder of videos, a .csv/.json/.jsonl index or a .txt of prompts")
     s = run(f.config, f.input, f.output)
   except UsageError as e:
-    sys.exit(f"error: {e}")
+    cli.fail(e)
   except KeyboardInterrupt:
     sys.stderr.write(f"interrupted: the clips cached so far are kept in {f.output}; run the same command again "
                      f"to resume\n")
     sys.exit(130)
   sys.stdout.write(summary_line(s) + "\n")
   if not s["total_clips"]:   # a folder no trainer can read: fail the command (scripts stop here, not later)
-    sys.exit(f"error: no clip could be cached in {s['output']}; the reasons are in skipped.json")
+    cli.fail(f"no clip could be cached in {s['output']}; the reasons are in skipped.json", exit_code=1)
 
 
 if __name__ == "__main__":
@@ -509,4 +510,5 @@ if __name__ == "__main__":
   flags.DEFINE_string("input", None, "Folder of videos with .txt sidecars, a .csv/.json/.jsonl index, or a .txt "
                       "of prompts.")
   flags.DEFINE_string("output", None, "Feature folder (shards + index.json); an existing one is resumed.")
-  app.run(main)
+  from infer import cli
+  app.run(main, flags_parser=cli.flags_parser(what="config", hint="configs/data/<name>.py[:arg]"))

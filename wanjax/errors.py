@@ -23,27 +23,53 @@ def format_key_problems(problems, limit=50):
   return "\n".join(lines)
 
 
+# Where XLA's out-of-memory text names the device: "... with allocator GPU_3_bfc on device 3." (the PjRt GPU
+# client's BFC allocator), "... on device ordinal 3" (StreamExecutor), "TPU_3" / "GPU:3" (device names). The number
+# is the local device ordinal.
+_OOM_DEVICE = (r"\bon device (?:ordinal )?(\d+)\b", r"\b(?:GPU|TPU)_(\d+)_bfc\b", r"\b(?:GPU|TPU)[_:](\d+)\b")
+
+
+def _oom_device(text, devices):
+  """The local device XLA's text names, or None."""
+  import re
+  for pattern in _OOM_DEVICE:
+    m = re.search(pattern, text)
+    if m:
+      n = int(m.group(1))
+      for d in devices:
+        hw = getattr(d, "local_hardware_id", None)
+        if (d.id if hw is None else hw) == n:
+          return d
+  return None
+
+
 def out_of_memory_message(e, advice=""):
   """One line for an accelerator out-of-memory error (XLA's RESOURCE_EXHAUSTED status), or None for any other
   exception: the device, the allocation that failed, the share of the device jax may use (where the backend
   reports it) and `advice`, what the caller's settings can change. XLA's own text is a screen of allocator
-  statistics; the CLIs print this instead."""
+  statistics; the CLIs print this instead. On a host with several local devices the line names the one XLA's
+  text names, else says it was one of them."""
   text = str(e)
   if "RESOURCE_EXHAUSTED" not in text:
     return None
   import re
   import jax
   first = text.strip().splitlines()[0]   # the status line; XLA appends allocator statistics below it
-  m = re.search(r"allocate\s+([\d.]+\s*[KMGT]i?B|\d+\s*bytes)", first)
+  m = re.search(r"allocate\s+(?:request for\s+)?([\d.]+\s*[KMGT]i?B|\d+\s*bytes)", first)
   what = f"XLA could not allocate {m.group(1)}" if m else first.split("RESOURCE_EXHAUSTED:", 1)[-1].strip()[:200]
-  kind, limit = "the device", None
+  where, limit, of = "the device", None, "it"
   try:   # the backend itself may be what failed: then say less rather than raise again
-    dev = jax.devices()[0]
-    kind = dev.device_kind
+    devices = jax.local_devices()
+    dev = (_oom_device(first, devices) or _oom_device(text, devices)) if len(devices) > 1 else devices[0]
+    if dev is not None:
+      where = dev.device_kind + (f" (device {dev.id})" if len(devices) > 1 else "")
+    else:   # several devices and the text does not say which: all local devices are of one kind
+      dev = devices[0]
+      where, of = f"one of the {len(devices)} local {dev.device_kind} devices", "each"
     limit = (dev.memory_stats() or {}).get("bytes_limit")
   except Exception:   # noqa: BLE001  (also: not every backend reports memory statistics)
     pass
-  share = (f" (jax may use {limit / 2**30:.1f} GiB of it; XLA_PYTHON_CLIENT_MEM_FRACTION sets that share, "
+  share = (f" (jax may use {limit / 2**30:.1f} GiB of {of}; XLA_PYTHON_CLIENT_MEM_FRACTION sets that share, "
            f"0.75 unless set)" if limit else "")
-  line = f"out of memory on {kind}: {what}{share}."
+  line = f"out of memory on {where}: {what}{share}."
   return " ".join(f"{line} {advice}".split())

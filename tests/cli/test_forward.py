@@ -86,7 +86,7 @@ def test_cli_reports_bad_inputs_in_one_line(setup, tmp_path):
          str(tmp_path / "bad.npz"), "--out", str(tmp_path / "o.npz")]
   p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
                      timeout=300)
-  assert p.returncode == 1
+  assert p.returncode == 2
   assert p.stderr.strip().splitlines()[-1].startswith("error: inputs have no 'context'")
   assert not (tmp_path / "o.npz").exists()
 

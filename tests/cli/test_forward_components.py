@@ -247,7 +247,7 @@ def test_cli_errors_are_one_line_and_write_nothing(raw, tmp_path, component, ext
   np.savez(tmp_path / "in.npz", **inputs)
   p = _cli("--component", component, "--model", model, "--inputs", tmp_path / "in.npz", "--out",
            tmp_path / "o.npz", *extra)
-  assert p.returncode == 1
+  assert p.returncode == 2
   assert p.stderr.strip().splitlines()[-1].startswith(match)
   assert not (tmp_path / "o.npz").exists()
 
@@ -264,6 +264,6 @@ def test_cli_unwritable_out_fails_before_running(tmp_path, out, match):
   vae = os.path.join(ROOT, "wanjax", "toyworld", "checkpoints", "vae")   # a converted VAE shipped in the repo
   p = _cli("--component", "vae_decode", "--model", vae, "--inputs", tmp_path / "in.npz", "--out",
            out.format(tmp=tmp_path))
-  assert p.returncode == 1, p.stderr[-2000:]
+  assert p.returncode == 2, p.stderr[-2000:]
   assert p.stderr.strip().splitlines()[-1].startswith(match.format(tmp=tmp_path)), p.stderr[-2000:]
   assert sorted(os.listdir(tmp_path)) == ["file", "in.npz"]

@@ -74,11 +74,11 @@ def test_out_that_is_a_file_or_unwritable_is_a_usage_error(original, tmp_path):
     convert_checkpoint(str(d / "dit.safetensors"), str(tmp_path / "a_file"), num_heads=2, progress=False)
   with pytest.raises(UsageError, match=r"cannot write to the output folder .*a_file/sub"):
     convert_checkpoint(str(d / "dit.safetensors"), str(tmp_path / "a_file" / "sub"), num_heads=2, progress=False)
-  # The CLI prints it as one line and exits 1.
+  # The CLI prints it as one line and exits 2.
   r = subprocess.run([sys.executable, "-m", "converters.convert", f"--src={d / 'dit.safetensors'}",
                       f"--out={tmp_path / 'a_file'}", "--num-heads=2"], cwd=ROOT, capture_output=True, text=True,
                      env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT), timeout=120)
-  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
   assert [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")][0].endswith("(it is created if missing)")
 
 

@@ -147,7 +147,7 @@ def test_lora_file_via_cli_is_one_line(tmp_path):
   r = subprocess.run([sys.executable, "-m", "converters.convert", f"--src={tmp_path / 'l.safetensors'}",
                       f"--out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                      env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
-  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
   errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
   assert len(errors) == 1 and "this is a LoRA / weight-diff file" in errors[0], r.stderr[-2000:]
   assert not (tmp_path / "out").exists()

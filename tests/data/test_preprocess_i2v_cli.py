@@ -83,4 +83,4 @@ def test_prompt_only_cli(tmp_path):
   assert max_rel_err(fs.uncond("empty"), ctx[2]) <= TEXT_TOL
   bad = subprocess.run(cmd[:-2] + ["--output", out, "--config.frames=8"], cwd=root, env=env,
                        capture_output=True, text=True, timeout=300)
-  assert bad.returncode != 0 and "frames=8 must be 4k+1" in bad.stderr
+  assert bad.returncode == 2 and "frames=8 must be 4k+1" in bad.stderr

@@ -146,19 +146,19 @@ def test_cli_files_table_and_exit_codes(tmp_path):
   assert [r["prompt"] for r in report["videos"]] == prompts and report["mean_score"] >= GT_MIN
   assert "mean score" in res.stdout and "000.npy" in res.stdout
 
-  # The held-out JSON format with a mismatched count is a usage error: exit 1, one line on stderr.
+  # The held-out JSON format with a mismatched count is a usage error: exit 2, one line on stderr.
   res = _cli("--videos", str(videos), "--prompts", os.path.join(REPO, "wanjax/toyworld/heldout.json"),
              "--out", str(out))
-  assert res.returncode == 1 and res.stderr.strip().startswith("error:") and "32 prompts for 2 videos" in res.stderr
+  assert res.returncode == 2 and res.stderr.strip().startswith("error:") and "32 prompts for 2 videos" in res.stderr
 
-  # mp4 clips with caption sidecars plus a static .npy clip, below --min-score: exit 2.
+  # mp4 clips with caption sidecars plus a static .npy clip, below --min-score: exit 1 (the check failed).
   data = tmp_path / "data"
   mp4s = dataset.write_dataset(data, 2, seed=9, frames=17, size=64)
   static = world.render(dataset.heldout_scene(21), 17, 64, 64)[:1].repeat(17, axis=0)
   np.save(data / "static.npy", static)
   (data / "static.txt").write_text(dataset.HELDOUT_PROMPTS[21])
   res = _cli("--videos", ",".join(mp4s + [str(data / "static.npy")]), "--out", str(out), "--min-score", "0.95")
-  assert res.returncode == 2, res.stderr
+  assert res.returncode == 1 and "is below --min-score 0.95" in res.stdout, res.stderr
   rows = json.load(open(out))["videos"]
   assert all(r["score"] >= 0.9 for r in rows[:2]), [r["terms"] for r in rows[:2]]  # lossy H.264, 4:2:0 chroma
   assert rows[2]["score"] <= 1.0 - MARGINS["static"] and rows[2]["terms"]["direction"] == 0.0

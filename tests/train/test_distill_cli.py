@@ -79,7 +79,7 @@ def test_nonfinite_steps_skipped_then_abort(tmp_path):
   r = subprocess.run(_cmd(w, "--config.debug.nonfinite_steps=(5, 9, 10, 11)",
                           "--config.max_consecutive_nonfinite=3"),
                      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
-  assert r.returncode != 0
+  assert r.returncode == 1
   assert "3 consecutive non-finite steps (10..12)" in r.stderr, r.stderr[-2000:]
   assert "step 6: non-finite" in r.stderr
   # Last good checkpoint is intact: step 8, finite everywhere; nothing after it was written.
@@ -104,4 +104,4 @@ def test_single_trainee_smoke_runs(tmp_path, module, config):
 def test_unknown_config_arg_fails_cleanly(tmp_path):
   r = subprocess.run(_cmd(str(tmp_path / "x"), "--config.dmd.grid_lookupp=exact"), cwd=ROOT, env=_env(),
                      capture_output=True, text=True, timeout=300)
-  assert r.returncode != 0 and "grid_lookupp" in r.stderr
+  assert r.returncode == 2 and "grid_lookupp" in r.stderr

@@ -137,8 +137,8 @@ def main(argv):
 
 
 def run():
-  import sys
   from absl import app, flags
+  from infer import cli   # the CLIs' shared flag parsing and exit codes
   flags.DEFINE_string("out", None, "dataset folder")
   flags.DEFINE_integer("n", 1000, "number of clips")
   flags.DEFINE_integer("seed", 0, "dataset seed (clip i uses rng [seed, i])")
@@ -150,10 +150,9 @@ def run():
     try:
       main(argv)
     except UsageError as e:
-      sys.stderr.write(f"error: {e}\n")
-      sys.exit(1)
+      cli.fail(e)
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=cli.flags_parser())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ No reference counterpart; the analytic stand-in for VBench/GenEval on the toy wo
 `--videos` is a folder (its .mp4/.npy files, sorted by name) or a comma-separated list of files; `--prompts` a
 .txt (one prompt per line) or .json (a list, `{"prompts": [...]}`, or `{video stem: prompt}`) paired with the
 videos in sorted order; without it each video's `<stem>.txt` sidecar is read. Prints a table, writes the JSON
-with every term per video, exits 0; 1 on a usage error; 2 when `--min-score` is given and the mean is below it.
+with every term per video, exits 0; 2 on a usage error; 1 when `--min-score` is given and the mean is below it.
 
 The score of one video is a weighted sum (`WEIGHTS`, total 1) of terms in [0, 1]:
 - scene terms: `count` (fraction of frames with exactly the prompted number of objects), `background`
@@ -305,26 +305,26 @@ def main(argv) -> int:
   sys.stdout.write(f"{format_table(report)}\nwrote {f.out}\n")
   if min_score is not None and report["mean_score"] < min_score:
     sys.stdout.write(f"mean score {report['mean_score']:.4f} is below --min-score {min_score}\n")
-    return 2
+    return 1
   return 0
 
 
 def run():
   from absl import app, flags
+  from infer import cli   # the CLIs' shared flag parsing and exit codes
   flags.DEFINE_string("videos", None, "folder of .mp4/.npy clips, or comma-separated files")
   flags.DEFINE_string("prompts", None, ".txt (one per line) or .json prompts in sorted video order; default: "
                       "<stem>.txt sidecars")
   flags.DEFINE_string("out", "toyworld_scores.json", "where the per-video JSON report is written")
-  flags.DEFINE_float("min-score", None, "exit with status 2 when the mean score is below this")
+  flags.DEFINE_float("min-score", None, "exit with status 1 when the mean score is below this")
 
   def wrapped(argv):
     try:
       sys.exit(main(argv))
     except UsageError as e:
-      sys.stderr.write(f"error: {e}\n")
-      sys.exit(1)
+      cli.fail(e)
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=cli.flags_parser())
 
 
 if __name__ == "__main__":

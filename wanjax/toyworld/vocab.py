@@ -91,18 +91,17 @@ def main(argv):
 
 
 def run():
-  import sys
   from absl import app, flags
+  from infer import cli   # the CLIs' shared flag parsing and exit codes
   flags.DEFINE_string("out", None, "folder that receives tokenizer.json")
 
   def wrapped(argv):
     try:
       main(argv)
     except UsageError as e:
-      sys.stderr.write(f"error: {e}\n")
-      sys.exit(1)
+      cli.fail(e)
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=cli.flags_parser())
 
 
 if __name__ == "__main__":
