@@ -3,7 +3,10 @@
 # lacks (prepare them here with: bash ../shared/tools/device-wheels tensorboardX; .device-wheels/ is git-ignored,
 # so the device call must name it in carry), then runs the benchmarks in
 # order of importance, each under its own timeout (T_<NAME> seconds; 0 skips it), teeing full logs to $OUT
-# (the device tool returns at most 8 files). Figures go to docs/bench/ and the closing note, with the card.
+# (the device tool returns at most 8 files), each starting with a JSON line of date, versions and card and a line
+# with the command. Figures go to docs/bench/ and
+# the closing note, with the card: `python benchmarks/archive_logs.py <files_at> --session N` writes the logs there
+# with their header lines (pass GIT_REV=$(git rev-parse --short HEAD) in the device command to record the commit).
 # The defaults run what is still unmeasured on an H100 (docs/bench/ has the rest, with dates and cards; session 12
 # measured the block profile, the block variants, the VAE decode against diffusers, umT5, the 1.3B/14B forwards and
 # the Self-Forcing fps after the bf16-matmul-output change; session 13 had no device). The goals of the performance
@@ -36,13 +39,33 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import jax, flax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__)"
+# One line for benchmarks/archive_logs.py: date, versions, card, driver (and the commit, if the caller passed GIT_REV).
+HEADER=/tmp/gpu_session_header.json   # not in $OUT: the device tool returns at most 8 files
+python3 - > "$HEADER" <<'PY'
+import datetime, json, os, subprocess
+import flax, jax, torch
+try:
+  import diffusers; dv = diffusers.__version__
+except Exception:   # noqa: BLE001
+  dv = None
+try:
+  q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True,
+                     text=True).stdout.strip().splitlines()
+except OSError:
+  q = []
+name, driver = (q[0].split(", ") + [None])[:2] if q else (None, None)
+print(json.dumps(dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), jax=jax.__version__,
+                      flax=flax.__version__, torch=torch.__version__, diffusers=dv, card=name, driver=driver,
+                      commit=os.environ.get("GIT_REV"))))
+PY
 
 bench() {  # bench NAME SECONDS CMD...: full log to $OUT/NAME.txt, the filtered tail to the console
   local name=$1 t=$2; shift 2
   [ "$t" = 0 ] && return
   echo "== $name (timeout ${t} s): $*"
   local t0=$SECONDS
-  timeout "$t" "$@" 2>&1 | tee "$OUT/$name.txt" | grep -av "^[IW][0-9]\{4\} \|%|" | grep -avi "warn" | tail -n 12
+  { echo "# $(cat "$HEADER" 2>/dev/null)"; echo "# $*"; } > "$OUT/$name.txt"   # header + command: archive_logs.py
+  timeout "$t" "$@" 2>&1 | tee -a "$OUT/$name.txt" | grep -av "^[IW][0-9]\{4\} \|%|" | grep -avi "warn" | tail -n 12
   echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
 }
 # Cold, then warm over one persistent compilation cache (compile_total_s of the second run is the warm start).
