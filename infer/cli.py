@@ -3,6 +3,7 @@
 into one `error: ...` line with exit code 2, like every other usage error, instead of ml_collections' tracebacks.
 
 Exit codes, in every CLI: 2 = the user's input is at fault, 1 = the run failed, 130 = interrupted (Ctrl-C).
+A help request (--help, --helpfull, ...) prints the help on stdout and exits 0 (absl itself exits 1).
 
 ml_collections applies `--config.<field>` overrides while parsing the preset: when `--config` is not given the
 default preset is parsed as the flag is defined (a typo raises from `DEFINE_config_file`), otherwise during
@@ -49,6 +50,7 @@ def define_config_flag(default, help_text):
     config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)
   except (AttributeError, KeyError, flags.Error) as e:
     fail(config_error_message(e))
+  flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["config"])   # listed under --help
 
 
 def flags_parser(*, what="preset", hint="configs/sample/<preset>.py[:arg]"):
@@ -58,6 +60,10 @@ def flags_parser(*, what="preset", hint="configs/sample/<preset>.py[:arg]"):
   def parse(argv):
     try:
       rest = flags.FLAGS(argv)
+    except SystemExit as e:   # absl's help flags print the help, then exit 1 from inside the parse
+      if e.code == 1 and _help_exit(e):
+        sys.exit(0)
+      raise
     except (AttributeError, KeyError, flags.Error) as e:
       fail(config_error_message(e))
     if "config" in flags.FLAGS:
@@ -69,6 +75,17 @@ def flags_parser(*, what="preset", hint="configs/sample/<preset>.py[:arg]"):
              f"({lines[-1] if lines else e}); pass {hint}")
     return rest
   return parse
+
+
+def _help_exit(e) -> bool:
+  """Whether the SystemExit `e` came from absl's --help / --helpshort / --helpfull / --helpxml flag."""
+  from absl import app
+  tb = e.__traceback__
+  while tb is not None:
+    if isinstance(tb.tb_frame.f_locals.get("self"), (app.HelpFlag, app.HelpfullFlag, app.HelpXMLFlag)):
+      return True
+    tb = tb.tb_next
+  return False
 
 
 parse_flags = flags_parser()   # the inference CLIs'

@@ -402,19 +402,31 @@ def _define_flags():
                        "record it (no config.json beside it, unusual width)")
 
 
+OOM_ADVICE = "Try --dtype=bfloat16, --quant=int8 or fp8 (DiT), or smaller inputs (batch, frames, height x width)."
+
+
+def cli_main(argv):
+  """`main` as the CLI runs it: a usage error is one line (exit 2), an out-of-memory one line (exit 1)."""
+  from absl import logging
+  from infer import cli
+  from wanjax.errors import out_of_memory_message
+  logging.set_verbosity(logging.INFO)
+  try:
+    main(argv)
+  except UsageError as e:
+    cli.fail(e)   # one line, key lists included
+  except Exception as e:   # noqa: BLE001  (an out-of-memory is one line; anything else keeps its traceback)
+    msg = out_of_memory_message(e, OOM_ADVICE)
+    if msg is None:
+      raise
+    cli.fail(msg, exit_code=1)
+
+
 def run():
-  from absl import app, logging
+  from absl import app
   from infer import cli
   _define_flags()
-
-  def wrapped(argv):
-    logging.set_verbosity(logging.INFO)
-    try:
-      main(argv)
-    except UsageError as e:
-      cli.fail(e)   # one line, key lists included
-
-  app.run(wrapped, flags_parser=cli.flags_parser())
+  app.run(cli_main, flags_parser=cli.flags_parser())
 
 
 if __name__ == "__main__":

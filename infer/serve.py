@@ -571,6 +571,12 @@ def main(argv):
     service = Service(c, options).start()
   except UsageError as e:
     cli.fail(e)
+  except Exception as e:   # noqa: BLE001  (an out-of-memory while loading or warming up is one line, exit 1)
+    from infer import sample
+    msg = out_of_memory_message(e, sample.OOM_ADVICE)
+    if msg is None:
+      raise
+    cli.fail(msg, exit_code=1)
   logging.info("outputs in %s; listening on http://%s:%d", service.output_dir, f.host, f.port)
   try:
     uvicorn.run(create_app(service), host=f.host, port=f.port, log_level="info")

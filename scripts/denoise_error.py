@@ -18,6 +18,8 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from infer import cli  # noqa: E402  (one `error:` line, exit 2 for a bad flag or checkpoint)
+from wanjax.errors import UsageError  # noqa: E402
 SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.98)
 
 
@@ -32,9 +34,12 @@ def main():
   p.add_argument("--frames", type=int, default=17)
   p.add_argument("--size", type=int, default=64)
   a = p.parse_args()
-  sigmas = [float(s) for s in a.sigmas.split(",")]
+  try:
+    sigmas = [float(s) for s in a.sigmas.split(",")]
+  except ValueError:
+    sigmas = [-1.0]
   if not all(0.0 < s <= 1.0 for s in sigmas):
-    p.error(f"--sigmas {a.sigmas}: each must be in (0, 1]")
+    p.error(f"--sigmas {a.sigmas}: expected comma-separated numbers, each in (0, 1]")
 
   import jax
   import jax.numpy as jnp
@@ -89,4 +94,7 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except UsageError as e:   # a missing or mismatched checkpoint
+    cli.fail(e)

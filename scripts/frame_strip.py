@@ -13,6 +13,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
+from infer import cli  # noqa: E402  (one `error:` line, exit 2 for a bad flag or checkpoint)
+from wanjax.errors import UsageError  # noqa: E402
 
 
 def main():
@@ -24,13 +26,27 @@ def main():
   p.add_argument("--every", type=int, default=4)
   p.add_argument("--scale", type=int, default=2)
   a = p.parse_args()
+  from configs.sample import toyworld
+  from wanjax.toyworld.dataset import HELDOUT_PROMPTS
+  try:
+    indices = [int(x) for x in a.prompts.split(",")]
+  except ValueError:
+    indices = []
+  if not indices or not all(0 <= i < len(HELDOUT_PROMPTS) for i in indices):
+    p.error(f"--prompts {a.prompts!r}: expected comma-separated held-out prompt indices in "
+            f"0..{len(HELDOUT_PROMPTS) - 1}")
+  models = a.models.split(",")
+  for model in models:   # checked before any model is loaded
+    try:
+      toyworld.get_config(f"model={model}")
+    except UsageError as e:
+      cli.fail(f"--models: {e}")
   import imageio.v3 as iio
   from train_toyworld import toyworld_generator
-  from wanjax.toyworld.dataset import HELDOUT_PROMPTS
   rows, labels = [], []
-  for model in a.models.split(","):
+  for model in models:
     c, generate = toyworld_generator(model)
-    for i in (int(x) for x in a.prompts.split(",")):
+    for i in indices:
       c.prompt = HELDOUT_PROMPTS[i]
       video = np.asarray(generate(a.seed + i))                    # [T, H, W, 3] in [-1, 1]
       frames = video[::a.every]
@@ -49,4 +65,7 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except UsageError as e:   # a missing or mismatched checkpoint
+    cli.fail(e)

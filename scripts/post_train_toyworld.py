@@ -36,7 +36,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from train_toyworld import Runner, _write_json, read_scalars  # noqa: E402  (the lead's pipeline helpers)
+from train_toyworld import Runner, _write_json, interrupted, read_scalars  # noqa: E402  (the pipeline helpers)
+from infer import cli  # noqa: E402
 
 STAGES = ("cfgd", "half2", "reward", "eval")
 TRAINED = ("cfgd", "half2", "reward")
@@ -233,18 +234,28 @@ def errors(videos, latents, ref_videos, ref_latents):
           "latent_rmse": float(np.sqrt(np.mean(np.square(latents - ref_latents))))}
 
 
+def check_eval_inputs(a, produced=()):
+  """The eval stage's models exist (those the `produced` stages of this run will write are not checked); else one
+  `error:` line, exit 2."""
+  _, ckpt = paths(a)
+  made = {ckpt[k] for k in ("cfgd", "half2") if k in produced} | ({ckpt["lora"]} if "reward" in produced else set())
+  need = {s[0] for s in eval_settings(a, ckpt).values()} - made
+  missing = sorted(w for w in need if not os.path.isfile(os.path.join(w, "config.json")))
+  missing += [] if ckpt["lora"] in made or os.path.isfile(ckpt["lora"]) else [ckpt["lora"]]
+  if missing:
+    cli.fail(f"eval needs {', '.join(missing)}; run the stages {', '.join(TRAINED)} first"
+             + (" and pass a --root that holds the toy teacher" if ckpt["teacher"] in missing else ""))
+
+
 def evaluate(r, a):
   """Samples every setting on the same prompts and seeds, scores them, writes `eval.samples` and `eval.table`."""
+  check_eval_inputs(a)
   _, ckpt = paths(a)
   frames, size = (5, 32) if a.smoke else (17, 64)
   prompts = eval_prompts(a.eval_prompts)
   ev = r.log["eval"] = {"prompts": prompts, "seed": a.eval_seed, "frames": frames, "size": size,
                         "lora_strength": a.lora_strength, "samples": {}, "table": []}
   settings = eval_settings(a, ckpt)
-  missing = sorted({s[0] for s in settings.values() if not os.path.isfile(os.path.join(s[0], "config.json"))})
-  missing += [] if os.path.isfile(ckpt["lora"]) else [ckpt["lora"]]
-  if missing:
-    raise SystemExit(f"eval needs {', '.join(missing)}; run the stages {', '.join(TRAINED)} first")
   out = {}
   for name, setting in settings.items():
     t0 = time.perf_counter()
@@ -299,6 +310,8 @@ def format_table(rows):
 
 def main(argv=None):
   a = parse_args(argv)
+  if "eval" in a.stages:
+    check_eval_inputs(a, produced=a.stages)   # before any training: a missing model must not surface hours later
   r = PostRunner(a)
   r.log.update(smoke=a.smoke, root=a.root, work=a.work, features=a.features, data=a.data)
   t_all = time.perf_counter()
@@ -311,4 +324,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except KeyboardInterrupt:
+    interrupted()

@@ -10,8 +10,11 @@ Rows in a fixed order (those the log lacks are left out); "Δ vs teacher" is the
 import argparse
 import json
 import os
+import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from infer import cli  # noqa: E402  (one `error:` line, exit 2 for a log that cannot be used)
 ROWS = (
     ("teacher", "teacher, 50-step UniPC + CFG 4"),
     ("teacher4", "teacher, 4-step UniPC + CFG 4"),
@@ -47,10 +50,15 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--log", default=os.path.join(REPO, "wanjax", "toyworld", "checkpoints", "train_log.json"))
   a = p.parse_args()
-  with open(a.log) as f:
-    ev = json.load(f).get("eval", {})
-  if "teacher" not in ev:
-    raise SystemExit(f"{a.log}: the eval section has no 'teacher' row (run scripts/train_toyworld.py --stages eval)")
+  try:
+    with open(a.log) as f:
+      ev = json.load(f).get("eval", {})
+  except OSError as e:
+    cli.fail(f"--log {a.log}: cannot read it ({e.strerror or e}); pass a train_log.json of scripts/train_toyworld.py")
+  except (ValueError, AttributeError) as e:
+    cli.fail(f"--log {a.log}: not a train_log.json ({e})")
+  if not isinstance(ev, dict) or "teacher" not in ev:
+    cli.fail(f"--log {a.log}: the eval section has no 'teacher' row (run scripts/train_toyworld.py --stages eval)")
   print(table(ev))
 
 

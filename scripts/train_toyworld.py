@@ -38,6 +38,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)     # the repo's packages, also without `pip install -e .`
+from infer import cli  # noqa: E402  (one `error:` line and the exit codes of every CLI: 2 input, 1 run, 130 Ctrl-C)
 # `--cpu`: the teacher's steps, the trainer that dominates a CPU run after the VAE (the other stages run their
 # configs' steps). 4,555 is where a 1,800-s budget stopped it on the 2-core CPU in session 6; a step count rather
 # than a budget, so that every machine trains the same teacher (data order and noise are functions of the step).
@@ -110,8 +111,9 @@ class Runner:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
     sys.stdout.write(proc.stdout)
-    if proc.returncode:
-      raise SystemExit(f"stage {stage} failed (exit {proc.returncode}): {' '.join(cmd)}")
+    if proc.returncode:   # the stage printed its own error; a usage error (2) or Ctrl-C (130) keeps its code
+      cli.fail(f"stage {stage} failed (exit {proc.returncode}): {' '.join(cmd)}",
+               exit_code=proc.returncode if proc.returncode in (cli.USAGE_EXIT, 130) else 1)
     self.add_seconds(stage, time.perf_counter() - t0)
     entry = self.log["stages"][stage]
     entry["commands"].append(" ".join(argv))
@@ -214,6 +216,20 @@ def parse_args(argv=None):
   return a, p
 
 
+def eval_weights(a) -> dict:
+  """{model: weights folder} of `--eval_models` (configs/sample/toyworld.py knows the models, teacherN included);
+  an unknown model is one `error:` line, exit 2."""
+  from configs.sample import toyworld
+  from wanjax.errors import UsageError
+  out = {}
+  for model in [m.strip() for m in a.eval_models.split(",") if m.strip()]:
+    try:
+      out[model] = toyworld.get_config(f"model={model},root={a.out}").weights
+    except UsageError as e:
+      cli.fail(f"--eval_models: {e}")
+  return out
+
+
 def vae_crop_phases(total=None) -> list:
   """`train.vae` overrides of each `VAE_CROP_PHASES` phase, cut at `total` steps (`--steps vae=N`) when given."""
   out, start = [], 0
@@ -234,6 +250,8 @@ def main():
   bad = sorted(set(stages) - set(STAGES))
   if bad:
     p.error(f"unknown stages {bad}; valid: {', '.join(STAGES)}")
+  if "eval" in stages:
+    eval_weights(a)   # checked before any stage runs: a typo must not surface after hours of training
   frames, size = (5, 32) if a.smoke else (17, 64)
   smoke = ":smoke=True" if a.smoke else ""
   data_dir, feat_dir = os.path.join(a.work, "data"), os.path.join(a.work, "features")
@@ -338,16 +356,10 @@ def main():
 def evaluate(r, a, frames, size):
   """Samples `eval_prompts` held-out prompts with each model (one process, models loaded once), saves
   lossless .npy clips and scores them with the evaluator CLI."""
-  from configs.sample import toyworld
-  from wanjax.errors import UsageError
   from wanjax.toyworld.dataset import HELDOUT_PROMPTS
   prompts = list(HELDOUT_PROMPTS[:a.eval_prompts // 2] + HELDOUT_PROMPTS[16:16 + a.eval_prompts - a.eval_prompts // 2])
   scores = r.log.setdefault("eval", {})
-  for model in [m.strip() for m in a.eval_models.split(",") if m.strip()]:
-    try:   # the sampling preset knows the models (teacherN included) and where each one's weights are
-      weights = toyworld.get_config(f"model={model},root={a.out}").weights
-    except UsageError as e:
-      raise SystemExit(f"--eval_models: {e}") from None
+  for model, weights in eval_weights(a).items():
     if not os.path.exists(os.path.join(weights, "config.json")):
       sys.stdout.write(f"[eval] {model}: no checkpoint at {weights}; skipped\n")
       continue
@@ -360,7 +372,7 @@ def evaluate(r, a, frames, size):
                            str(a.eval_seeds)],
                           cwd=REPO, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
-      raise SystemExit(f"eval sampling of {model} failed (exit {proc.returncode})")
+      cli.fail(f"eval sampling of {model} failed (exit {proc.returncode})", exit_code=1)
     r.add_seconds("eval", time.perf_counter() - t0)   # the stage's seconds count sampling, not only scoring
     timing = json.loads(proc.stdout.strip().splitlines()[-1])
     _write_json(os.path.join(out, "prompts.json"), {"prompts": prompts * a.eval_seeds})
@@ -468,8 +480,21 @@ def ar_generator(c, plan, mesh):
   return generate
 
 
+def interrupted():
+  """Ctrl-C: one line and exit 130 (the stages resume from their folders)."""
+  print("interrupted: rerun the same command to continue (the trainers resume from their workdirs)",
+        file=sys.stderr)
+  sys.exit(130)
+
+
 if __name__ == "__main__":
-  if len(sys.argv) > 1 and sys.argv[1] == "--_sample":
-    sample_child(*sys.argv[2:])
-  else:
-    main()
+  child = len(sys.argv) > 1 and sys.argv[1] == "--_sample"
+  try:
+    if child:
+      sample_child(*sys.argv[2:])
+    else:
+      main()
+  except KeyboardInterrupt:
+    if child:
+      sys.exit(130)   # the parent, interrupted too, says it once
+    interrupted()

@@ -19,6 +19,8 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from infer import cli  # noqa: E402  (one `error:` line, exit 2 for a bad flag or checkpoint)
+from wanjax.errors import UsageError  # noqa: E402
 
 
 def psnr(mse):
@@ -77,4 +79,7 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except UsageError as e:   # a VAE folder that cannot be loaded
+    cli.fail(e)

@@ -18,6 +18,7 @@ replaced crash-safely (`wanjax/model_dir.py`, shared with the converters).
 import dataclasses
 import json
 import os
+import re
 import sys
 
 import jax
@@ -130,7 +131,7 @@ def restore_trained(workdir, *, step=None):
   Restored without a target tree (every array as NumPy on the host), so no optimiser or mesh has to be rebuilt.
   """
   import orbax.checkpoint as ocp
-  from train import loop
+  from train import checkpoints, loop
   if not os.path.isdir(loop.checkpoint_dir(workdir)):   # checked first: the manager would create the folder
     raise UsageError(f"--workdir {workdir}: no checkpoint in {loop.checkpoint_dir(workdir)}; train first")
   manager = loop.checkpoint_manager(workdir, keep=1_000_000, async_save=False, read_only=True)
@@ -140,12 +141,31 @@ def restore_trained(workdir, *, step=None):
     raise UsageError(f"--workdir {workdir}: no checkpoint " + (f"of step {step}; saved steps: "
                      f"{', '.join(map(str, steps))}" if steps else f"in {loop.checkpoint_dir(workdir)}; train first"))
   step = steps[-1] if step is None else step
-  meta = manager.item_metadata(step)
-  meta = getattr(meta, "tree", meta)
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  state = manager.restore(step, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  manager.close()
+  checkpoints.drop_closed_loop_errors()   # a failed read would print orbax's 'Event loop is closed' tracebacks
+  try:
+    meta = manager.item_metadata(step)
+    meta = getattr(meta, "tree", meta)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+    state = manager.restore(step, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  except Exception as e:   # noqa: BLE001  (orbax and tensorstore raise many types for missing or cut files)
+    others = ", ".join(str(s) for s in steps if s != step)
+    raise CheckpointError(
+        f"--workdir {workdir}: checkpoint step {step} in {loop.checkpoint_dir(workdir)} cannot be read "
+        f"({read_error(e)}); " + (f"export another step with --step (saved: {others}) or retrain it" if others
+                                  else "no other step is saved: retrain it")) from None
+  finally:
+    manager.close()
   return step, state
+
+
+def read_error(e, limit=300) -> str:
+  """The first line of an orbax/tensorstore read error without tensorstore's spec dump. Beyond `limit` chars the
+  middle is cut: tensorstore nests its messages, the kind comes first and the innermost reason last."""
+  lines = str(e).strip().splitlines()
+  text = re.sub(r"\s*\[tensorstore_spec=.*$", "", lines[0]) if lines else type(e).__name__
+  if isinstance(e, json.JSONDecodeError):   # orbax does not say which of its metadata files it was reading
+    text = f"a metadata file is not valid JSON: {text}"
+  return text if len(text) <= limit else f"{text[:limit // 3]} ... {text[-(limit - limit // 3):]}"
 
 
 def trained_params(state, *, role="generator", ema=False):
