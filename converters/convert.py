@@ -82,7 +82,7 @@ def convert_checkpoint(src, out_dir, *, dtype=None, keep_quantized=False, subkey
 
   dtype: None (keep each tensor's dtype), "float32" or "bfloat16" for floating tensors.
   keep_quantized: write LightX2V int8/fp8 kernels as stored plus `kernel_scale` (see converters/names/dit.py).
-  num_heads: overrides the head count the DiT converter infers (no config.json and head dim != 128).
+  num_heads: overrides the head count the DiT / CLIP converter infers (DiT: no config.json and head dim != 128).
   """
   if dtype is not None and dtype not in DTYPES:
     raise UsageError(f"dtype={dtype!r}; valid: {', '.join(DTYPES)}")
@@ -276,7 +276,7 @@ def _define_flags():
   flags.DEFINE_bool("keep-quantized", False, "keep LightX2V int8/fp8 kernels quantised (+ kernel_scale)")
   flags.DEFINE_string("subkey", None, "nested state dict of a .pt file, e.g. generator or generator_ema")
   flags.DEFINE_string("family", None, "restrict detection to one family (dit, umt5, vae, clip)")
-  flags.DEFINE_integer("num-heads", None, "DiT head count when it cannot be inferred (tiny test models)")
+  flags.DEFINE_integer("num-heads", None, "DiT / CLIP head count when it cannot be inferred (tiny test models)")
 
 
 def run():

@@ -163,6 +163,11 @@ def check(c) -> Plan:
     near = lambda v: max(m, round(v / m) * m)  # noqa: E731
     raise UsageError(f"size {w}*{h}: width and height must be multiples of {m} (e.g. {near(w)}*{near(h)})")
   weights = ""
+  if c.random_init:   # the demo presets build random models: a model file given to them would go unread
+    given = [f"{f}={c[f]!r}" for f in ("weights", "text_encoder", "tokenizer", "vae", "clip") if c.get(f, "")]
+    if given:
+      raise UsageError(f"{', '.join(given)} would not be read: this preset samples random models (random_init=True); "
+                       f"add --config.random_init=False to load them")
   if not c.random_init:
     weights = _exists("weights", c.weights, "--config.weights=DIT_DIR_OR_FILE")
     _check_model_type(weights, dit_cfg, c.model)

@@ -18,6 +18,7 @@ optionally `<name>_frames/` (PNG) and the final latent (`--config.save_latents`)
 
 import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -373,6 +374,9 @@ def main(argv):
     run(flags.FLAGS.config)
   except UsageError as e:
     cli.fail(e)
+  except KeyboardInterrupt:   # Ctrl-C: one line and 130, like the trainers (files are written whole or not at all)
+    sys.stderr.write("interrupted: files are written whole or not at all, so no partial video is left\n")
+    sys.exit(130)
   except Exception as e:   # noqa: BLE001  (an out-of-memory is one line; anything else keeps its traceback)
     msg = out_of_memory_message(e, OOM_ADVICE)
     if msg is None:

@@ -127,7 +127,7 @@ def config_from_keys(source, layout, *, num_heads=None, num_used_layers=None) ->
   if num_heads is None:
     num_heads = _HEADS_BY_WIDTH.get(width, width // 64 if width % 64 == 0 else None)
     if num_heads is None:
-      raise UsageError(f"cannot infer the CLIP head count for width {width} (not in the weights); pass num_heads")
+      raise UsageError(f"cannot infer the CLIP head count for width {width} (not in the weights); pass --num-heads")
   return {"family": FAMILY, "image_size": int(grid * patch), "patch_size": int(patch), "width": int(width),
           "num_layers": num_layers, "num_heads": int(num_heads), "mlp_dim": int(mlp_dim), "eps": 1e-5,
           "num_used_layers": int(num_used_layers if num_used_layers is not None else max(num_layers - 1, 1))}
