@@ -7,6 +7,7 @@ VAE decode of each finished block.
   python benchmarks/ar_sample.py --scan-unroll 30     # the DiT's 30 layers unrolled (no layer loop)
   python benchmarks/ar_sample.py --kv-buckets 4       # attention over the shortest of 4 cache prefixes (4 programs)
   python benchmarks/ar_sample.py --vae-conv3d fold2d --vae-upsample subpixel   # the VAE's other conv forms
+  python benchmarks/ar_sample.py --profile 1          # then a device trace of one whole run, by program and kind
 
 Reports compile time (first run) apart from steady state (median of --iters runs after it): time to first decoded
 frame, total time, frames per second including VAE decode, DiT time per call, and one JSON line.
@@ -43,12 +44,16 @@ def main():
                  help="wanjax.vae.layers.conv3d_form for the streamed decode")
   p.add_argument("--vae-upsample", default="repeat", choices=("repeat", "subpixel"),
                  help="wanjax.vae.layers.upsample_form for the streamed decode")
+  p.add_argument("--profile", type=int, default=0, metavar="N",
+                 help="after timing, trace N whole runs (XLA's CUDA graphs off for the whole process, so the timings "
+                      "above then include every launch) and print kernel time per program (DiT call, update, decode) "
+                      "and by kind (attention, matmul, convolution, copies, fusions)")
   p.add_argument("--small", action="store_true", help="tiny DiT + tiny VAE on CPU (smoke test)")
   args = p.parse_args()
   cli.apply_small(p, args, dict(model="tiny", frames=21, height=32, width=48, iters=1), preset="model")
   cli.check_frames(p, args.frames)
   for flag, val in (("--nfpb", args.nfpb), ("--iters", args.iters), ("--scan-unroll", args.scan_unroll),
-                    ("--kv-buckets", args.kv_buckets)):
+                    ("--kv-buckets", args.kv_buckets), ("--profile", args.profile + 1)):
     if val < 1:
       p.error(f"{flag} must be >= 1, got {val}")
   if ((args.frames - 1) // 4 + 1) % args.nfpb:
@@ -56,6 +61,9 @@ def main():
   if args.height % 16 or args.width % 16:
     p.error(f"--height={args.height} and --width={args.width} must be multiples of 16")
 
+  if args.profile:
+    from benchmarks.dit_layer_breakdown import disable_command_buffers
+    disable_command_buffers()   # before jax starts: the trace then shows every kernel
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -120,9 +128,17 @@ def main():
       dit_ms_per_call_upper_bound=round(1000 * total / calls, 2),
       peak_gb=round(mem.get("peak_bytes_in_use", 0) / 2**30, 2),
       finite=bool(jnp.all(jnp.isfinite(runs[-1][0].latents))))
+  if args.profile:
+    from benchmarks.dit_layer_breakdown import profile_calls
+    out["profile"] = profile_calls(lambda: jax.block_until_ready(once()[0].latents), args.profile)
+    out["command_buffers"] = False
   what = "incl. decode" if vae is not None else "DiT only, no decode"
   print(f"{args.model} on {dev.device_kind}: {frames} frames in {total:.3f} s ({out['fps']} fps {what}), "
-        f"first frame after {ttff:.3f} s, {calls} DiT calls; first run (compile) {first_s:.1f} s")
+        f"first frame after {ttff:.3f} s, {calls} DiT calls; first run (compile) {first_s:.1f} s"
+        + (" (XLA's CUDA graphs off for --profile)" if args.profile else ""))
+  if args.profile:
+    from benchmarks.dit_layer_breakdown import print_profile_calls
+    print_profile_calls(out["profile"], "run")
   print(json.dumps(out))
 
 

@@ -240,6 +240,95 @@ def profile_block(compiled, inputs, calls, top, keep_dir=None, all_rows=False):
   return out
 
 
+# What a kernel is, from its name and its HLO instruction (first match wins; cuDNN, cuBLAS, XLA's fusion names).
+KINDS = (
+    ("attention", r"fmha|flash|sdpa|attention"),
+    ("convolution", r"conv|fprop_implicit|dgrad|wgrad"),
+    ("matmul", r"gemm|xmma|nvjet|cutlass|cublas|matmul|\bdot\b|dot\."),
+    ("copy / slice / update", r"copy|memcpy|memset|dynamic[-_]update[-_]slice|dynamic[-_]slice|concatenate|\bslice"),
+    ("fusion (elementwise, reductions)", r"fusion|reduce|loop_|input_"),
+)
+
+
+def kernel_kind(kernel, op):
+  """The `KINDS` row of a kernel ("other" if none matches)."""
+  text = f"{kernel} {op}".lower()
+  return next((kind for kind, rx in KINDS if re.search(rx, text)), "other")
+
+
+def _module_events(profile, host):
+  """(hlo_module, hlo_op, kernel, duration_ns) of a profile's kernels (device lines; host thunks on a CPU)."""
+  out = []
+  for ev in _device_kernel_events(profile):
+    st = dict(ev.stats)
+    out.append((str(st.get("hlo_module") or "?"), _op_name(ev), ev.name, float(ev.duration_ns)))
+  if out or not host:
+    return out
+  for plane in profile.planes:
+    if plane.name.startswith("/host:"):
+      for line in plane.lines:
+        for ev in line.events:
+          st = dict(ev.stats)
+          if st.get("hlo_op"):
+            out.append((str(st.get("hlo_module") or "?"), str(st["hlo_op"]), ev.name, float(ev.duration_ns)))
+  return out
+
+
+def profile_calls(run, calls, top=8):
+  """Kernel time of `calls` runs of `run()` (which waits for its own results; one warm-up run first, untraced),
+  for work made of several programs (a sampler's DiT calls, updates and decodes): per program (`hlo_module`), ms
+  per run, its share, its kernels by `KINDS` and its longest kernels; plus the device's busy time and span per run.
+  Kernel names, not HLO instruction names, are what is comparable across programs."""
+  import jax
+  from jax.profiler import ProfileData
+
+  run()
+  tmp = tempfile.mkdtemp(prefix="profile_calls_")
+  try:
+    with jax.profiler.trace(tmp):
+      for _ in range(calls):
+        run()
+    planes = sorted(_xplanes(tmp), key=os.path.getmtime)
+    if not planes:
+      return dict(calls=calls, modules=[], kernel_ms=0.0, busy_ms=0.0, span_ms=0.0)
+    profile = ProfileData.from_file(planes[-1])
+    events = _module_events(profile, host=jax.devices()[0].platform == "cpu")
+    timeline = idle_gaps(device_timeline(profile), calls)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  total = sum(e[3] for e in events)
+  modules = {}
+  for module, op, kernel, dur in events:
+    m = modules.setdefault(module, dict(ns=0.0, kinds={}, kernels={}))
+    m["ns"] += dur
+    kind = kernel_kind(kernel, op)
+    m["kinds"][kind] = m["kinds"].get(kind, 0.0) + dur
+    k = m["kernels"].setdefault(kernel, [0.0, 0])
+    k[0] += dur
+    k[1] += 1
+  rows = []
+  for module, m in sorted(modules.items(), key=lambda kv: -kv[1]["ns"]):
+    rows.append(dict(
+        module=module, ms=m["ns"] / calls / 1e6, pct=100 * m["ns"] / total if total else 0.0,
+        kinds=[dict(kind=k, ms=v / calls / 1e6, pct=100 * v / m["ns"] if m["ns"] else 0.0)
+               for k, v in sorted(m["kinds"].items(), key=lambda kv: -kv[1])],
+        top=[dict(kernel=k, ms=v[0] / calls / 1e6, count=v[1] / calls)
+             for k, v in sorted(m["kernels"].items(), key=lambda kv: -kv[1][0])[:top]]))
+  return dict(calls=calls, modules=rows, kernel_ms=total / calls / 1e6, busy_ms=timeline["busy_ms"],
+              span_ms=timeline["span_ms"])
+
+
+def print_profile_calls(r, what="run"):
+  """The `profile_calls` tables."""
+  print(f"  kernels per {what} ({r['calls']} traced): {r['kernel_ms']:.1f} ms of kernels; device busy "
+        f"{r['busy_ms']:.1f} ms of a {r['span_ms']:.1f} ms span")
+  for m in r["modules"]:
+    kinds = ", ".join(f"{k['kind']} {k['ms']:.1f}" for k in m["kinds"])
+    print(f"  {m['ms']:10.2f} ms {m['pct']:5.1f} %  {m['module'][:48]:<48} {kinds}")
+    for k in m["top"][:4]:
+      print(f"  {'':>10}    {k['ms']:8.2f} ms x{k['count']:<6g} {k['kernel'][:90]}")
+
+
 def _xplanes(log_dir):
   found = []
   for root, _, files in os.walk(log_dir):

@@ -24,7 +24,9 @@
 #     T_DIT13=90 T_AR=90 T_DIT14=120 bash benchmarks/gpu_session.sh   # call 2, after adopting call 1's winners
 #                                     # (scan_unroll default, conv forms, GELU spelling + the cuBLASLt flag set by
 #                                     # the entry points): the headline figures again
-#                                     # (add T_ARKV=110: Self-Forcing with 4 attention lengths (AROptions.kv_buckets;
+#                                     # (add T_ARPROF=90: a device trace of one Self-Forcing run, kernel time per
+#                                     # program and kind: is the 76.6 ms per DiT call attention, matmuls or copies
+#                                     # of the KV cache? T_ARKV=110: Self-Forcing with 4 attention lengths (AROptions.kv_buckets;
 #                                     # the masked tail of the cache still costs ~0.06 ms per 4680 slots per layer),
 #                                     # T_ARFORMS=100 if the VAE forms won, T_BLOCKV=70 for rope_flip, T_MGPU=60 for
 #                                     # the Pallas attention kernel, T_ARUNROLL=150 if unrolling won, T_VAEF32OUT=70,
@@ -138,6 +140,7 @@ bench dmd_step "${T_DMD:-0}" python3 benchmarks/dmd_step.py --iters 1
 bench dmd_step_bf16_teacher "${T_DMDBF16:-0}" python3 benchmarks/dmd_step.py --iters 1 --teacher-param-dtype bfloat16
 bench ar_sample "${T_AR:-0}" python3 benchmarks/ar_sample.py --iters 2
 bench ar_sample_unrolled "${T_ARUNROLL:-0}" python3 benchmarks/ar_sample.py --iters 2 --scan-unroll 30
+bench ar_sample_profile "${T_ARPROF:-0}" python3 benchmarks/ar_sample.py --iters 1 --profile 1   # per program, by kind
 bench ar_sample_kv4 "${T_ARKV:-0}" python3 benchmarks/ar_sample.py --iters 2 --kv-buckets 4   # 4 attention lengths
 bench ar_sample_vae_forms "${T_ARFORMS:-0}" python3 benchmarks/ar_sample.py --iters 2 --vae-conv3d fold2d \
   --vae-upsample subpixel      # the streamed decode in the other conv forms

@@ -43,3 +43,21 @@ def test_bad_flags_are_one_line(flags, message):
   proc = _run(*flags, timeout=120)
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_profile_sums_kernels_by_program_and_kind():
+  """`--profile 1`: one traced run, kernel time per program (the DiT call `_forward`, the VAE steps, ...) with its
+  kinds adding up to the program's time."""
+  proc = _run("--small", "--profile", "1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  prof = out["profile"]
+  assert prof["calls"] == 1 and out["command_buffers"] is False
+  modules = {m["module"]: m for m in prof["modules"]}
+  assert any("_forward" in name for name in modules), sorted(modules)
+  assert any("decode" in name for name in modules), sorted(modules)
+  for m in prof["modules"]:
+    assert abs(sum(k["ms"] for k in m["kinds"]) - m["ms"]) <= 1e-6 * max(m["ms"], 1.0), m
+  assert abs(sum(m["ms"] for m in prof["modules"]) - prof["kernel_ms"]) <= 1e-6 * prof["kernel_ms"]
+  assert "kernels per run (1 traced)" in proc.stdout
