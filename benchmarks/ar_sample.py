@@ -6,6 +6,7 @@ VAE decode of each finished block.
   python benchmarks/ar_sample.py --small              # CPU smoke test (tiny DiT + tiny VAE)
   python benchmarks/ar_sample.py --scan-unroll 30     # the DiT's 30 layers unrolled (no layer loop)
   python benchmarks/ar_sample.py --kv-buckets 4       # attention over the shortest of 4 cache prefixes (4 programs)
+  python benchmarks/ar_sample.py --cache-per-layer    # the KV cache threaded per layer (the form before session 13)
   python benchmarks/ar_sample.py --vae-conv3d fold2d --vae-upsample subpixel   # the VAE's other conv forms
   python benchmarks/ar_sample.py --profile 1          # then a device trace of one whole run, by program and kind
 
@@ -40,6 +41,9 @@ def main():
   p.add_argument("--kv-buckets", type=int, default=1,
                  help="AROptions.kv_buckets: attend the shortest of this many static prefixes of the KV cache "
                       "(one compiled DiT program each; 1 = the whole buffer, masked, in one program)")
+  p.add_argument("--cache-per-layer", action="store_true",
+                 help="AROptions.cache_in_carry=False: thread per-layer KV-cache slices through the DiT's layer loop "
+                      "(the form before session 13) instead of writing the carried cache in place")
   p.add_argument("--vae-conv3d", default="conv3d", choices=("conv3d", "fold2d"),
                  help="wanjax.vae.layers.conv3d_form for the streamed decode")
   p.add_argument("--vae-upsample", default="repeat", choices=("repeat", "subpixel"),
@@ -97,7 +101,8 @@ def main():
 
   f = (args.frames - 1) // 4 + 1
   h, w = args.height // 8, args.width // 8
-  opts = sampling_ar.AROptions(frames_per_block=args.nfpb, cache_frames=f, kv_buckets=args.kv_buckets)
+  opts = sampling_ar.AROptions(frames_per_block=args.nfpb, cache_frames=f, kv_buckets=args.kv_buckets,
+                               cache_in_carry=not args.cache_per_layer)
   key = jax.random.key(0)
   noise = jax.random.normal(key, (1, f, h, w, cfg.out_dim), jnp.float32)
   ctx = jax.random.normal(key, (1, cfg.text_len, cfg.text_dim), jnp.float32)
@@ -121,6 +126,7 @@ def main():
   out = dict(
       bench="ar_sample", model=args.model, device=dev.device_kind, dtype=policy, frames=frames, latent=[f, h, w],
       frames_per_block=args.nfpb, scan_unroll=args.scan_unroll, kv_buckets=args.kv_buckets,
+      cache_in_carry=opts.cache_in_carry,
       vae_conv3d=args.vae_conv3d, vae_upsample=args.vae_upsample, steps=len(sampling_ar.schedule(opts)[0]),
       model_calls=calls,
       decode=vae is not None, init_s=round(init_s, 2), first_run_incl_compile_s=round(first_s, 2),

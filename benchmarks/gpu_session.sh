@@ -21,16 +21,15 @@
 #                                     # decode, 180 TFLOP/s at session 12's 1.53 s; T_VAEPROF=60 adds its kernel
 #                                     # table by kind)
 #   T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0 \
-#     T_DIT13=90 T_AR=90 T_DIT14=120 bash benchmarks/gpu_session.sh   # call 2, after adopting call 1's winners
-#                                     # (scan_unroll default, conv forms, GELU spelling + the cuBLASLt flag set by
-#                                     # the entry points): the headline figures again
-#                                     # (add T_ARPROF=90: a device trace of one Self-Forcing run, kernel time per
-#                                     # program and kind: is the 76.6 ms per DiT call attention, matmuls or copies
-#                                     # of the KV cache? T_ARKV=110: Self-Forcing with 4 attention lengths (AROptions.kv_buckets;
-#                                     # the masked tail of the cache still costs ~0.06 ms per 4680 slots per layer),
-#                                     # T_ARFORMS=100 if the VAE forms won, T_BLOCKV=70 for rope_flip, T_MGPU=60 for
-#                                     # the Pallas attention kernel, T_ARUNROLL=150 if unrolling won, T_VAEF32OUT=70,
-#                                     # T_DMDBF16=170 as time allows)
+#     T_AR=90 T_ARLAYER=90 T_ARKV=110 bash benchmarks/gpu_session.sh   # call 2 (~5.5 min), after adopting call 1's
+#                                     # winners (scan_unroll default, VAE conv forms, GELU spelling + the cuBLASLt
+#                                     # flag set by the GPU entry points): Self-Forcing fps with the KV cache in the
+#                                     # layer loop's carry (the new default, AROptions.cache_in_carry), with the old
+#                                     # per-layer form, and with 4 attention lengths (kv_buckets). Call 1's
+#                                     # dit_1_3b_unroll / dit_1_3b_gelu lines are the 1.3B headline figures.
+#                                     # As time allows: T_ARPROF=90 (a device trace of one Self-Forcing run per
+#                                     # program and kind), T_DIT14=120, T_ARFORMS=100, T_BLOCKV=70 (rope_flip),
+#                                     # T_MGPU=60 (Pallas attention), T_ARUNROLL=150, T_VAEF32OUT=70, T_DMDBF16=170.
 #   D0="T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0"   # the others:
 #   env $D0 T_DIT13=90 T_ARND=60 T_SAMPLE=120 T_SAMPLE_WARM=70 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...
 #   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 T_LAYER=60 T_QKV=60 T_DMD=170 bash ...
@@ -141,6 +140,7 @@ bench dmd_step_bf16_teacher "${T_DMDBF16:-0}" python3 benchmarks/dmd_step.py --i
 bench ar_sample "${T_AR:-0}" python3 benchmarks/ar_sample.py --iters 2
 bench ar_sample_unrolled "${T_ARUNROLL:-0}" python3 benchmarks/ar_sample.py --iters 2 --scan-unroll 30
 bench ar_sample_profile "${T_ARPROF:-0}" python3 benchmarks/ar_sample.py --iters 1 --profile 1   # per program, by kind
+bench ar_sample_per_layer "${T_ARLAYER:-0}" python3 benchmarks/ar_sample.py --iters 2 --cache-per-layer   # the old form
 bench ar_sample_kv4 "${T_ARKV:-0}" python3 benchmarks/ar_sample.py --iters 2 --kv-buckets 4   # 4 attention lengths
 bench ar_sample_vae_forms "${T_ARFORMS:-0}" python3 benchmarks/ar_sample.py --iters 2 --vae-conv3d fold2d \
   --vae-upsample subpixel      # the streamed decode in the other conv forms

@@ -33,7 +33,7 @@ def ar_options(c):
       sigma_lookup=a.sigma_lookup, update=_UPDATE[c.solver], context_pass=a.context_pass,
       context_noise=a.context_noise, cache_frames=a.cache_frames, rolling=a.rolling, sink_frames=a.sink_frames,
       long_video=a.long_video, num_segments=a.num_segments, overlap_frames=a.overlap_frames,
-      kv_buckets=a.kv_buckets).validate()
+      kv_buckets=a.kv_buckets, cache_in_carry=a.cache_in_carry).validate()
 
 
 def noise_frames(opts, frames):

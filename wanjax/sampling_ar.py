@@ -75,6 +75,10 @@ class AROptions:
   # one that covers the block (one compiled program each), instead of always the whole buffer with the unused
   # slots masked. 1 = one program for every block; the outputs agree to float rounding for any value.
   kv_buckets: int = 1
+  # The stacked KV cache rides in the DiT's layer-loop carry and each call writes its block in place (the same
+  # values as threading per-layer slices through the loop, which moves every layer's whole slice in and out and
+  # copies the whole cache at the program's edges; docs/decisions.md "KV cache in the carry"). False: that form.
+  cache_in_carry: bool = True
 
   def validate(self):
     if self.frames_per_block < 1:
@@ -127,12 +131,12 @@ def schedule(opts: AROptions):
 # ------------------------------------------------------------------------------------------ jitted programs
 
 
-@functools.partial(jax.jit, static_argnums=(0, 8), donate_argnums=3)
-def _forward(graphdef, params, rest, cache, cross_kv, x, t, start_frame, kv_len=None):
+@functools.partial(jax.jit, static_argnums=(0, 8, 9), donate_argnums=3)
+def _forward(graphdef, params, rest, cache, cross_kv, x, t, start_frame, kv_len=None, carried=True):
   """The program of every model call (one per `kv_len`): (velocity, cache with this block's K/V written)."""
   TRACE_COUNTS["forward"] += 1
   model = nnx.merge(graphdef, params, rest)
-  return kv_cache.cached_forward(model, cache, cross_kv, x, t, start_frame, kv_len)
+  return kv_cache.cached_forward(model, cache, cross_kv, x, t, start_frame, kv_len, carried)
 
 
 def kv_bucket_frames(cache_frames, frames_per_block, buckets):
@@ -206,7 +210,8 @@ class ARSampler:
     b = x.shape[0]
     t = jnp.full((b,), t, F32)
     v, self.cache = _forward(self.graphdef, self.params, self.rest, self.cache, self.cross_kv, x, t,
-                             jnp.asarray(start_frame, jnp.int32), self.kv_len(int(start_frame) + x.shape[1]))
+                             jnp.asarray(start_frame, jnp.int32), self.kv_len(int(start_frame) + x.shape[1]),
+                             self.opts.cache_in_carry)
     self.stats["model_calls"] += 1
     return v
 

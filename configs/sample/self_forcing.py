@@ -30,6 +30,7 @@ def ar_defaults(nfpb=3):
       overlap_frames=3,         # CausVid rollout overlap (latent frames)
       kv_buckets=1,             # attention lengths: >1 attends the shortest of that many cache prefixes (one
                                 # program each; same video to float rounding, see AROptions.kv_buckets)
+      cache_in_carry=True,      # the KV cache written in place inside the layer loop (False: per-layer slices)
   ))
 
 

@@ -236,3 +236,51 @@ def test_kv_len_attends_a_static_prefix_holding_the_same_keys(model):
     kv_cache.check_kv_len(cache, 7 * TOKENS_PER_FRAME)
   with pytest.raises(UsageError, match="non-rolling"):
     kv_cache.check_kv_len(kv_cache.cache_for(model, 1, 6, TOKENS_PER_FRAME, rolling=True), n)
+
+
+def _blocks(model, cache, ctx, carried, kv_len=None, n_blocks=3):
+  vs = []
+  for b in range(n_blocks):
+    x = jnp.asarray(latents(NFPB, seed=20 + b))
+    v, cache = kv_cache.cached_forward(model, cache, ctx, x, jnp.full((1,), 900.0), NFPB * b, carried=carried,
+                                       kv_len=kv_len)
+    vs.append(np.asarray(v))
+  return vs, cache
+
+
+@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("rolling", [False, True])
+def test_cache_in_the_carry_is_bit_identical_to_per_layer_slices(rolling, scan):
+  """The carried form (the whole stacked cache in the layer loop's carry, written in place) computes exactly what the
+  per-layer form does, for plain and rolling caches, scanned and Python-loop layers."""
+  model = random_dit(seed=1, scan=scan)
+  ctx = kv_cache.prompt_kv(model, jnp.asarray(context(seed=2)))
+  cache = kv_cache.cache_for(model, 1, 4 if rolling else 6, TOKENS_PER_FRAME, rolling=rolling,
+                             sink_frames=1 if rolling else 0)
+  want, c_want = _blocks(model, cache, ctx, carried=False)
+  got, c_got = _blocks(model, cache, ctx, carried=True)
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(np.asarray(c_got.k), np.asarray(c_want.k))
+  np.testing.assert_array_equal(np.asarray(c_got.v), np.asarray(c_want.v))
+  assert int(c_got.local_end) == int(c_want.local_end) and int(c_got.global_end) == int(c_want.global_end)
+  if not rolling:   # with a static attention length too
+    short, _ = _blocks(model, cache, ctx, carried=True, kv_len=2 * NFPB * TOKENS_PER_FRAME, n_blocks=2)
+    np.testing.assert_allclose(short[1], want[1], rtol=0, atol=TOL_FP32 * np.abs(want[1]).max())
+
+
+def test_cache_in_the_carry_drops_the_whole_cache_copies(model):
+  """What the carried form is for: the per-layer form's compiled program copies the whole stacked cache at its
+  edges (XLA's loop output buffers); the carried one updates the donated cache in place (no such copy)."""
+  import re
+  cache = kv_cache.cache_for(model, 1, 6, TOKENS_PER_FRAME)
+  ctx = kv_cache.prompt_kv(model, jnp.asarray(context()))
+  x, t = jnp.asarray(latents(NFPB)), jnp.full((1,), 900.0)
+  shape = ",".join(str(d) for d in cache.k.shape)
+  copies = {}
+  for carried in (False, True):
+    fwd = jax.jit(functools.partial(kv_cache.cached_forward, carried=carried), donate_argnums=1)
+    hlo = fwd.lower(model, cache, ctx, x, t, jnp.int32(0)).compile().as_text()
+    entry = hlo[hlo.index("ENTRY"):]
+    copies[carried] = len(re.findall(rf"= f32\[{shape}\]\S* copy\(", entry))
+  assert copies[False] >= 1 and copies[True] == 0, copies

@@ -194,3 +194,12 @@ def test_kv_buckets_give_the_same_video_with_one_program_per_length(model):
   assert sampling_ar.TRACE_COUNTS["forward"] - before == 3
   assert max_rel_err(got, want) <= TOL_FP32
   assert not np.array_equal(np.asarray(got), np.zeros_like(np.asarray(got)))
+
+
+def test_cache_in_carry_is_the_default_and_changes_no_output(model):
+  ctx, noise = context(seed=15), latents(6, seed=16)
+  ren = _renoise(SF, 3, seed=17)
+  assert SF.cache_in_carry is True
+  a = sampling_ar.generate(model, ctx, noise, SF, renoise=ren).latents
+  b = sampling_ar.generate(model, ctx, noise, dataclasses.replace(SF, cache_in_carry=False), renoise=ren).latents
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -111,14 +111,20 @@ def check_kv_len(cache: KVCache, kv_len):
     raise UsageError(f"kv_len={kv_len} must be in [1, {cache.size}] (the cache's slots)")
 
 
-def update_fn(cache: KVCache, start, n: int, kv_len=None):
-  """The per-layer `update(layer_kv, k, v)` for `WanDiT.blocks_forward_cached`: writes the n new tokens and
-  returns (k_all, v_all, key_lengths [B], layer_kv'). With `kv_len` (a static int, non-rolling caches) k_all
-  and v_all are the first `kv_len` slots only: the caller guarantees `start + n <= kv_len`, so attention sees
-  the same keys in a shorter, statically sized buffer (`AROptions.kv_buckets`)."""
+def update_fn(cache: KVCache, start, n: int, kv_len=None, carried=False):
+  """The per-layer `update` for `WanDiT.blocks_forward_cached`: writes the n new tokens and returns (k_all, v_all,
+  key_lengths [B], kv'). With `kv_len` (a static int, non-rolling caches) k_all and v_all are the first `kv_len`
+  slots only: the caller guarantees `start + n <= kv_len`, so attention sees the same keys in a shorter,
+  statically sized buffer (`AROptions.kv_buckets`).
+
+  `carried=False`: `update(layer_kv, k, v)` on one layer's buffers `[B, S, N, K]`; `carried=True`:
+  `update(kv, layer, k, v)` on the whole stacked cache `[num_layers, B, S, N, K]`, written in place at `layer`."""
   check_kv_len(cache, kv_len)
   first, _, local = write_plan(cache, start, n)
   idx = slots(cache, start, n) if cache.rolling else None
+
+  def lengths_for(b):
+    return jnp.full((b,), local, jnp.int32)
 
   def update(layer_kv, k, v):
     kc, vc = layer_kv
@@ -129,12 +135,28 @@ def update_fn(cache: KVCache, start, n: int, kv_len=None):
     else:   # the ring may wrap inside one write; slots of one write are distinct (n <= ring size, checked)
       kc = kc.at[:, idx].set(k, unique_indices=True)
       vc = vc.at[:, idx].set(v, unique_indices=True)
-    lengths = jnp.full((kc.shape[0],), local, jnp.int32)
+    lengths = lengths_for(kc.shape[0])
     if kv_len is not None and kv_len < kc.shape[1]:
       return kc[:, :kv_len], vc[:, :kv_len], lengths, (kc, vc)
     return kc, vc, lengths, (kc, vc)
 
-  return update
+  def update_carried(kv, layer, k, v):
+    kc, vc = kv
+    k, v = k.astype(kc.dtype), v.astype(vc.dtype)
+    if idx is None:
+      kc = jax.lax.dynamic_update_slice(kc, k[None], (layer, 0, first, 0, 0))
+      vc = jax.lax.dynamic_update_slice(vc, v[None], (layer, 0, first, 0, 0))
+    else:
+      # A scalar and an index array around a slice: numpy puts the indexed axis first, [n, B, N, K].
+      kc = kc.at[layer, :, idx].set(jnp.swapaxes(k, 0, 1), unique_indices=True)
+      vc = vc.at[layer, :, idx].set(jnp.swapaxes(v, 0, 1), unique_indices=True)
+    size = (1, kc.shape[1], kv_len or kc.shape[2]) + kc.shape[3:]
+    start_idx = (layer, 0, 0, 0, 0)
+    k_all = jax.lax.dynamic_slice(kc, start_idx, size)[0]
+    v_all = jax.lax.dynamic_slice(vc, start_idx, size)[0]
+    return k_all, v_all, lengths_for(kc.shape[1]), (kc, vc)
+
+  return update_carried if carried else update
 
 
 def check_block_fits(cache: KVCache, n: int):
@@ -152,12 +174,14 @@ def prompt_kv(model, context, context_img=None) -> CrossKV:
   return model.cross_kv(ctx, ctx_img)
 
 
-def cached_forward(model, cache: KVCache, cross_kv: CrossKV, x, t, start_frame, kv_len=None):
+def cached_forward(model, cache: KVCache, cross_kv: CrossKV, x, t, start_frame, kv_len=None, carried=False):
   """One block through the DiT against the cache, writing its K/V.
 
   x `[B, f, H, W, C]` channels-last latent of the block's f frames; t `[B]` or per-frame `[B, f]`;
   start_frame: traced int32 absolute latent-frame index of the block's first frame (RoPE and cache slot);
-  kv_len: None, or a static slot count >= the block's end token that attention reads (see `update_fn`).
+  kv_len: None, or a static slot count >= the block's end token that attention reads (see `update_fn`);
+  carried: the stacked cache rides in the layer loop's carry, written in place (inference; not for a loop that is
+  differentiated: `WanDiT.blocks_forward_cached`).
   Returns (velocity float32 `[B, f, H, W, out_dim]`, updated cache).
   """
   cfg = model.cfg
@@ -174,8 +198,8 @@ def cached_forward(model, cache: KVCache, cross_kv: CrossKV, x, t, start_frame, 
   cos, sin = model.rope(grid, start_frame)
   n = tokens.shape[1]
   check_block_fits(cache, n)
-  update = update_fn(cache, start_frame * (n // grid[0]), n, kv_len)
-  h, (k, v) = model.blocks_forward_cached(tokens, e0, cos, sin, cross_kv, (cache.k, cache.v), update)
+  update = update_fn(cache, start_frame * (n // grid[0]), n, kv_len, carried)
+  h, (k, v) = model.blocks_forward_cached(tokens, e0, cos, sin, cross_kv, (cache.k, cache.v), update, carried)
   _, end, local = write_plan(cache, start_frame * (n // grid[0]), n)
   return model.head_forward(h, e, grid), cache.replace(k=k, v=v, global_end=end, local_end=local)
 

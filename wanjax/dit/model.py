@@ -258,18 +258,44 @@ class WanDiT(nnx.Module):
       x = body(block, x, kv, layer_ids[i])
     return x
 
-  def blocks_forward_cached(self, tokens, e0, cos, sin, cross_kv: CrossKV, kv, update):
+  def blocks_forward_cached(self, tokens, e0, cos, sin, cross_kv: CrossKV, kv, update, carried=False):
     """`blocks_forward` over a KV cache: `kv` is a pytree stacked on the layer axis (e.g. (k, v), each
-    `[num_layers, B, S, N, K]`), `update` as in `WanBlock.forward_cached`. Returns (float32 `[B, L, D]`, new kv)."""
+    `[num_layers, B, S, N, K]`), `update` as in `WanBlock.forward_cached`. Returns (float32 `[B, L, D]`, new kv).
+
+    Two ways to thread the cache through the layer loop (same values):
+    - per layer (default): each layer's slice is a loop input and its updated slice a loop output; `update(layer_kv,
+      k, v)`. What a backward pass through the loop wants: it saves only per-layer slices.
+    - `carried=True`: the whole stacked cache rides in the loop's carry and `update(kv, layer, k, v)` writes the new
+      tokens into it in place; attention reads the layer's slice. For inference: the per-layer form moves every
+      layer's whole cache slice into and out of the loop on every call (docs/decisions.md "KV cache in the carry"),
+      but a differentiated loop would save the whole cache once per layer.
+    """
     round_first = tokens.dtype != F32
     x0 = tokens.astype(F32)
+    layer_ids = jnp.arange(self.cfg.num_layers)
+    if carried:
+      def body_c(block, carry, ckv, index):
+        x, kv_all = carry
+        return block.forward_cached(x, e0, cos, sin, ckv, kv_all, lambda c, k, v: update(c, index, k, v),
+                                    round_norm1=round_first and index == 0)
+
+      if self.remat != "none":
+        body_c = nnx.remat(body_c, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
+      if self.scan:
+        scan = nnx.scan(body_c, in_axes=(0, nnx.Carry, 0, 0), out_axes=nnx.Carry, unroll=self.scan_unroll)
+        return scan(self.blocks, (x0, kv), cross_kv, layer_ids)
+      graphdef, state = nnx.split(self.blocks)
+      carry = (x0, kv)
+      for i in range(self.cfg.num_layers):
+        block = nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+        carry = body_c(block, carry, jax.tree.map(lambda a: a[i], cross_kv), i)
+      return carry
 
     def body(block, x, ckv, layer_kv, index):
       return block.forward_cached(x, e0, cos, sin, ckv, layer_kv, update, round_norm1=round_first and index == 0)
 
     if self.remat != "none":
       body = nnx.remat(body, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
-    layer_ids = jnp.arange(self.cfg.num_layers)
     if self.scan:
       scan = nnx.scan(body, in_axes=(0, nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0), unroll=self.scan_unroll)
       return scan(self.blocks, x0, cross_kv, kv, layer_ids)
