@@ -279,20 +279,28 @@ def _define_flags():
   flags.DEFINE_integer("num-heads", None, "DiT / CLIP head count when it cannot be inferred (tiny test models)")
 
 
-def run():
-  from absl import app
+INTERRUPTED = ("the new files are staged and renamed into place, so --out holds its earlier model (or none), never a "
+               "partial one; run the same command again to convert")
+
+
+def cli_main(argv):
+  """`main` as the CLI runs it: a usage error is one line (exit 2), Ctrl-C one line (exit 130)."""
   from absl import logging as absl_logging
   from infer import cli   # the CLIs' shared flag parsing and exit codes
+  absl_logging.set_verbosity(absl_logging.INFO)
+  try:
+    main(argv)
+  except UsageError as e:
+    cli.fail(e)
+  except KeyboardInterrupt:
+    cli.interrupted(INTERRUPTED)
+
+
+def run():
+  from absl import app
+  from infer import cli
   _define_flags()
-
-  def wrapped(argv):
-    absl_logging.set_verbosity(absl_logging.INFO)
-    try:
-      main(argv)
-    except UsageError as e:
-      cli.fail(e)
-
-  app.run(wrapped, flags_parser=cli.flags_parser())
+  app.run(cli_main, flags_parser=cli.flags_parser())
 
 
 if __name__ == "__main__":

@@ -26,6 +26,15 @@ def fail(message, exit_code=USAGE_EXIT):
   sys.exit(exit_code)
 
 
+INTERRUPTED_EXIT = 130
+
+
+def interrupted(message):
+  """Ctrl-C: prints `interrupted: <message>` (what was kept, how to go on) as one line on stderr and exits 130."""
+  print("interrupted: " + " ".join(str(message).split()), file=sys.stderr)
+  sys.exit(INTERRUPTED_EXIT)
+
+
 def config_error_message(e) -> str:
   """One sentence for an exception raised while parsing `--config` and its overrides."""
   if isinstance(e, (AttributeError, KeyError)):   # an override names a field the preset does not have

@@ -405,8 +405,13 @@ def _define_flags():
 OOM_ADVICE = "Try --dtype=bfloat16, --quant=int8 or fp8 (DiT), or smaller inputs (batch, frames, height x width)."
 
 
+INTERRUPTED = ("--out is written whole or not at all, so no partial file is left (a raw checkpoint's conversion "
+               "into the cache is renamed into place when complete, so it starts over next time)")
+
+
 def cli_main(argv):
-  """`main` as the CLI runs it: a usage error is one line (exit 2), an out-of-memory one line (exit 1)."""
+  """`main` as the CLI runs it: a usage error is one line (exit 2), an out-of-memory one line (exit 1), Ctrl-C one
+  line (exit 130)."""
   from absl import logging
   from infer import cli
   from wanjax.errors import out_of_memory_message
@@ -415,6 +420,8 @@ def cli_main(argv):
     main(argv)
   except UsageError as e:
     cli.fail(e)   # one line, key lists included
+  except KeyboardInterrupt:
+    cli.interrupted(INTERRUPTED)
   except Exception as e:   # noqa: BLE001  (an out-of-memory is one line; anything else keeps its traceback)
     msg = out_of_memory_message(e, OOM_ADVICE)
     if msg is None:

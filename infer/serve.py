@@ -37,9 +37,26 @@ import time
 import uuid
 from typing import Optional
 
-import pydantic
 from absl import app as absl_app, flags, logging
-from pydantic import Field
+
+SERVE_EXTRA = "pip install -e '.[serve]'"   # pyproject.toml's `serve` extra: fastapi, uvicorn, python-multipart
+SERVE_PACKAGES = ("fastapi", "uvicorn")
+
+
+def missing_serve_package(name, e: ImportError) -> str:
+  """One line for a server package that cannot be imported, naming it and the install command."""
+  return (f"python -m infer.serve needs the {name!r} package, which cannot be imported ({e}); install the serve "
+          f"extra: {SERVE_EXTRA}")
+
+
+try:   # pydantic comes with fastapi: without it `python -m infer.serve` is one line and exit 2, not a traceback
+  import pydantic
+  from pydantic import Field
+except ImportError as _e:
+  if __name__ != "__main__":
+    raise
+  from infer import cli as _cli
+  _cli.fail(missing_serve_package("pydantic", _e))
 
 from wanjax.errors import UsageError, out_of_memory_message
 from wanjax.video import frame_count_hint
@@ -555,11 +572,24 @@ def create_app(service: Service):
 
 # ============================================================================================ CLI
 
+def check_serve_packages():
+  """Imports the server's packages before any model is loaded: a missing one is one line and exit 2 (the
+  environment the user set up is input)."""
+  import importlib
+  from infer import cli
+  for name in SERVE_PACKAGES:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      cli.fail(missing_serve_package(name, e))
+
+
 def main(argv):
-  import uvicorn
   from infer import cli
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}; settings go through flags")
+  check_serve_packages()
+  import uvicorn
   f = flags.FLAGS
   c = f.config
   try:

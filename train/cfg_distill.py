@@ -92,7 +92,7 @@ def train(c, workdir, mesh, rules):
   pt.check_guidance_embed(c.models.generator.weights, "generator", True,
                           "leave models.generator.weights empty (the student starts from the teacher) or give "
                           "a CFG-distilled export")
-  teacher = build_dit(pt.guided(c.models.teacher, False), seed=c.seed, mesh=mesh, rules=rules)
+  teacher = build_dit(pt.guided(c.models.teacher, False), seed=c.seed, mesh=mesh, rules=rules, role="teacher")
   student = build_dit(pt.guided(c.models.generator, True), seed=c.seed + 1, mesh=mesh, rules=rules)
   if d.w_min < 1 or d.w_max < d.w_min:
     raise UsageError(f"cfg_distill guidance range [{d.w_min}, {d.w_max}] must satisfy 1 <= w_min <= w_max "

@@ -162,7 +162,7 @@ class DMDSetup:
 
 def build_dmd(c, workdir, mesh, rules) -> DMDSetup:
   """Models, state plumbing, batches and jitted steps of a DMD config (`workdir` only holds the prompt cache)."""
-  built = {r: build_dit(c.models[r], seed=c.seed, mesh=mesh, rules=rules) for r in ROLES}
+  built = {r: build_dit(c.models[r], seed=c.seed, mesh=mesh, rules=rules, role=r) for r in ROLES}
   settings = dmd_settings(c.dmd)
   tx_g, tx_c = optimizer(c.generator), optimizer(c.critic)
   ema = c.generator.ema_decay > 0
@@ -267,7 +267,7 @@ def ode_step(state, batch, *, fn, tx, settings, frames_per_block, poison_steps):
 
 
 def train_ode(c, workdir, mesh, rules):
-  built = build_dit(c.models.generator, seed=c.seed, mesh=mesh, rules=rules)
+  built = build_dit(c.models.generator, seed=c.seed, mesh=mesh, rules=rules, role="generator")
   settings = dmd_settings(c.dmd)
   tx = optimizer(c.generator)
   fpb = int(c.ode.frames_per_block) or None

@@ -21,7 +21,8 @@ command) skips the finished shards and produces exactly what an uninterrupted ru
       --config.models.generator.weights=ckpt/t2v_1_3b --config.data.prompts=prompts.txt \
       --config.data.text_encoder=ckpt/umt5 --config.data.tokenizer=ckpt/tokenizer
   python -m train.distill --config configs/train/ode_init.py --config.data.trajectories=ode_pairs/ ...
-Smoke (tiny random teacher, random prompts, CPU):
+Smoke (tiny random teacher, random prompts, CPU; a teacher without weights gets a random output head, see
+`moving_head`, so that its trajectories move):
   python -m train.make_ode_pairs --config configs/train/ode_init.py:smoke=True --output /tmp/pairs --num_steps=8
 """
 
@@ -49,6 +50,7 @@ FORMAT, VERSION, INDEX = "wanjax-ode-pairs", 1, "ode_pairs.json"
 SOLVERS = ("euler", "unipc")
 DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
 SIGMA_TOL = 1e-3      # a student sigma must lie this close to a teacher grid sigma
+RANDOM_HEAD_GAIN = 0.5   # std of a random teacher's output-head kernel, times 1/sqrt(dim) (`moving_head`)
 
 
 def teacher_grid(solver, num_steps, shift):
@@ -127,6 +129,18 @@ def _read_index(output, settings):
   return index
 
 
+def moving_head(params, seed):
+  """Random-init teacher params with the output head's kernel drawn from N(0, (gain / sqrt(dim))²). Wan's head is
+  zero-initialised (as the reference's), so a random teacher predicts v = 0 and its ODE trajectories are
+  constant: first latent = last, and the ODE-init loss of a random student is exactly 0. Only a teacher without
+  weights (smoke runs, tests) gets this; model init itself is unchanged."""
+  kernel = params["head"]["head"]["kernel"]
+  draw = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), 0x4EAD), kernel.shape, jnp.float32)
+  kernel = (draw * (RANDOM_HEAD_GAIN / np.sqrt(kernel.shape[0]))).astype(kernel.dtype)
+  head = dict(params["head"]["head"], kernel=kernel)
+  return dict(params, head=dict(params["head"], head=head))
+
+
 def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0.0, samples_per_shard=16,
         batch_size=1, num_samples=0, dtype="float16"):
   """Writes (or resumes) the ODE-pair folder `output`; returns a summary dict."""
@@ -148,10 +162,11 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
 
   if c.data.random_contexts <= 0:   # before the teacher is built or the output folder made
     data.check_prompt_encoder(c.data.text_encoder, c.data.tokenizer)
-  mcfg = c.models.teacher if "teacher" in c.models else c.models.generator
+  role = "teacher" if "teacher" in c.models else "generator"
+  mcfg = c.models[role]
   mesh = shd.make_mesh(c.mesh)
   rules = shd.override_rules(c.sharding_overrides)
-  built = build_dit(mcfg, seed=c.seed, mesh=mesh, rules=rules)
+  built = build_dit(mcfg, seed=c.seed, mesh=mesh, rules=rules, role=role)
   cfg = built.cfg
   if c.data.random_contexts > 0:
     prompts = None
@@ -182,8 +197,10 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
              data.prompt_encoder(c.data.text_encoder, c.data.tokenizer, text_len=cfg.text_len))
   with shd.activate(mesh, rules):
     params = built.load(mesh, rules)
-    if params is None:
-      params = jax.jit(built.random_init, out_shardings=built.shardings)()
+    if params is None:   # no weights (smoke runs, tests): a random teacher whose trajectories move
+      logging.info("random teacher: its zero-initialised output head is drawn at random instead (std %g / sqrt(dim)) "
+                   "so that the trajectories are not constant", RANDOM_HEAD_GAIN)
+      params = jax.jit(lambda: moving_head(built.random_init(), c.seed), out_shardings=built.shardings)()
     slv = get_solver(solver)
     run_traj = jax.jit(functools.partial(trajectory, built.fn, slv, len(keep)))
     noise_sh = batch_sharding(mesh, rules, (batch_size,) + latent, ("batch", "frames", "height", "width", "channels"))

@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 import jax
+from absl import logging
 from flax import nnx
 
 from wanjax import checkpoint
@@ -51,10 +52,28 @@ def preset_mismatch(weights, preset, file_cfg, cfg) -> str:
   return f"{weights}: the checkpoint's DiT config differs from preset {preset!r} in {fields}{hint}"
 
 
-def build_dit(mcfg, *, seed, mesh, rules=shd.RULES) -> BuiltModel:
+# Presets small enough that training them from random initialisation is meant (tests and smoke runs, the toy
+# world trained from scratch): no warning when they have no weights.
+SCRATCH_PRESETS = frozenset({"tiny", "tiny_i2v", "toyworld"})
+
+
+def warn_random_init(mcfg, role):
+  """Logs a warning when the full-size DiT of `models.<role>` has no weights, i.e. starts from random init."""
+  if mcfg.weights or mcfg.preset in SCRATCH_PRESETS:
+    return
+  logging.warning("models.%s.weights is empty: the %s %s starts from random initialisation, so this run trains "
+                  "(or distils from) random weights; set --config.models.%s.weights to a converted checkpoint "
+                  "(python -m converters.convert)", role, mcfg.preset, role, role)
+
+
+def build_dit(mcfg, *, seed, mesh, rules=shd.RULES, role=None) -> BuiltModel:
   """mcfg: a `configs.train_common.model` ConfigDict (preset, weights, precision, remat, scan, attn_impl; an
-  optional `guidance_embed=True` adds the guidance embedding to the preset)."""
+  optional `guidance_embed=True` adds the guidance embedding to the preset). `role` names the `models.<role>`
+  entry for the warning about a full-size model without weights; None where empty weights do not mean random
+  init (a student that starts from its teacher's weights)."""
   cfg = get_config(mcfg.preset)
+  if role is not None:
+    warn_random_init(mcfg, role)
   if mcfg.get("guidance_embed", False):   # CFG-distilled students (post_training.md A.2)
     cfg = dataclasses.replace(cfg, guidance_embed=True)
   if mcfg.weights:

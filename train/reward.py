@@ -258,7 +258,7 @@ def train(c, workdir, mesh, rules):
                           f"models.generator.guidance_embed=False and reward_lora.guidance=0 (two-pass CFG at "
                           f"reward_lora.cfg_scale)" if m.guidance_embed else
                           "set models.generator.guidance_embed=True for it")
-  gen = build_dit(m, seed=c.seed, mesh=mesh, rules=rules)
+  gen = build_dit(m, seed=c.seed, mesh=mesh, rules=rules, role="generator")
   if r.guidance > 0 and not gen.cfg.guidance_embed:
     raise UsageError(f"reward_lora.guidance={r.guidance} needs a guidance-embedded generator (set "
                      f"models.generator.guidance_embed=True with CFG-distilled weights) or use guidance=0")

@@ -129,7 +129,7 @@ def train(c, workdir, mesh, rules):
                             "step distillation starts from a CFG-distilled model (the export of "
                             "configs/train/cfg_distill.py, e.g. runs/cfgd/export)" if m.guidance_embed else
                             f"set models.{role}.guidance_embed=True for it")
-  teacher = build_dit(c.models.teacher, seed=c.seed, mesh=mesh, rules=rules)
+  teacher = build_dit(c.models.teacher, seed=c.seed, mesh=mesh, rules=rules, role="teacher")
   if c.models.generator.weights and c.models.generator.weights != c.models.teacher.weights:
     student = build_dit(c.models.generator, seed=c.seed, mesh=mesh, rules=rules)
     if student.cfg != teacher.cfg:

@@ -337,6 +337,8 @@ def test_ode_pairs_resume_and_train(tmp_path):
   # Trajectory sanity: slot 0 is the seeded noise (x_T), the last slot the teacher's final latent.
   noise = np.asarray(jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(0), 3), (3, 4, 6, 16)))
   assert max_rel_err(first["latents"][0, 0], noise) < 1e-3
+  # The random teacher moves (its head is drawn at random, not Wan's zeros): the last slot is not the noise.
+  assert np.abs(first["latents"][0, -1].astype(np.float32) - first["latents"][0, 0]).mean() > 0.05
   # Interrupted after shard 0: the rerun writes shard 1 again, identically.
   index["shards"] = index["shards"][:1]
   json.dump(index, open(os.path.join(out, "ode_pairs.json"), "w"))

@@ -136,9 +136,22 @@ def main(argv):
   sys.stdout.write(f"wrote {len(paths)} clips, captions, tokenizer.json and scenes.json to {f.out}\n")
 
 
+def cli_main(argv):
+  """`main` as the CLI runs it: a usage error is one line (exit 2), Ctrl-C one line (exit 130)."""
+  from absl import flags
+  from infer import cli   # the CLIs' shared flag parsing and exit codes
+  try:
+    main(argv)
+  except UsageError as e:
+    cli.fail(e)
+  except KeyboardInterrupt:
+    cli.interrupted(f"the clips written so far are kept in {flags.FLAGS.out} (each file whole), but the dataset is "
+                    f"incomplete (scenes.json is written last); run the same command again to write all of it")
+
+
 def run():
   from absl import app, flags
-  from infer import cli   # the CLIs' shared flag parsing and exit codes
+  from infer import cli
   flags.DEFINE_string("out", None, "dataset folder")
   flags.DEFINE_integer("n", 1000, "number of clips")
   flags.DEFINE_integer("seed", 0, "dataset seed (clip i uses rng [seed, i])")
@@ -146,13 +159,7 @@ def run():
   flags.DEFINE_integer("size", 64, "frame height and width, a multiple of 16")
   flags.DEFINE_enum("format", "mp4", list(FORMATS), "clip file format (npy is lossless)")
 
-  def wrapped(argv):
-    try:
-      main(argv)
-    except UsageError as e:
-      cli.fail(e)
-
-  app.run(wrapped, flags_parser=cli.flags_parser())
+  app.run(cli_main, flags_parser=cli.flags_parser())
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@ No reference counterpart; the analytic stand-in for VBench/GenEval on the toy wo
 
 `--videos` is a folder (its .mp4/.npy files, sorted by name) or a comma-separated list of files; `--prompts` a
 .txt (one prompt per line) or .json (a list, `{"prompts": [...]}`, or `{video stem: prompt}`) paired with the
-videos in sorted order; without it each video's `<stem>.txt` sidecar is read. Prints a table, writes the JSON
-with every term per video, exits 0; 2 on a usage error; 1 when `--min-score` is given and the mean is below it.
+videos in sorted order. Without it each video's prompt comes from its sidecar: `<stem>.txt` (the caption the
+toy-world dataset writes) when present, else `<stem>.json` (the record `infer.sample` writes beside each video,
+its `config.prompt`; `infer.serve`'s `request.prompt`), so `--videos outputs/` scores the sampler's folder as is.
+Prints a table, writes the JSON with every term per video, exits 0; 2 on a usage error; 1 when `--min-score` is
+given and the mean is below it; 130 on Ctrl-C.
 
 The score of one video is a weighted sum (`WEIGHTS`, total 1) of terms in [0, 1]:
 - scene terms: `count` (fraction of frames with exactly the prompted number of objects), `background`
@@ -215,18 +218,36 @@ def list_videos(spec: str) -> list:
   return files
 
 
+def sidecar_prompt(video) -> str:
+  """The prompt of one video from its sidecars: `<stem>.txt` (a caption, as the toy-world dataset writes), else
+  `<stem>.json` (`infer.sample`'s record: `config.prompt`; `infer.serve`'s: `request.prompt`)."""
+  stem = os.path.splitext(video)[0]
+  txt, meta = stem + ".txt", stem + ".json"
+  if os.path.isfile(txt):
+    with open(txt, encoding="utf-8") as f:
+      return f.read().strip()
+  if not os.path.isfile(meta):
+    raise UsageError(f"no prompt for {video}: give --prompts, put the caption in {txt}, or keep the {meta} that "
+                     f"infer.sample writes beside its video")
+  try:
+    with open(meta, encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UsageError(f"{meta}: not a readable JSON sidecar ({e}); give --prompts or a {txt} caption") from None
+  for section in ("config", "request"):
+    entry = data.get(section) if isinstance(data, dict) else None
+    prompt = entry.get("prompt") if isinstance(entry, dict) else None
+    if isinstance(prompt, str) and prompt.strip():
+      return prompt.strip()
+  raise UsageError(f"{meta} holds no prompt (config.prompt or request.prompt); give --prompts or a {txt} caption")
+
+
 def read_prompts(path, videos) -> list:
-  """One prompt per video: from a .txt/.json file (see the module docstring) or `<stem>.txt` sidecars."""
+  """One prompt per video: from a .txt/.json file (see the module docstring), else from each video's sidecars
+  (`sidecar_prompt`)."""
   stems = [os.path.splitext(os.path.basename(v))[0] for v in videos]
   if not path:
-    prompts = []
-    for v in videos:
-      side = os.path.splitext(v)[0] + ".txt"
-      if not os.path.isfile(side):
-        raise UsageError(f"no prompt for {v}: give --prompts or put the caption in {side}")
-      with open(side, encoding="utf-8") as f:
-        prompts.append(f.read().strip())
-    return prompts
+    return [sidecar_prompt(v) for v in videos]
   if not os.path.isfile(path):
     raise UsageError(f"prompts file {path!r} does not exist")
   with open(path, encoding="utf-8") as f:
@@ -309,22 +330,28 @@ def main(argv) -> int:
   return 0
 
 
+def cli_main(argv):
+  """`main` as the CLI runs it: its exit status; a usage error is one line (exit 2), Ctrl-C one line (exit 130)."""
+  from infer import cli   # the CLIs' shared flag parsing and exit codes
+  try:
+    code = main(argv)
+  except UsageError as e:
+    cli.fail(e)
+  except KeyboardInterrupt:
+    cli.interrupted("the report is written whole once every video is scored, so --out was not written (an earlier "
+                    "report there is unchanged)")
+  sys.exit(code)
+
+
 def run():
   from absl import app, flags
-  from infer import cli   # the CLIs' shared flag parsing and exit codes
+  from infer import cli
   flags.DEFINE_string("videos", None, "folder of .mp4/.npy clips, or comma-separated files")
-  flags.DEFINE_string("prompts", None, ".txt (one per line) or .json prompts in sorted video order; default: "
-                      "<stem>.txt sidecars")
+  flags.DEFINE_string("prompts", None, ".txt (one per line) or .json prompts in sorted video order; default: each "
+                      "video's <stem>.txt caption, else the prompt in its <stem>.json (infer.sample's sidecar)")
   flags.DEFINE_string("out", "toyworld_scores.json", "where the per-video JSON report is written")
   flags.DEFINE_float("min-score", None, "exit with status 1 when the mean score is below this")
-
-  def wrapped(argv):
-    try:
-      sys.exit(main(argv))
-    except UsageError as e:
-      cli.fail(e)
-
-  app.run(wrapped, flags_parser=cli.flags_parser())
+  app.run(cli_main, flags_parser=cli.flags_parser())
 
 
 if __name__ == "__main__":

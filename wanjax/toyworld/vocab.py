@@ -90,18 +90,23 @@ def main(argv):
   sys.stdout.write(f"wrote {path} ({VOCAB_SIZE} ids)\n")
 
 
+def cli_main(argv):
+  """`main` as the CLI runs it: a usage error is one line (exit 2), Ctrl-C one line (exit 130)."""
+  from infer import cli   # the CLIs' shared flag parsing and exit codes
+  try:
+    main(argv)
+  except UsageError as e:
+    cli.fail(e)
+  except KeyboardInterrupt:
+    cli.interrupted("tokenizer.json is written whole or not at all, so no partial file is left")
+
+
 def run():
   from absl import app, flags
-  from infer import cli   # the CLIs' shared flag parsing and exit codes
+  from infer import cli
   flags.DEFINE_string("out", None, "folder that receives tokenizer.json")
 
-  def wrapped(argv):
-    try:
-      main(argv)
-    except UsageError as e:
-      cli.fail(e)
-
-  app.run(wrapped, flags_parser=cli.flags_parser())
+  app.run(cli_main, flags_parser=cli.flags_parser())
 
 
 if __name__ == "__main__":
