@@ -11,12 +11,14 @@ from configs.common import parse_arg  # noqa: F401  (re-exported for the trainin
 
 
 def model(preset, *, weights="", precision="bf16", remat="full", scan=True, attn_impl="auto",
-          guidance_embed=False):
+          guidance_embed=False, weights_from=""):
   """A DiT to build: preset name, converted weights dir ('' = random init from the seed), and the constructor
   keywords (precision policy, remat policy, scan, attention impl); `guidance_embed` adds the guidance
-  embedding of CFG-distilled students to the preset (post_training.md A.2)."""
+  embedding of CFG-distilled students to the preset (post_training.md A.2). `weights_from`: another role whose
+  weights this one takes when its own `weights` is empty (DMD: teacher and critic from the generator)."""
   return ml_collections.ConfigDict(dict(preset=preset, weights=weights, precision=precision, remat=remat,
-                                        scan=scan, attn_impl=attn_impl, guidance_embed=guidance_embed))
+                                        scan=scan, attn_impl=attn_impl, guidance_embed=guidance_embed,
+                                        weights_from=weights_from))
 
 
 def trainee(*, lr, b1=0.0, b2=0.999, eps=1e-8, weight_decay=0.01, clip=10.0, ema_decay=0.0, ema_start=0):

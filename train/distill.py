@@ -17,6 +17,7 @@ import functools
 import os
 from typing import Callable
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,9 +161,31 @@ class DMDSetup:
   batch_for: Callable
 
 
+def role_model(models, role):
+  """`models[role]`, with the weights of `models[role].weights_from` when its own are empty (DMD2 / SF+: teacher
+  and critic start from the generator's base model). The config itself is left as given."""
+  m = models[role]
+  source = m.get("weights_from", "")
+  if m.weights or not source:
+    return m
+  if source not in models or source == role:
+    raise UsageError(f"models.{role}.weights_from={source!r} names no other model; valid: "
+                     f"{', '.join(r for r in models if r != role)}")
+  if not models[source].weights:
+    return m
+  if models[source].preset != m.preset:
+    raise UsageError(f"models.{role}.weights_from={source!r}, but models.{source} is {models[source].preset!r} and "
+                     f"models.{role} is {m.preset!r}; set --config.models.{role}.weights")
+  logging.info("models.%s.weights is empty: it starts from models.%s.weights (%s)", role, source,
+               models[source].weights)
+  m = m.copy_and_resolve_references()
+  m.weights = models[source].weights
+  return m
+
+
 def build_dmd(c, workdir, mesh, rules) -> DMDSetup:
   """Models, state plumbing, batches and jitted steps of a DMD config (`workdir` only holds the prompt cache)."""
-  built = {r: build_dit(c.models[r], seed=c.seed, mesh=mesh, rules=rules, role=r) for r in ROLES}
+  built = {r: build_dit(role_model(c.models, r), seed=c.seed, mesh=mesh, rules=rules, role=r) for r in ROLES}
   settings = dmd_settings(c.dmd)
   tx_g, tx_c = optimizer(c.generator), optimizer(c.critic)
   ema = c.generator.ema_decay > 0

@@ -22,8 +22,8 @@ def get_config(arg=None):
   # Models: one base; teacher and critic weights default to the generator's (SF+: real = fake = generator).
   c.models = ml_collections.ConfigDict()
   c.models.generator = common.model(arg.model)
-  c.models.teacher = common.model(arg.model)
-  c.models.critic = common.model(arg.model)
+  c.models.teacher = common.model(arg.model, weights_from="generator")
+  c.models.critic = common.model(arg.model, weights_from="generator")
   # Objective (SF:configs/self_forcing_dmd.yaml, SF+ bidirectional overrides).
   c.dmd = common.dmd_objective(guidance_scale=5.0)   # SF+ bidirectional: SF form 5.0 (standard 6.0)
   # Optimisers.
