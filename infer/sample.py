@@ -375,8 +375,7 @@ def main(argv):
   except UsageError as e:
     cli.fail(e)
   except KeyboardInterrupt:   # Ctrl-C: one line and 130, like the trainers (files are written whole or not at all)
-    sys.stderr.write("interrupted: files are written whole or not at all, so no partial video is left\n")
-    sys.exit(130)
+    cli.interrupted("files are written whole or not at all, so no partial video is left")
   except Exception as e:   # noqa: BLE001  (an out-of-memory is one line; anything else keeps its traceback)
     msg = out_of_memory_message(e, OOM_ADVICE)
     if msg is None:

@@ -264,6 +264,8 @@ def main(argv):
     cli.fail(e, exit_code=1)
   except UsageError as e:
     cli.fail(e)
+  except KeyboardInterrupt:
+    cli.interrupted(f"the shards written so far are kept in {f.output}; run the same command again to resume")
   sys.stdout.write(f"wrote {s['shards_written']} shard(s) of {s['shards']} ({s['samples']} samples) -> "
                    f"{s['output']}\n")
 

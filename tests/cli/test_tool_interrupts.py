@@ -54,3 +54,17 @@ def test_dataset_ctrl_c_says_the_written_clips_are_kept(monkeypatch, capsys, tmp
   assert line == (f"interrupted: the clips written so far are kept in {out} (each file whole), but the dataset is "
                   f"incomplete (scenes.json is written last); run the same command again to write all of it")
   assert sorted(os.listdir(out)) == ["000000.npy", "000000.txt", "000001.npy", "000001.txt"]
+
+
+def test_make_ode_pairs_ctrl_c_says_the_shards_are_kept(monkeypatch, capsys):
+  from train import make_ode_pairs
+  monkeypatch.setattr(flags, "FLAGS", types.SimpleNamespace(
+      config=object(), output="/tmp/pairs", num_steps=4, solver="euler", guidance=6.0, sample_shift=0.0,
+      samples_per_shard=2, batch_size=1, num_samples=2, dtype="float32"))
+  monkeypatch.setattr(make_ode_pairs, "run", _ctrl_c)
+  with pytest.raises((SystemExit, KeyboardInterrupt)) as e:
+    make_ode_pairs.main(["make_ode_pairs"])
+  assert e.type is SystemExit and e.value.code == 130
+  err = capsys.readouterr().err.strip()
+  assert err == ("interrupted: the shards written so far are kept in /tmp/pairs; run the same command again to "
+                 "resume"), err
