@@ -288,12 +288,7 @@ def cli_main(argv):
   from absl import logging as absl_logging
   from infer import cli   # the CLIs' shared flag parsing and exit codes
   absl_logging.set_verbosity(absl_logging.INFO)
-  try:
-    main(argv)
-  except UsageError as e:
-    cli.fail(e)
-  except KeyboardInterrupt:
-    cli.interrupted(INTERRUPTED)
+  cli.call_main(main, argv, INTERRUPTED)
 
 
 def run():

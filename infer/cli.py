@@ -29,6 +29,19 @@ def fail(message, exit_code=USAGE_EXIT):
 INTERRUPTED_EXIT = 130
 
 
+def call_main(main, argv, kept):
+  """`main(argv)` as a CLI runs it: a `UsageError` is one line and exit 2 (`fail`), Ctrl-C one line saying what was
+  kept (`kept`: a string, or a callable giving one, read after the flags are parsed) and exit 130 (`interrupted`).
+  Anything else propagates. Returns what `main` returns."""
+  from wanjax.errors import UsageError
+  try:
+    return main(argv)
+  except UsageError as e:
+    fail(e)
+  except KeyboardInterrupt:
+    interrupted(kept() if callable(kept) else kept)
+
+
 def interrupted(message):
   """Ctrl-C: prints `interrupted: <message>` (what was kept, how to go on) as one line on stderr and exits 130."""
   print("interrupted: " + " ".join(str(message).split()), file=sys.stderr)

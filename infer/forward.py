@@ -417,11 +417,7 @@ def cli_main(argv):
   from wanjax.errors import out_of_memory_message
   logging.set_verbosity(logging.INFO)
   try:
-    main(argv)
-  except UsageError as e:
-    cli.fail(e)   # one line, key lists included
-  except KeyboardInterrupt:
-    cli.interrupted(INTERRUPTED)
+    cli.call_main(main, argv, INTERRUPTED)   # a usage error: one line, key lists included
   except Exception as e:   # noqa: BLE001  (an out-of-memory is one line; anything else keeps its traceback)
     msg = out_of_memory_message(e, OOM_ADVICE)
     if msg is None:

@@ -140,13 +140,9 @@ def cli_main(argv):
   """`main` as the CLI runs it: a usage error is one line (exit 2), Ctrl-C one line (exit 130)."""
   from absl import flags
   from infer import cli   # the CLIs' shared flag parsing and exit codes
-  try:
-    main(argv)
-  except UsageError as e:
-    cli.fail(e)
-  except KeyboardInterrupt:
-    cli.interrupted(f"the clips written so far are kept in {flags.FLAGS.out} (each file whole), but the dataset is "
-                    f"incomplete (scenes.json is written last); run the same command again to write all of it")
+  cli.call_main(main, argv, lambda: (
+      f"the clips written so far are kept in {flags.FLAGS.out} (each file whole), but the dataset is incomplete "
+      f"(scenes.json is written last); run the same command again to write all of it"))
 
 
 def run():

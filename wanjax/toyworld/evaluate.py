@@ -333,14 +333,8 @@ def main(argv) -> int:
 def cli_main(argv):
   """`main` as the CLI runs it: its exit status; a usage error is one line (exit 2), Ctrl-C one line (exit 130)."""
   from infer import cli   # the CLIs' shared flag parsing and exit codes
-  try:
-    code = main(argv)
-  except UsageError as e:
-    cli.fail(e)
-  except KeyboardInterrupt:
-    cli.interrupted("the report is written whole once every video is scored, so --out was not written (an earlier "
-                    "report there is unchanged)")
-  sys.exit(code)
+  sys.exit(cli.call_main(main, argv, "the report is written whole once every video is scored, so --out was not "
+                                     "written (an earlier report there is unchanged)"))
 
 
 def run():

@@ -93,12 +93,7 @@ def main(argv):
 def cli_main(argv):
   """`main` as the CLI runs it: a usage error is one line (exit 2), Ctrl-C one line (exit 130)."""
   from infer import cli   # the CLIs' shared flag parsing and exit codes
-  try:
-    main(argv)
-  except UsageError as e:
-    cli.fail(e)
-  except KeyboardInterrupt:
-    cli.interrupted("tokenizer.json is written whole or not at all, so no partial file is left")
+  cli.call_main(main, argv, "tokenizer.json is written whole or not at all, so no partial file is left")
 
 
 def run():
