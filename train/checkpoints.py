@@ -89,9 +89,11 @@ def checkpoint_manager(workdir, *, keep=3, async_save=True, read_only=False) -> 
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                          cleanup_tmp_directories=not read_only,
                                          enable_async_checkpointing=async_save, read_only=read_only)
-  # The registered handler lets `item_metadata` read a step's array shapes before anything is restored.
-  manager = ocp.CheckpointManager(directory, options=options,
-                                  item_handlers=None if read_only else ocp.StandardCheckpointHandler())
+  # The registered handler lets `item_metadata` read a step's array shapes before anything is restored. Read-only
+  # managers (train.export) restore with `PyTreeRestore` into host arrays: without a handler the metadata is None,
+  # orbax falls back to the saved shardings and a step written on more devices than this process has is unreadable.
+  handler = ocp.PyTreeCheckpointHandler() if read_only else ocp.StandardCheckpointHandler()
+  manager = ocp.CheckpointManager(directory, options=options, item_handlers=handler)
   if half:
     done = complete_steps(directory)
     logging.warning("skipping half-written checkpoint%s %s in %s (a save was interrupted%s); the last complete "

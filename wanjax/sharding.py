@@ -173,12 +173,23 @@ def constrain(x, axes):
 
 
 def override_rules(overrides: str, rules=RULES):
-  """Prepends 'name=axis|none,name2=axis1+axis2' overrides to `rules`."""
+  """Prepends 'name=axis|none,name2=axis1+axis2' overrides to `rules`. A logical name the rules do not know or a
+  mesh axis that does not exist is an error: `spec_for` would otherwise ignore the row and leave the arrays
+  replicated (e.g. 'embed=fsdp+contxt')."""
   extra = []
+  known = sorted({name for name, _ in rules})
   for part in filter(None, (p.strip() for p in (overrides or "").split(","))):
     name, _, target = part.partition("=")
-    if not re.fullmatch(r"[a-z_]+", name.strip()):
-      raise UsageError(f"bad sharding rule {part!r}; expected name=axis")
+    name = name.strip()
+    if not re.fullmatch(r"[a-z_]+", name):
+      raise UsageError(f"sharding_overrides: bad rule {part!r}; expected name=axis, e.g. 'embed=fsdp+context'")
+    if name not in known:
+      raise UsageError(f"sharding_overrides: unknown logical axis {name!r} in {part!r}; known: {', '.join(known)}")
     t = target.strip()
-    extra.append((name.strip(), None if t in ("", "none", "None") else tuple(t.split("+"))))
+    axes = None if t in ("", "none", "None") else tuple(a.strip() for a in t.split("+"))
+    bad = [a for a in axes or () if a not in MESH_AXES]
+    if bad:
+      raise UsageError(f"sharding_overrides: unknown mesh axis {bad[0]!r} in {part!r}; valid: "
+                       f"{', '.join(MESH_AXES)} (join several with '+'), or none")
+    extra.append((name, axes))
   return tuple(extra) + tuple(rules)

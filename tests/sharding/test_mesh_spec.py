@@ -27,3 +27,22 @@ def test_mesh_spec_sizes_and_fill():
 def test_mesh_spec_errors(spec, message):
   with pytest.raises(UsageError, match=re.escape(message)):
     sharding.make_mesh(spec, devices=jax.devices()[:8])
+
+
+def test_sharding_overrides_apply():
+  rules = sharding.override_rules("embed=fsdp+context, heads=none")
+  mesh = sharding.make_mesh("context=4,tensor=2", devices=jax.devices()[:8])
+  assert sharding.spec_for(("embed", "heads"), (24, 8), mesh, rules) == jax.sharding.PartitionSpec("context", None)
+  assert sharding.spec_for(("embed", "heads"), (24, 8), mesh) == jax.sharding.PartitionSpec(None, "tensor")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ("embed=fsdp+contxt", "unknown mesh axis 'contxt' in 'embed=fsdp+contxt'"),   # was silently embed=fsdp
+    ("embed=bogus", "unknown mesh axis 'bogus'"),                                   # was silently replicated
+    ("emebd=fsdp+context", "unknown logical axis 'emebd'"),                         # was silently unused
+    ("embed:fsdp", "bad rule 'embed:fsdp'"),
+])
+def test_sharding_overrides_errors(overrides, message):
+  with pytest.raises(UsageError, match=re.escape(message)) as e:
+    sharding.override_rules(overrides)
+  assert str(e.value).startswith("sharding_overrides: ") and "\n" not in str(e.value)
