@@ -89,6 +89,7 @@ def sample_defaults(arg=None):
                                # CFG is then off (cfg_scale ignored)
   # Parallelism.
   c.mesh = ""                  # e.g. "data=2" (the CFG pair on two devices) or "fsdp=-1"
+  c.sharding_overrides = ""    # rows before wanjax.sharding.RULES, e.g. "embed=fsdp+context" (docs/scaling.md)
   # Output.
   c.output_dir = "outputs"
   c.output_name = ""           # '' = <preset>_<seed>_<time>; files: NAME.mp4, NAME.json (+ NAME_frames/)

@@ -84,6 +84,12 @@ def resolve_seed(c):
   return c, seed
 
 
+def sharding_rules(c):
+  """The logical-axis rules of `--config.sharding_overrides` (rows before `wanjax.sharding.RULES`); a bad row is one
+  UsageError naming it. Used to place the DiT's weights and to constrain the activations."""
+  return sharding.override_rules(c.get("sharding_overrides", ""))
+
+
 def build_dit(c, plan, mesh):
   """The DiT (converted weights, or random for the demo) with `plan.loras` merged, then quantised (`c.quant`)."""
   from flax import nnx
@@ -96,7 +102,7 @@ def build_dit(c, plan, mesh):
     from infer.models import resolve_dit
     from wanjax.dit.load import load_dit
     dit = load_dit(resolve_dit(plan.weights), policy=c.dtype, mesh=mesh, expect_model_type=plan.model_type,
-                   attn_impl=c.attn_impl, scan_unroll=c.scan_unroll)
+                   attn_impl=c.attn_impl, scan_unroll=c.scan_unroll, rules=sharding_rules(c))
     check_dit_interface(dit.cfg, plan.dit_cfg, plan.weights, c.model)   # raw checkpoints: known once converted
   return adapt_dit(dit, plan.loras, allow_unmatched=c.lora_allow_unmatched, quant=c.quant)
 
@@ -219,7 +225,7 @@ class Pipeline:
              else jax.random.normal(noise_key, latent_shape(plan), jnp.float32))
 
     # One program, compiled apart from running (the compile is served from JAX's caches for a known shape).
-    with sharding.activate(self.mesh):
+    with sharding.activate(self.mesh, sharding_rules(c)):
       t0 = time.perf_counter()
       run_loop, args = sampling.compile_sample(
           self.denoise_fn, noise, sigmas=plan.sigmas, timesteps=plan.timesteps, solver=c.solver,
@@ -311,6 +317,7 @@ def run(c):
   out_dir = os.path.expanduser(c.output_dir)
   check_outputs(c, out_dir, name)
   mesh = sharding.make_mesh(c.mesh)
+  sharding_rules(c)   # a bad --config.sharding_overrides fails here, before any model loads
   timings = {}
   shape = latent_shape(plan)
   cfg_on = use_cfg(c)

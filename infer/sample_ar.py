@@ -131,6 +131,7 @@ def run_ar(c):
   out_dir = os.path.expanduser(c.output_dir)
   S.check_outputs(c, out_dir, name)
   mesh = sharding.make_mesh(c.mesh)
+  rules = S.sharding_rules(c)   # a bad --config.sharding_overrides fails here, before any model loads
   timings = {}
 
   b, f, h, w, ch = S.latent_shape(plan)
@@ -158,7 +159,7 @@ def run_ar(c):
   frames_all = []
   # Progress in decoded pixel frames as blocks finish (the first block's wait includes compiling).
   bar = tqdm(total=c.frames if opts.long_video == "none" else None, desc="frames", unit="frame")
-  with bar, sharding.activate(mesh), video.VideoWriter(mp4, fps=c.fps) as writer:
+  with bar, sharding.activate(mesh, rules), video.VideoWriter(mp4, fps=c.fps) as writer:
     def on_frames(frames):
       frames = np.asarray(jax.device_get(frames))[0]
       if c.stream:

@@ -210,7 +210,9 @@ class Service:
       self.lora_tensors = [(read_lora_file(s.path), s.strength) for s in self.plan.loras]
       self.fixed_lora = False
       pipe_c.lora = ""
-    self.pipeline = sample.Pipeline(pipe_c, sharding.make_mesh(c.mesh), keep_encoders=True)
+    mesh = sharding.make_mesh(c.mesh)
+    sample.sharding_rules(c)   # a bad --config.sharding_overrides fails at start, before any model loads
+    self.pipeline = sample.Pipeline(pipe_c, mesh, keep_encoders=True)
     self._lora_cache = {}
     self.jobs = {}
     self._lock = threading.Lock()

@@ -42,13 +42,15 @@ def read_config(path):
 
 
 def load_dit(path, *, policy="float32", mesh=None, expect_model_type=None, scan=True, remat="none",
-             attn_impl="auto", scan_unroll=1):
+             attn_impl="auto", scan_unroll=1, rules=None):
   """Returns the `WanDiT` stored in the converted directory `path`.
 
   policy: precision policy name or `Policy` (parameters are cast to its param dtype while loading).
   mesh: a `jax.sharding.Mesh`; parameters are sharded by the logical-axis rules (default: one device).
   expect_model_type: "t2v" | "i2v" | "flf2v"; a checkpoint of another type is a UsageError.
   scan, remat, attn_impl, scan_unroll: as `WanDiT`.
+  rules: the logical-axis rule table that places the parameters on `mesh` (default `wanjax.sharding.RULES`; e.g.
+    `sharding.override_rules("embed=fsdp+context")`).
   """
   from wanjax.dit.model import WanDiT
   cfg, meta = read_config(path)
@@ -80,5 +82,5 @@ def load_dit(path, *, policy="float32", mesh=None, expect_model_type=None, scan=
   files = checkpoint.model_files(path)
   logging.info("loading %s DiT (dim=%d, layers=%d%s) from %s", cfg.model_type, cfg.dim, cfg.num_layers,
                f", {mode}" if mode else "", path)
-  state = checkpoint.load_state(state, files, mesh=mesh)
+  state = checkpoint.load_state(state, files, mesh=mesh, **({} if rules is None else {"rules": rules}))
   return nnx.merge(graphdef, state)
