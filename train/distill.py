@@ -346,6 +346,9 @@ def train(c, workdir):
   from train import post_training  # CFG / step distillation, reward LoRA (post_training.md)
   if c.objective in post_training.OBJECTIVES:
     return post_training.train(c, workdir, mesh, rules)
+  other = {"flow_matching": "train.flow_matching", "vae": "train.vae"}.get(c.objective)
+  if other:
+    raise UsageError(f"objective={c.objective!r} is trained by python -m {other}, not train.distill (same flags)")
   raise UsageError(f"objective={c.objective!r}; valid: dmd, ode_init, {', '.join(post_training.OBJECTIVES)}")
 
 

@@ -75,6 +75,10 @@ def check_latent_shape(path, shape, cfg):
 
 
 def train(c, workdir):
+  objective = c.get("objective", "flow_matching")
+  if objective != "flow_matching":
+    other = "train.vae" if objective == "vae" else "train.distill"
+    raise UsageError(f"objective={objective!r} is trained by python -m {other}, not train.flow_matching (same flags)")
   mesh = shd.make_mesh(c.mesh)
   rules = shd.override_rules(c.sharding_overrides)
   built = build_dit(c.models.generator, seed=c.seed, mesh=mesh, rules=rules)

@@ -175,3 +175,15 @@ def test_checkpoint_preset_mismatch_names_the_fields_and_the_matching_preset(tmp
   assert "\n" not in msg and "DiTConfig(" not in msg
   assert "differs from preset 'tiny_i2v' in model_type 't2v' (preset: 'i2v')" in msg
   assert msg.endswith("it matches preset 'tiny' (--config.models.<role>.preset=NAME)")
+
+
+def test_a_config_for_another_trainer_names_the_right_one(tmp_path):
+  """train.distill with a flow-matching config, and train.flow_matching with a DMD one, name the trainer that
+  runs that objective (one line, exit 2), before any model is built."""
+  from configs.train import dmd_bidirectional, flow_matching as fm_config
+  from train import distill, flow_matching
+  from wanjax.errors import UsageError
+  with pytest.raises(UsageError, match=r"objective='flow_matching' is trained by python -m train.flow_matching"):
+    distill.train(fm_config.get_config("smoke=True"), str(tmp_path / "a"))
+  with pytest.raises(UsageError, match=r"objective='dmd' is trained by python -m train.distill"):
+    flow_matching.train(dmd_bidirectional.get_config("smoke=True"), str(tmp_path / "b"))
