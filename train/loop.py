@@ -275,6 +275,15 @@ def exit_now(message, code=1):
   os._exit(code)
 
 
+def remove_if_empty(folder):
+  """Removes `folder` if it holds nothing (a run that stopped before writing anything there)."""
+  try:
+    if not os.listdir(folder):
+      os.rmdir(folder)
+  except OSError:
+    pass
+
+
 def run_cli(train_fn, example_config):
   """The absl entry point every trainer shares: `--config FILE[:args]` (locked ml-collections config, so a
   mistyped `--config.x` fails) and `--workdir DIR` (checkpoints, TensorBoard; resumed automatically). Calls
@@ -293,11 +302,13 @@ def run_cli(train_fn, example_config):
   def main(argv):
     if len(argv) > 1:
       cli.fail(f"unexpected arguments {argv[1:]}; settings go through --config.<field>=...")
+    created = False
     try:
       if flags.FLAGS.config is None:
         raise UsageError(f"--config is required, e.g. --config {example_config}")
       if not flags.FLAGS.workdir:   # before any model or data is built (the prompt cache lives in it)
         raise UsageError("--workdir is required (checkpoints and TensorBoard logs are written there)")
+      created = not os.path.exists(flags.FLAGS.workdir)
       check_writable(flags.FLAGS.workdir)
       train_fn(flags.FLAGS.config, flags.FLAGS.workdir)
     except WriteFailedError as e:   # full disk, ... during the run
@@ -305,6 +316,8 @@ def run_cli(train_fn, example_config):
     except WorkdirError as e:   # the --workdir given cannot be written
       exit_now(f"error: {e}", cli.USAGE_EXIT)
     except UsageError as e:
+      if created:   # a config the run refused leaves no empty --workdir behind
+        remove_if_empty(flags.FLAGS.workdir)
       cli.fail(e)
     except NonFiniteError as e:
       cli.fail(e, exit_code=1)

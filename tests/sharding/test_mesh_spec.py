@@ -46,3 +46,16 @@ def test_sharding_overrides_errors(overrides, message):
   with pytest.raises(UsageError, match=re.escape(message)) as e:
     sharding.override_rules(overrides)
   assert str(e.value).startswith("sharding_overrides: ") and "\n" not in str(e.value)
+
+
+def test_a_mesh_leaving_devices_idle_is_said(caplog):
+  import logging
+  with caplog.at_level(logging.WARNING):
+    mesh = sharding.make_mesh("data=3", devices=jax.devices()[:8])
+  assert mesh.devices.size == 3
+  assert "mesh 'data=3' uses 3 of the 8 devices" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    sharding.make_mesh("data=2,fsdp=-1", devices=jax.devices()[:8])
+    sharding.make_mesh("", devices=jax.devices()[:8])   # the default: one device, as documented
+  assert "idle" not in caplog.text

@@ -187,3 +187,17 @@ def test_a_config_for_another_trainer_names_the_right_one(tmp_path):
     distill.train(fm_config.get_config("smoke=True"), str(tmp_path / "a"))
   with pytest.raises(UsageError, match=r"objective='dmd' is trained by python -m train.distill"):
     flow_matching.train(dmd_bidirectional.get_config("smoke=True"), str(tmp_path / "b"))
+
+
+def test_a_refused_config_leaves_no_empty_workdir(tmp_path):
+  """A usage error the trainer finds after creating --workdir (here a bad mesh) removes the folder it created;
+  a folder that existed before is kept."""
+  new = tmp_path / "runs" / "new"
+  line = _one_error_line(_cli("--config=configs/train/flow_matching.py:smoke=True", f"--workdir={new}",
+                              "--config.mesh=bogus=2"))
+  assert "bogus" in line and not new.exists()
+  old = tmp_path / "old"
+  old.mkdir()
+  _one_error_line(_cli("--config=configs/train/flow_matching.py:smoke=True", f"--workdir={old}",
+                       "--config.mesh=bogus=2"))
+  assert old.is_dir()
