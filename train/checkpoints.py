@@ -244,6 +244,20 @@ def drop_closed_loop_errors():
 
   hook.drops_closed_loop_errors = True
   sys.unraisablehook = hook
+  # The same error can also surface as an asyncio task whose exception nobody retrieved: asyncio's default handler
+  # logs it ("Task exception was never retrieved", with the traceback) on the "asyncio" logger.
+  import logging as std_logging
+  std_logging.getLogger("asyncio").addFilter(_ClosedLoopRecordFilter())
+
+
+class _ClosedLoopRecordFilter:
+  """Drops "asyncio" log records about a RuntimeError('Event loop is closed'); passes every other record."""
+
+  def filter(self, record):
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return False
+    return "RuntimeError('Event loop is closed')" not in record.getMessage()
 
 
 def _set_aside(manager, steps):

@@ -108,7 +108,7 @@ def make_mesh(spec="", devices=None) -> Mesh:
   total = math.prod(sizes.values())
   if total > len(devices) or total < 1:
     raise UsageError(f"mesh {spec!r} needs {total} devices; {len(devices)} available")
-  if spec and total < len(devices):   # a given mesh that leaves devices idle is said, not silently done
+  if spec and 1 < total < len(devices):   # a multi-device mesh that leaves devices idle is said, not silently done
     from absl import logging
     logging.warning("mesh %r uses %d of the %d devices (the first %d); the rest stay idle (e.g. an axis of -1 "
                     "fills them)", spec, total, len(devices), total)

@@ -58,4 +58,5 @@ def test_a_mesh_leaving_devices_idle_is_said(caplog):
   with caplog.at_level(logging.WARNING):
     sharding.make_mesh("data=2,fsdp=-1", devices=jax.devices()[:8])
     sharding.make_mesh("", devices=jax.devices()[:8])   # the default: one device, as documented
+    sharding.make_mesh("data=1", devices=jax.devices()[:8])   # one device asked for explicitly
   assert "idle" not in caplog.text

@@ -114,3 +114,24 @@ def test_only_closed_loop_errors_are_dropped():
                              text=True, timeout=60).stderr for arg in ("keep", "drop")}
   assert "RuntimeError: Event loop is closed" in err["keep"] and "KeyError: 'other'" in err["keep"], err["keep"]
   assert "Event loop is closed" not in err["drop"] and "KeyError: 'other'" in err["drop"], err["drop"]
+
+
+def test_asyncio_never_retrieved_closed_loop_errors_are_dropped(caplog):
+  """The same error as an asyncio task nobody awaited: asyncio's handler logs "Task exception was never retrieved"
+  with the traceback on its logger; that record is dropped, any other asyncio error still shows."""
+  import logging
+  from train.checkpoints import drop_closed_loop_errors
+  drop_closed_loop_errors()
+  log = logging.getLogger("asyncio")
+  with caplog.at_level(logging.ERROR, logger="asyncio"):
+    try:
+      raise RuntimeError("Event loop is closed")
+    except RuntimeError:
+      log.error("Task exception was never retrieved", exc_info=True)
+    log.error("Task exception was never retrieved\nfuture: <Task exception=RuntimeError('Event loop is closed')>")
+    try:
+      raise ValueError("something else")
+    except ValueError:
+      log.error("Task exception was never retrieved", exc_info=True)
+  assert [r.exc_info[1].__class__ for r in caplog.records if r.exc_info] == [ValueError]
+  assert len(caplog.records) == 1
