@@ -82,14 +82,20 @@ def trace_events(profile, host=True):
   events = [(_op_name(ev), float(ev.duration_ns), ev.name) for ev in _device_kernel_events(profile)]
   if events:
     return events, "device"
-  for plane in (profile.planes if host else ()):
+  if host:
+    events = [(str(st["hlo_op"]), float(ev.duration_ns), ev.name) for ev, st in _host_hlo_events(profile)]
+  return events, ("host" if events else None)
+
+
+def _host_hlo_events(profile):
+  """(event, stats) of the host planes' events that carry an `hlo_op` stat (XLA CPU thunks)."""
+  for plane in profile.planes:
     if plane.name.startswith("/host:"):
       for line in plane.lines:
         for ev in line.events:
-          op = dict(ev.stats).get("hlo_op")
-          if op:
-            events.append((str(op), float(ev.duration_ns), ev.name))
-  return events, ("host" if events else None)
+          st = dict(ev.stats)
+          if st.get("hlo_op"):
+            yield ev, st
 
 
 def _device_kernel_events(profile):
@@ -200,35 +206,46 @@ def hlo_instructions(hlo_text):
   return out
 
 
-def profile_block(compiled, inputs, calls, top, keep_dir=None, all_rows=False):
-  """Kernel table of `calls` runs of `compiled(*inputs)` (see the module docstring); the trace goes to a
-  temporary directory, or is kept in `keep_dir`. `all_rows`: every row also under "all_kernels" (the table keeps
-  the `top` longest), for `kernels_by_op`."""
+def traced_profile(run, calls, keep_dir=None):
+  """(`jax.profiler.ProfileData` or None, trace path or None) of `calls` runs of `run()` (which waits for its own
+  results) after one untraced warm-up run, so that nothing of the first call's one-time work is in the trace. The
+  trace goes to a temporary directory (removed once loaded) or is kept in `keep_dir`."""
   import jax
   from jax.profiler import ProfileData
 
-  jax.block_until_ready(compiled(*inputs))   # warm-up: nothing of the first call's one-time work in the trace
-  tmp = None if keep_dir else tempfile.mkdtemp(prefix="dit_layer_profile_")
+  run()
+  tmp = None if keep_dir else tempfile.mkdtemp(prefix="wanjax_profile_")
   log_dir = keep_dir or tmp
   try:
     before = set(_xplanes(log_dir))
     with jax.profiler.trace(log_dir):
       for _ in range(calls):
-        jax.block_until_ready(compiled(*inputs))
+        run()
     new = sorted(set(_xplanes(log_dir)) - before, key=os.path.getmtime)
     if not new:
-      return dict(kernels=[], kernel_ms_per_block=0.0, kernel_names=0, kernel_source=None, profile_calls=calls)
-    profile = ProfileData.from_file(new[-1])
-    events, source = trace_events(profile, host=jax.devices()[0].platform == "cpu")
-    timeline = idle_gaps(device_timeline(profile), calls)
-    hlo = compiled.as_text()
-    if keep_dir:
-      from wanjax.fileio import atomic_open
-      with atomic_open(os.path.join(keep_dir, "block_hlo.txt")) as f:
-        f.write(hlo)
+      return None, None
+    return ProfileData.from_file(new[-1]), (new[-1] if keep_dir else None)
   finally:
     if tmp:
       shutil.rmtree(tmp, ignore_errors=True)
+
+
+def profile_block(compiled, inputs, calls, top, keep_dir=None, all_rows=False):
+  """Kernel table of `calls` runs of `compiled(*inputs)` (see the module docstring); the trace goes to a
+  temporary directory, or is kept in `keep_dir`. `all_rows`: every row also under "all_kernels" (the table keeps
+  the `top` longest), for `kernels_by_op`."""
+  import jax
+
+  profile, trace_path = traced_profile(lambda: jax.block_until_ready(compiled(*inputs)), calls, keep_dir)
+  if profile is None:
+    return dict(kernels=[], kernel_ms_per_block=0.0, kernel_names=0, kernel_source=None, profile_calls=calls)
+  events, source = trace_events(profile, host=jax.devices()[0].platform == "cpu")
+  timeline = idle_gaps(device_timeline(profile), calls)
+  hlo = compiled.as_text()
+  if keep_dir:
+    from wanjax.fileio import atomic_open
+    with atomic_open(os.path.join(keep_dir, "block_hlo.txt")) as f:
+      f.write(hlo)
   rows, total = aggregate_kernels(events, calls)
   instr = hlo_instructions(hlo)
   for r in rows:
@@ -236,7 +253,7 @@ def profile_block(compiled, inputs, calls, top, keep_dir=None, all_rows=False):
   out = dict(kernels=rows[:top], kernel_ms_per_block=total, kernel_names=len(rows), kernel_source=source,
              profile_calls=calls, device_timeline=timeline, **({"all_kernels": rows} if all_rows else {}))
   if keep_dir:
-    out["profile_trace"] = new[-1]
+    out["profile_trace"] = trace_path
   return out
 
 
@@ -264,14 +281,8 @@ def _module_events(profile, host):
     out.append((str(st.get("hlo_module") or "?"), _op_name(ev), ev.name, float(ev.duration_ns)))
   if out or not host:
     return out
-  for plane in profile.planes:
-    if plane.name.startswith("/host:"):
-      for line in plane.lines:
-        for ev in line.events:
-          st = dict(ev.stats)
-          if st.get("hlo_op"):
-            out.append((str(st.get("hlo_module") or "?"), str(st["hlo_op"]), ev.name, float(ev.duration_ns)))
-  return out
+  return [(str(st.get("hlo_module") or "?"), str(st["hlo_op"]), ev.name, float(ev.duration_ns))
+          for ev, st in _host_hlo_events(profile)]
 
 
 def profile_calls(run, calls, top=8):
@@ -280,22 +291,12 @@ def profile_calls(run, calls, top=8):
   per run, its share, its kernels by `KINDS` and its longest kernels; plus the device's busy time and span per run.
   Kernel names, not HLO instruction names, are what is comparable across programs."""
   import jax
-  from jax.profiler import ProfileData
 
-  run()
-  tmp = tempfile.mkdtemp(prefix="profile_calls_")
-  try:
-    with jax.profiler.trace(tmp):
-      for _ in range(calls):
-        run()
-    planes = sorted(_xplanes(tmp), key=os.path.getmtime)
-    if not planes:
-      return dict(calls=calls, modules=[], kernel_ms=0.0, busy_ms=0.0, span_ms=0.0)
-    profile = ProfileData.from_file(planes[-1])
-    events = _module_events(profile, host=jax.devices()[0].platform == "cpu")
-    timeline = idle_gaps(device_timeline(profile), calls)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  profile, _ = traced_profile(run, calls)
+  if profile is None:
+    return dict(calls=calls, modules=[], kernel_ms=0.0, busy_ms=0.0, span_ms=0.0)
+  events = _module_events(profile, host=jax.devices()[0].platform == "cpu")
+  timeline = idle_gaps(device_timeline(profile), calls)
   total = sum(e[3] for e in events)
   modules = {}
   for module, op, kernel, dur in events:
