@@ -185,7 +185,7 @@ def restore_or_create(manager, *, abstract_state, shardings, create, config=None
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return create(), None
-  drop_closed_loop_errors()
+  drop_closed_loop_errors(reading=manager.directory)
   target = abstract_sharded(abstract_state, shardings)
   unreadable = []
   for step in steps:
@@ -227,13 +227,23 @@ def _is_closed_loop_error(u):
   return isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed"
 
 
-def drop_closed_loop_errors():
+_READ_DIRS = set()   # checkpoint folders this process reads: their sibling read errors are dropped (below)
+
+
+def drop_closed_loop_errors(reading=None):
   """Stops one kind of orbax noise. Orbax reads (and writes) a checkpoint's arrays with asyncio.gather in an event
   loop that it closes as soon as one read fails; the reads still running finish in tensorstore's threads, and
   their callbacks, aimed at the closed loop, raise 'Event loop is closed' as unraisable exceptions, each one a
   traceback on stderr at some later time. This drops exactly those for the rest of the process (they can come any
-  time after the read) and passes every other unraisable exception to the hook in place before. Idempotent."""
+  time after the read) and passes every other unraisable exception to the hook in place before.
+
+  `reading`: a checkpoint folder about to be read. The other reads of a failed gather can fail too (every array
+  of a corrupt step does); nobody awaits them, and asyncio logs each as "Task exception was never retrieved" with
+  a traceback. Those records are dropped when their text names a folder passed here: the caller reports the
+  first failure itself. Idempotent."""
   import sys
+  if reading is not None:
+    _READ_DIRS.add(str(reading))
   previous = sys.unraisablehook
   if getattr(previous, "drops_closed_loop_errors", False):
     return
@@ -251,13 +261,20 @@ def drop_closed_loop_errors():
 
 
 class _ClosedLoopRecordFilter:
-  """Drops "asyncio" log records about a RuntimeError('Event loop is closed'); passes every other record."""
+  """Drops "asyncio" log records about a RuntimeError('Event loop is closed'), and unretrieved task errors that
+  name a checkpoint folder being read (`_READ_DIRS`); passes every other record."""
 
   def filter(self, record):
     exc = record.exc_info[1] if record.exc_info else None
     if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
       return False
-    return "RuntimeError('Event loop is closed')" not in record.getMessage()
+    message = record.getMessage()
+    if "RuntimeError('Event loop is closed')" in message:
+      return False
+    if "exception was never retrieved" in message:
+      text = message + (str(exc) if exc is not None else "")
+      return not any(d in text for d in _READ_DIRS)
+    return True
 
 
 def _set_aside(manager, steps):

@@ -141,7 +141,7 @@ def restore_trained(workdir, *, step=None):
     raise UsageError(f"--workdir {workdir}: no checkpoint " + (f"of step {step}; saved steps: "
                      f"{', '.join(map(str, steps))}" if steps else f"in {loop.checkpoint_dir(workdir)}; train first"))
   step = steps[-1] if step is None else step
-  checkpoints.drop_closed_loop_errors()   # a failed read would print orbax's 'Event loop is closed' tracebacks
+  checkpoints.drop_closed_loop_errors(reading=loop.checkpoint_dir(workdir))   # no orbax tracebacks on a failed read
   try:
     meta = manager.item_metadata(step)
     meta = getattr(meta, "tree", meta)

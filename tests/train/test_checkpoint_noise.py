@@ -135,3 +135,25 @@ def test_asyncio_never_retrieved_closed_loop_errors_are_dropped(caplog):
       log.error("Task exception was never retrieved", exc_info=True)
   assert [r.exc_info[1].__class__ for r in caplog.records if r.exc_info] == [ValueError]
   assert len(caplog.records) == 1
+
+
+def test_unretrieved_read_errors_of_a_checkpoint_being_read_are_dropped(caplog, tmp_path):
+  """A corrupt step fails every array's read; orbax's gather raises the first and asyncio logs the others
+  ("Task exception was never retrieved") at some later garbage collection. Those name the folder being read and
+  are dropped; an unretrieved error about anything else still shows."""
+  import logging
+  from train.checkpoints import drop_closed_loop_errors
+  folder = str(tmp_path / "run" / "checkpoints")
+  drop_closed_loop_errors(reading=folder)
+  log = logging.getLogger("asyncio")
+  with caplog.at_level(logging.ERROR, logger="asyncio"):
+    for where in (folder + "/6/default/", str(tmp_path / "elsewhere")):
+      try:
+        raise ValueError(f'DATA_LOSS: Error reading "w.2/.zarray" in OCDBT database at local file "{where}"')
+      except ValueError:
+        log.error("Task exception was never retrieved", exc_info=True)
+    log.error("Task exception was never retrieved\nfuture: <Task exception=ValueError('DATA_LOSS: %s/6/d')>", folder)
+    log.error("an asyncio error about %s that is not an unretrieved task", folder)
+  shown = [r.getMessage() + (str(r.exc_info[1]) if r.exc_info else "") for r in caplog.records]
+  assert len(shown) == 2, shown
+  assert "elsewhere" in shown[0] and "not an unretrieved task" in shown[1]
