@@ -7,6 +7,7 @@ VAE decode of each finished block.
   python benchmarks/ar_sample.py --scan-unroll 30     # the DiT's 30 layers unrolled (no layer loop)
   python benchmarks/ar_sample.py --kv-buckets 4       # attention over the shortest of 4 cache prefixes (4 programs)
   python benchmarks/ar_sample.py --cache-per-layer    # the KV cache threaded per layer (the form before session 13)
+  python benchmarks/ar_sample.py --f32-kernels        # float32 kernels cast in every call (before session 14)
   python benchmarks/ar_sample.py --vae-conv3d fold2d --vae-upsample subpixel   # the VAE's other conv forms
   python benchmarks/ar_sample.py --profile 1          # then a device trace of one whole run, by program and kind
 
@@ -44,6 +45,8 @@ def main():
   p.add_argument("--cache-per-layer", action="store_true",
                  help="AROptions.cache_in_carry=False: thread per-layer KV-cache slices through the DiT's layer loop "
                       "(the form before session 13) instead of writing the carried cache in place")
+  p.add_argument("--f32-kernels", action="store_true",
+                 help="keep the bf16 matmuls' kernels in float32, cast in every DiT call (the form before session 14)")
   p.add_argument("--vae-conv3d", default="conv3d", choices=("conv3d", "fold2d"),
                  help="wanjax.vae.layers.conv3d_form for the streamed decode")
   p.add_argument("--vae-upsample", default="repeat", choices=("repeat", "subpixel"),
@@ -94,6 +97,9 @@ def main():
   t0 = time.perf_counter()
   dit = build(lambda: WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn,
                              scan_unroll=args.scan_unroll))
+  if not args.f32_kernels:   # as `infer.sample_ar` runs it (bit-identical outputs)
+    from wanjax.nn import cast_kernels
+    cast_kernels(dit)
   # The VAE is filled on the host (`create_vae`): its device-side init compiles one RNG program per shape,
   # about 50 s on a CPU even for the tiny VAE.
   vae = None if args.no_decode else create_vae(vae_config("tiny" if args.small else "wan21"), policy=policy, seed=1)
@@ -126,7 +132,7 @@ def main():
   out = dict(
       bench="ar_sample", model=args.model, device=dev.device_kind, dtype=policy, frames=frames, latent=[f, h, w],
       frames_per_block=args.nfpb, scan_unroll=args.scan_unroll, kv_buckets=args.kv_buckets,
-      cache_in_carry=opts.cache_in_carry,
+      cache_in_carry=opts.cache_in_carry, f32_kernels=args.f32_kernels,
       vae_conv3d=args.vae_conv3d, vae_upsample=args.vae_upsample, steps=len(sampling_ar.schedule(opts)[0]),
       model_calls=calls,
       decode=vae is not None, init_s=round(init_s, 2), first_run_incl_compile_s=round(first_s, 2),

@@ -20,7 +20,8 @@ one timed call times the layer count, which added one dispatch and wait per laye
 off and prints their kernel table and the device's idle gaps (`dit_layer_breakdown.profile_block`): where the
 forward's time outside the blocks goes. `--scan-unroll 1,2,30` times wanjax's forward with 1, 2 and 30 layers per
 iteration of its scanned layer loop (`WanDiT(scan_unroll=...)`, same parameters; longer compiles): what the loop
-itself costs. `--ffn-gelu bf16_formula` times the FFN's bias + GELU in the all-bf16 spelling that XLA's GEMM rewriter
+itself costs. `--f32-kernels` keeps the bf16 matmuls' kernels in float32 (cast in every forward, as before session 14; the
+default stores them in bf16 as `infer.sample` does, same outputs). `--ffn-gelu bf16_formula` times the FFN's bias + GELU in the all-bf16 spelling that XLA's GEMM rewriter
 folds into a cuBLASLt BIAS_GELU epilogue; run it with `XLA_FLAGS=--xla_gpu_enable_cublaslt=true` (the rewriter
 fuses only into cuBLASLt matmuls; `gelu_epilogue.py` shows whether it fired).
 """
@@ -82,6 +83,12 @@ def run_jax(args):
   def init():
     return nnx.state(WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn, scan_unroll=unrolls[0]))
   state = init()
+  if not args.f32_kernels:   # what `infer.sample` runs: the bf16 matmuls' kernels stored in bf16 (same outputs)
+    from wanjax.nn import cast_kernels
+    m = nnx.merge(graphdef, state)
+    cast_kernels(m)
+    state = nnx.state(m)
+    del m
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
 
@@ -131,6 +138,7 @@ def run_jax(args):
               init_s=init_s, peak_gb=stats.get("peak_bytes_in_use", 0) / 2**30,
               flops=flops_per_forward(dataclasses.asdict(cfg), L, cfg.text_len), tokens=L, finite=finite,
               scan_unroll={str(u): r for u, r in by_unroll.items()}, ffn_gelu=args.ffn_gelu,
+              f32_kernels=args.f32_kernels,
               xla_flags=os.environ.get("XLA_FLAGS", ""),
               **({"command_buffers": False, **prof} if args.profile else {}))
 
@@ -201,6 +209,9 @@ def main():
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--attn", default="auto")
   p.add_argument("--bf16-weights", action="store_true", help="store JAX weights in bf16 (14B on one card)")
+  p.add_argument("--f32-kernels", action="store_true",
+                 help="keep the bf16 matmuls' kernels in float32 and cast them in every forward (as before session "
+                      "14; `infer.sample` stores them in bf16: `wanjax.nn.cast_kernels`)")
   p.add_argument("--ffn-gelu", default="float32", choices=("float32", "bf16_formula"),
                  help="wanjax.dit.layers.ffn_gelu_form: fc1 bias + tanh GELU in float32 (default) or spelled in bf16 "
                       "as XLA folds it into a cuBLASLt epilogue (with XLA_FLAGS=--xla_gpu_enable_cublaslt=true)")

@@ -21,12 +21,14 @@
 #                                     # decode, 180 TFLOP/s at session 12's 1.53 s; T_VAEPROF=60 adds its kernel
 #                                     # table by kind)
 #   T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0 \
-#     T_AR=90 T_ARLAYER=90 T_ARKV=110 bash benchmarks/gpu_session.sh   # call 2 (~5.5 min), after adopting call 1's
-#                                     # winners (scan_unroll default, VAE conv forms, GELU spelling + the cuBLASLt
-#                                     # flag set by the GPU entry points): Self-Forcing fps with the KV cache in the
-#                                     # layer loop's carry (the new default, AROptions.cache_in_carry), with the old
-#                                     # per-layer form, and with 4 attention lengths (kv_buckets). Call 1's
-#                                     # dit_1_3b_unroll / dit_1_3b_gelu lines are the 1.3B headline figures.
+#     T_AR=90 T_ARLAYER=90 T_ARF32K=90 T_ARKV=110 bash benchmarks/gpu_session.sh   # call 2 (~7 min), after adopting
+#                                     # call 1's winners (scan_unroll default, VAE conv forms, GELU spelling + the
+#                                     # cuBLASLt flag set by the GPU entry points): Self-Forcing fps with the KV
+#                                     # cache in the layer loop's carry and bf16-stored kernels (the defaults since
+#                                     # sessions 13/14), with the old per-layer cache, with float32 kernels cast in
+#                                     # every call, and with 4 attention lengths (kv_buckets). Call 1's
+#                                     # dit_1_3b_unroll / dit_1_3b_gelu lines are the 1.3B headline figures (bf16
+#                                     # kernels now; T_FWDF32K=60 adds the float32-kernel forward beside them).
 #                                     # As time allows: T_ARPROF=90 (a device trace of one Self-Forcing run per
 #                                     # program and kind), T_DIT14=120, T_ARFORMS=100, T_BLOCKV=70 (rope_flip),
 #                                     # T_MGPU=60 (Pallas attention), T_ARUNROLL=150, T_VAEF32OUT=70, T_DMDBF16=170.
@@ -95,6 +97,8 @@ if [ "${T_GELU:-40}" != 0 ] && gelu_won; then   # the jax forward with it (compa
   bench dit_1_3b_gelu "${T_FWDGELU:-60}" env XLA_FLAGS=--xla_gpu_enable_cublaslt=true python3 benchmarks/dit_forward.py \
     --only jax --model t2v_1_3b --iters 5 --ffn-gelu bf16_formula
 fi
+bench dit_1_3b_f32_kernels "${T_FWDF32K:-0}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 5 \
+  --f32-kernels    # float32 kernels cast in every forward (the form before session 14; session 12's 0.522 s)
 bench dit_1_3b_unroll "${T_FWDUNROLL:-130}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5 \
   --scan-unroll 1,30   # the layer loop's cost: 1 and 30 layers per scan iteration (diffusers too)
 bench layer_1_3b "${T_LAYER:-0}" python3 benchmarks/dit_layer_breakdown.py --iters 5 --profile 3 \
@@ -141,6 +145,7 @@ bench ar_sample "${T_AR:-0}" python3 benchmarks/ar_sample.py --iters 2
 bench ar_sample_unrolled "${T_ARUNROLL:-0}" python3 benchmarks/ar_sample.py --iters 2 --scan-unroll 30
 bench ar_sample_profile "${T_ARPROF:-0}" python3 benchmarks/ar_sample.py --iters 1 --profile 1   # per program, by kind
 bench ar_sample_per_layer "${T_ARLAYER:-0}" python3 benchmarks/ar_sample.py --iters 2 --cache-per-layer   # the old form
+bench ar_sample_f32_kernels "${T_ARF32K:-0}" python3 benchmarks/ar_sample.py --iters 2 --f32-kernels   # kernels cast per call
 bench ar_sample_kv4 "${T_ARKV:-0}" python3 benchmarks/ar_sample.py --iters 2 --kv-buckets 4   # 4 attention lengths
 bench ar_sample_vae_forms "${T_ARFORMS:-0}" python3 benchmarks/ar_sample.py --iters 2 --vae-conv3d fold2d \
   --vae-upsample subpixel      # the streamed decode in the other conv forms

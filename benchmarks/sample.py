@@ -63,6 +63,8 @@ def main():
   p.add_argument("--cfg-steps", type=int, default=None, help="UniPC + CFG steps timed (default 10, "
                  "2 with --small; 0 skips the CFG loop)")
   p.add_argument("--policy", default="bf16", help="DiT precision policy (bf16_weights: bf16 storage, for 14B)")
+  p.add_argument("--f32-kernels", action="store_true",
+                 help="keep the bf16 matmuls' kernels in float32, cast in every DiT call (the form before session 14)")
   p.add_argument("--quant", default="none", choices=("none", "int8", "fp8"),
                  help="weight-only quantisation of the DiT block matmuls (infer.sample's config.quant)")
   p.add_argument("--vae-policy", default="float32", choices=("float32", "bf16"),
@@ -112,7 +114,8 @@ def main():
   res = _Results()
   res.update(device=jax.devices()[0].device_kind, model=args.model, frames=args.frames,
              size=f"{args.width}x{args.height}", latent=[F, H, W], policy=args.policy,
-             quant=args.quant, vae_policy=args.vae_policy, compilation_cache=args.compilation_cache or None,
+             quant=args.quant, f32_kernels=args.f32_kernels, vae_policy=args.vae_policy,
+             compilation_cache=args.compilation_cache or None,
              cache_entries_at_start=cache_entries)
   print(dict(res), flush=True)
 
@@ -144,6 +147,9 @@ def main():
     return m if args.quant == "none" else quantlib.quantize_model(m, args.quant)
   gd, _ = nnx.split(nnx.eval_shape(make))
   model = nnx.merge(gd, jax.jit(lambda: nnx.split(make())[1])())
+  if not args.f32_kernels:   # as `infer.sample` runs it (bit-identical outputs)
+    from wanjax.nn import cast_kernels
+    cast_kernels(model)
   res["dit_init_s"] = time.perf_counter() - t0
   res["dit_weight_gb"] = weight_bytes(model) / 2**30
   denoise, params = sampling.model_denoiser(model)

@@ -90,8 +90,9 @@ def sharding_rules(c):
   return sharding.override_rules(c.get("sharding_overrides", ""))
 
 
-def build_dit(c, plan, mesh):
-  """The DiT (converted weights, or random for the demo) with `plan.loras` merged, then quantised (`c.quant`)."""
+def build_dit(c, plan, mesh, *, cast_kernels=True):
+  """The DiT (converted weights, or random for the demo) with `plan.loras` merged, then quantised (`c.quant`);
+  `cast_kernels`: as `infer.models.adapt_dit`."""
   from flax import nnx
   from infer.models import adapt_dit
   if c.random_init:
@@ -104,7 +105,7 @@ def build_dit(c, plan, mesh):
     dit = load_dit(resolve_dit(plan.weights), policy=c.dtype, mesh=mesh, expect_model_type=plan.model_type,
                    attn_impl=c.attn_impl, scan_unroll=c.scan_unroll, rules=sharding_rules(c))
     check_dit_interface(dit.cfg, plan.dit_cfg, plan.weights, c.model)   # raw checkpoints: known once converted
-  return adapt_dit(dit, plan.loras, allow_unmatched=c.lora_allow_unmatched, quant=c.quant)
+  return adapt_dit(dit, plan.loras, allow_unmatched=c.lora_allow_unmatched, quant=c.quant, cast_kernels=cast_kernels)
 
 
 def build_vae(c, mesh):
@@ -170,8 +171,8 @@ class Pipeline:
   the compiled denoise program per shape, as the params are arguments of the program.
   """
 
-  def __init__(self, c, mesh, *, keep_encoders=True):
-    self.c, self.mesh, self.keep_encoders = c, mesh, keep_encoders
+  def __init__(self, c, mesh, *, keep_encoders=True, cast_kernels=True):
+    self.c, self.mesh, self.keep_encoders, self.cast_kernels = c, mesh, keep_encoders, cast_kernels
     self.dit = self.vae = self.denoise_fn = self.params = None
     self._text_encoder = self._clip = None
 
@@ -184,7 +185,7 @@ class Pipeline:
   def load(self, plan):
     """Builds (or loads) the DiT and VAE once; the DiT is split into `(denoise_fn, params)` once."""
     if self.dit is None:
-      self.dit = build_dit(self.c, plan, self.mesh)
+      self.dit = build_dit(self.c, plan, self.mesh, cast_kernels=self.cast_kernels)
       self.vae = build_vae(self.c, self.mesh)
       self.denoise_fn, self.params = sampling.model_denoiser(self.dit)
 

@@ -212,7 +212,8 @@ class Service:
       pipe_c.lora = ""
     mesh = sharding.make_mesh(c.mesh)
     sample.sharding_rules(c)   # a bad --config.sharding_overrides fails at start, before any model loads
-    self.pipeline = sample.Pipeline(pipe_c, mesh, keep_encoders=True)
+    # Kernels merged per request stay float32 (a bf16 copy would round the base weights before the merge).
+    self.pipeline = sample.Pipeline(pipe_c, mesh, keep_encoders=True, cast_kernels=not self.lora_tensors)
     self._lora_cache = {}
     self.jobs = {}
     self._lock = threading.Lock()

@@ -37,8 +37,10 @@ def test_sample_benchmark_int8_four_steps_only():
   """`--quant int8 --cfg-steps 0` (the 14B recipe of gpu_session.sh, here on the tiny model): the DiT is built
   quantised, only the 4-step sampler is compiled, and the int8 weights are smaller than the float ones."""
   q = _run("--cfg-steps", "0", "--quant", "int8")
-  f = _run("--cfg-steps", "0")
-  assert q["quant"] == "int8" and f["quant"] == "none"
+  f = _run("--cfg-steps", "0", "--f32-kernels")
+  h = _run("--cfg-steps", "0")   # the default: the bf16 matmuls' kernels stored in bf16 (`wanjax.nn.cast_kernels`)
+  assert q["quant"] == "int8" and f["quant"] == h["quant"] == "none" and f["f32_kernels"] and not h["f32_kernels"]
   assert "cfg_compile_s" not in q and q["compile_total_s"] == q["4step_compile_s"] > 0, q
   # fp32 block kernels become 1 byte per value; the tiny model's embeddings and head stay float (0.61x here).
   assert 0 < q["dit_weight_gb"] < 0.75 * f["dit_weight_gb"], (q["dit_weight_gb"], f["dit_weight_gb"])
+  assert q["dit_weight_gb"] < h["dit_weight_gb"] < 0.9 * f["dit_weight_gb"], (q, h, f)

@@ -70,13 +70,14 @@ def test_lora_strength_is_linear_and_zero_is_the_base(tmp_path):
                    "blocks.cross_attn.o.kernel":
                    (rng.standard_normal((3, 2, 24)), rng.standard_normal((3, 24, 2)))}, alpha=2.0)
   c = tiny.get_config("steps=1")
-  c.lora = path
+  c.lora, c.dtype = path, "bf16"   # bf16 matmuls: their kernels must still stay float32 for per-request merges
   svc = serve.Service(c, serve.ServeOptions(warmup=False))
   assert svc.describe()["lora_strength_adjustable"]
   svc.pipeline.load(svc.plan)
   get = lambda s: {k: np.asarray(jax.device_get(v.get_value()))            # noqa: E731
                    for k, v in flat_params(svc.params_for(s)[0]).items()}
   base = {k: np.asarray(jax.device_get(v.get_value())) for k, v in flat_params(svc.pipeline.params[0]).items()}
+  assert base["blocks.self_attn.q.kernel"].dtype == np.float32   # not `wanjax.nn.cast_kernels`'d
   w0, w1, w05 = get(0.0), get(1.0), get(0.5)
   changed = sorted(k for k in base if not np.array_equal(w1[k], base[k]))
   assert changed == ["blocks.cross_attn.o.kernel", "blocks.self_attn.q.kernel"]

@@ -49,6 +49,8 @@ class PatchEmbed(nnx.Module):
   """The reference `Conv3d(in_dim, D, kernel=stride=patch)` as reshape + matmul; kernel `[pt, ph, pw, C, D]` is
   the torch weight transposed (2, 3, 4, 1, 0)."""
 
+  KERNEL_CAST_AT_USE = True   # read only as `kernel.astype(compute_dtype)` (`wanjax.nn.cast_kernels`)
+
   def __init__(self, in_dim, dim, patch, *, policy, rngs: nnx.Rngs):
     self.patch = tuple(patch)
     pt, ph, pw = self.patch

@@ -1,0 +1,105 @@
+"""`wanjax.nn.cast_kernels`: the bf16 matmuls' float32 kernels stored in bf16 for inference. The DiT's outputs must
+not change by a single bit (those kernels were cast at use before), the float32-path layers, biases, norms and
+quantised kernels must stay as they are, and a sharded kernel must keep its sharding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from wanjax import quant as quantlib
+from wanjax import sharding as shd
+from wanjax.dit.config import PRESETS
+from wanjax.dit.model import WanDiT, make_forward
+from wanjax.nn import cast_kernels
+
+B, F, H, W, S = 1, 3, 4, 6, 7
+
+
+def _model(policy, name="tiny", seed=0):
+  cfg = PRESETS[name]
+  model = WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(seed)   # random values everywhere (the zero-initialised head too)
+  state = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.standard_normal(a.shape), a.dtype), nnx.state(model))
+  nnx.update(model, state)
+  return cfg, model
+
+
+def _inputs(cfg):
+  rng = np.random.default_rng(1)
+  return (rng.standard_normal((B, F, H, W, 16)).astype(np.float32), np.array([750.0], np.float32),
+          rng.standard_normal((B, S, cfg.text_dim)).astype(np.float32))
+
+
+def _dtypes(model):
+  return {".".join(map(str, p)): v.get_value().dtype for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def _forward(model, args, **kw):
+  fwd, params, rest = make_forward(model)
+  return np.asarray(jax.jit(lambda p, r: fwd(p, r, *args, **kw))(params, rest))
+
+
+def _param_bytes(model):
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_i2v"])
+def test_bf16_policy_outputs_are_bit_identical_and_kernels_halve(name):
+  cfg, model = _model("bf16", name)
+  args, kw = _inputs(cfg), {}
+  if cfg.has_image_input:
+    rng = np.random.default_rng(2)
+    kw = dict(y=rng.standard_normal((B, F, H, W, 20)).astype(np.float32),
+              clip_fea=rng.standard_normal((B, cfg.num_image_tokens, cfg.image_dim)).astype(np.float32))
+  before = _forward(model, args, **kw)
+  bytes_before = _param_bytes(model)
+  saved = cast_kernels(model)
+  assert saved > 0 and _param_bytes(model) == bytes_before - saved
+  dtypes = _dtypes(model)
+  half = sorted(k for k, d in dtypes.items() if d == jnp.bfloat16)
+  # Every block matmul, the text embedding and the patch embedding are bf16 now ...
+  for k in ("blocks.self_attn.q.kernel", "blocks.self_attn.o.kernel", "blocks.cross_attn.k.kernel",
+            "blocks.ffn.fc1.kernel", "blocks.ffn.fc2.kernel", "text_embedding.fc1.kernel",
+            "patch_embedding.kernel"):
+    assert dtypes[k] == jnp.bfloat16, k
+  # ... and nothing else: float32-path layers, biases and norms keep float32.
+  assert all(k.endswith(".kernel") for k in half), half
+  for k in ("time_embedding.fc1.kernel", "time_projection.fc.kernel", "head.head.kernel",
+            "blocks.self_attn.q.bias", "blocks.norm3.scale", "blocks.modulation"):
+    assert dtypes[k] == jnp.float32, k
+  np.testing.assert_array_equal(_forward(model, args, **kw), before)
+  assert cast_kernels(model) == 0   # idempotent
+
+
+def test_float32_policy_and_quantised_kernels_are_left_alone():
+  cfg, model = _model("float32")
+  before = _dtypes(model)
+  assert cast_kernels(model) == 0 and _dtypes(model) == before
+  cfg, model = _model("bf16")
+  quantlib.quantize_model(model, "int8")
+  args = _inputs(cfg)
+  want = _forward(model, args)
+  cast_kernels(model)
+  dtypes = _dtypes(model)
+  assert dtypes["blocks.ffn.fc1.kernel"] == jnp.int8 and dtypes["blocks.ffn.fc1.kernel_scale"] == jnp.float32
+  assert dtypes["text_embedding.fc1.kernel"] == jnp.bfloat16   # not quantised, so cast
+  np.testing.assert_array_equal(_forward(model, args), want)
+
+
+def test_sharded_kernels_keep_their_sharding():
+  cfg, model = _model("bf16")
+  args = _inputs(cfg)
+  mesh = shd.make_mesh("fsdp=4,tensor=2")
+  with shd.activate(mesh):
+    graphdef, state = nnx.split(model)
+    model = nnx.merge(graphdef, jax.device_put(state, shd.state_shardings(state, mesh)))
+    want = _forward(model, args)   # sharded, float32 kernels (not compared with one device: reductions differ)
+    before = model.blocks.self_attn.q.kernel[...].sharding
+    assert len(before.device_set) == 8
+    cast_kernels(model)
+    q = model.blocks.self_attn.q.kernel[...]
+    assert q.dtype == jnp.bfloat16 and q.sharding == before
+    got = _forward(model, args)
+  np.testing.assert_array_equal(got, want)
