@@ -51,7 +51,7 @@ def cast_kernels(model) -> int:
   For inference under the `bf16` policy (float32 master weights, bf16 matmuls): those kernels are read only as
   `kernel.astype(compute_dtype)` (modules that say so with `KERNEL_CAST_AT_USE`), so storing the cast once gives
   bit-identical outputs, halves their memory, and saves the program one float32 read and one bf16 write of every
-  kernel per call (the 1.3B DiT: ~7.5 GB of memory traffic per forward, each Self-Forcing DiT call included).
+  kernel per call (the 1.3B DiT: 8.4 GB of memory traffic per forward, each Self-Forcing DiT call included).
   Float32-path layers (time MLP, modulation, head), biases, norms and quantised kernels (`kernel_scale`) are left
   as they are. Not for training (the optimiser updates the float32 masters) nor before merging LoRAs into the
   kernels (`adapt_dit` casts after merging). Keeps each kernel's sharding and its Param metadata."""
