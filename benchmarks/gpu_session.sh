@@ -31,7 +31,9 @@
 #                                     # kernels now; T_FWDF32K=60 adds the float32-kernel forward beside them).
 #                                     # As time allows: T_ARPROF=90 (a device trace of one Self-Forcing run per
 #                                     # program and kind), T_DIT14=120, T_ARFORMS=100, T_BLOCKV=70 (rope_flip),
-#                                     # T_MGPU=60 (Pallas attention), T_ARUNROLL=150, T_VAEF32OUT=70, T_DMDBF16=170.
+#                                     # T_MGPU=60 (Pallas attention), T_ARUNROLL=150, T_VAEF32OUT=70, T_DMD=170
+#                                     # (the 1.3B DMD step with the frozen teacher's kernels in bf16, the default
+#                                     # since session 14: does it fit the H100 now?), T_DMDBF16=170.
 #   D0="T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0"   # the others:
 #   env $D0 T_DIT13=90 T_ARND=60 T_SAMPLE=120 T_SAMPLE_WARM=70 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...
 #   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 T_LAYER=60 T_QKV=60 T_DMD=170 bash ...

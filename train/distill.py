@@ -35,7 +35,10 @@ ROLES = ("generator", "teacher", "critic")
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-TEACHER_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# How the frozen teacher's params are held: "bf16_kernels" (default) stores the kernels its bf16 matmuls read cast
+# anyway in bf16 (bit-identical teacher outputs; float32 everything else); "bfloat16" every floating param (its
+# float32-path weights rounded too); "float32" as loaded.
+TEACHER_DTYPES = {"bf16_kernels": None, "float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def dmd_settings(d) -> dmd.DMDSettings:
@@ -195,11 +198,15 @@ def build_dmd(c, workdir, mesh, rules) -> DMDSetup:
   gcfg = built["generator"].cfg
   if c.data.batch_size < 1:
     raise UsageError(f"data.batch_size={c.data.batch_size} must be >= 1")
-  name = c.dmd.get("teacher_param_dtype", "float32")
+  name = c.dmd.get("teacher_param_dtype", "bf16_kernels")
   if name not in TEACHER_DTYPES:
     raise UsageError(f"dmd.teacher_param_dtype={name!r}; valid: {', '.join(TEACHER_DTYPES)}")
+  half = built["teacher"].cast_at_use
 
-  def frozen(x):   # the teacher is never updated: its floating params may be held in a narrower dtype
+  def frozen(path, x):   # the teacher is never updated: its floating params may be held in a narrower dtype
+    if name == "bf16_kernels":
+      key = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+      return x.astype(half[key]) if key in half and x.dtype == jnp.float32 else jnp.copy(x)
     narrow = name != "float32" and jnp.issubdtype(x.dtype, jnp.floating)
     return x.astype(TEACHER_DTYPES[name]) if narrow else jnp.copy(x)
 
@@ -208,7 +215,7 @@ def build_dmd(c, workdir, mesh, rules) -> DMDSetup:
     return st.TrainState(
         step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(c.seed),
         generator=st.init_trainee(p["generator"], tx_g, ema=ema),
-        critic=st.init_trainee(p["critic"], tx_c), teacher=jax.tree.map(frozen, p["teacher"]))
+        critic=st.init_trainee(p["critic"], tx_c), teacher=jax.tree_util.tree_map_with_path(frozen, p["teacher"]))
 
   abstract_loaded = {r: built[r].abstract if built[r].weights else None for r in ROLES}
   abstract_state = jax.eval_shape(make_state, abstract_loaded)

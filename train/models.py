@@ -30,6 +30,9 @@ class BuiltModel:
   shardings: dict        # pure dict of NamedSharding
   random_init: object    # () -> pure dict of params (call inside jit)
   weights: str           # converted model dir, or '' for random init
+  # {param path (tuple of pure-dict keys): compute dtype} of the float32 kernels only ever read cast to a half
+  # compute dtype (`wanjax.nn.cast_at_use_kernels`): a frozen copy may hold them in that dtype, same outputs.
+  cast_at_use: dict = dataclasses.field(default_factory=dict)
 
   def load(self, mesh, rules):
     """Concrete sharded params from `weights`, or None for random init."""
@@ -98,6 +101,8 @@ def build_dit(mcfg, *, seed, mesh, rules=shd.RULES, role=None) -> BuiltModel:
   def random_init():
     return nnx.to_pure_dict(nnx.split(make(), nnx.Param, ...)[1])
 
+  from wanjax.nn import cast_at_use_kernels
+  cast_at_use = {tuple(path) + ("kernel",): m.compute_dtype for path, m in cast_at_use_kernels(abstract_module)}
   return BuiltModel(cfg=cfg, fn=fn, abstract=abstract, shardings=param_shardings, random_init=random_init,
-                    weights=mcfg.weights)
+                    weights=mcfg.weights, cast_at_use=cast_at_use)
 

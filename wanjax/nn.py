@@ -45,24 +45,32 @@ class Dense(nnx.Module):
     return y.astype(self.out_dtype or cd)
 
 
+def cast_at_use_kernels(model):
+  """(module path, module) of every layer whose float32 kernel is read only as `kernel.astype(compute_dtype)` with
+  a half-precision compute dtype (`KERNEL_CAST_AT_USE`, not quantised): the kernels that may be stored in that
+  dtype without changing a single output. Works on abstract models (`nnx.eval_shape`)."""
+  for path, m in nnx.iter_modules(model):
+    if not getattr(m, "KERNEL_CAST_AT_USE", False) or getattr(m, "kernel_scale", None) is not None:
+      continue
+    if jnp.dtype(m.compute_dtype).itemsize < 4 and jnp.dtype(m.kernel.dtype) == jnp.dtype(jnp.float32):
+      yield path, m
+
+
 def cast_kernels(model) -> int:
   """Stores, in place, every half-precision matmul's float32 kernel in its compute dtype; returns the bytes saved.
 
   For inference under the `bf16` policy (float32 master weights, bf16 matmuls): those kernels are read only as
-  `kernel.astype(compute_dtype)` (modules that say so with `KERNEL_CAST_AT_USE`), so storing the cast once gives
-  bit-identical outputs, halves their memory, and saves the program one float32 read and one bf16 write of every
-  kernel per call (the 1.3B DiT: 8.4 GB of memory traffic per forward, each Self-Forcing DiT call included).
-  Float32-path layers (time MLP, modulation, head), biases, norms and quantised kernels (`kernel_scale`) are left
-  as they are. Not for training (the optimiser updates the float32 masters) nor before merging LoRAs into the
-  kernels (`adapt_dit` casts after merging). Keeps each kernel's sharding and its Param metadata."""
+  `kernel.astype(compute_dtype)` (`cast_at_use_kernels`), so storing the cast once gives bit-identical outputs,
+  halves their memory, and saves the program one float32 read and one bf16 write of every kernel per call (the
+  1.3B DiT: 8.4 GB of memory traffic per forward, each Self-Forcing DiT call included). Float32-path layers (time
+  MLP, modulation, head), biases, norms and quantised kernels (`kernel_scale`) are left as they are. Not for
+  training (the optimiser updates the float32 masters; a frozen DMD teacher may: `dmd.teacher_param_dtype`) nor
+  before merging LoRAs into the kernels (`adapt_dit` casts after merging). Keeps each kernel's sharding and its
+  Param metadata."""
   saved = 0
-  for _, m in nnx.iter_modules(model):
-    if not getattr(m, "KERNEL_CAST_AT_USE", False) or getattr(m, "kernel_scale", None) is not None:
-      continue
+  for _, m in list(cast_at_use_kernels(model)):
     cd = jnp.dtype(m.compute_dtype)
     kernel = m.kernel[...]
-    if cd.itemsize >= 4 or jnp.dtype(kernel.dtype) != jnp.dtype(jnp.float32):
-      continue
     sharding = getattr(kernel, "sharding", None)
     cast = (jax.jit(lambda k: k.astype(cd), out_shardings=sharding)(kernel)
             if isinstance(sharding, jax.sharding.NamedSharding) else kernel.astype(cd))
