@@ -91,7 +91,7 @@ def main():
   real = args.real_tokens or args.seq_len
   if not 1 <= real <= args.seq_len:
     p.error(f"--real-tokens={args.real_tokens} must be in 1..--seq-len={args.seq_len}")
-  mesh = shd.make_mesh(args.mesh)
+  mesh = shd.make_mesh(args.mesh, flag="--mesh")
   dev = jax.devices()[0]
 
   t0 = time.perf_counter()

@@ -210,7 +210,7 @@ class Service:
       self.lora_tensors = [(read_lora_file(s.path), s.strength) for s in self.plan.loras]
       self.fixed_lora = False
       pipe_c.lora = ""
-    mesh = sharding.make_mesh(c.mesh)
+    mesh = sharding.make_mesh(c.mesh, flag="--config.mesh")
     sample.sharding_rules(c)   # a bad --config.sharding_overrides fails at start, before any model loads
     # Kernels merged per request stay float32 (a bf16 copy would round the base weights before the merge).
     self.pipeline = sample.Pipeline(pipe_c, mesh, keep_encoders=True, cast_kernels=not self.lora_tensors)

@@ -344,7 +344,7 @@ def _run(c, workdir, abstract_state, shardings, create, step_fn_for, batch_for, 
 
 def train(c, workdir):
   """Runs the trainer named by `c.objective` ('dmd' | 'ode_init'); returns the final TrainState."""
-  mesh = shd.make_mesh(c.mesh)
+  mesh = shd.make_mesh(c.mesh, flag="--config.mesh")
   rules = shd.override_rules(c.sharding_overrides)
   if c.objective == "dmd":
     return train_dmd(c, workdir, mesh, rules)

@@ -68,8 +68,10 @@ def param_axes(var) -> tuple:
   return ("layers",) * (ndim - len(axes)) + axes
 
 
-def parse_mesh(spec) -> dict:
-  """Parses 'data=2,fsdp=-1' (or a dict) into {axis: size}; -1 fills the remaining devices."""
+def parse_mesh(spec, *, flag="mesh") -> dict:
+  """Parses 'data=2,fsdp=-1' (or a dict) into {axis: size}; -1 fills the remaining devices. `flag` names the
+  setting in errors (e.g. "--config.mesh")."""
+  where = f"{flag}={spec!r}"
   if isinstance(spec, dict):
     sizes = dict(spec)
   else:
@@ -78,40 +80,42 @@ def parse_mesh(spec) -> dict:
       name, _, val = part.partition("=")
       name = name.strip()
       if name in sizes:
-        raise UsageError(f"mesh {spec!r} names axis {name!r} twice; give each axis once, e.g. 'data=2,fsdp=-1'")
+        raise UsageError(f"{where} names axis {name!r} twice; give each axis once, e.g. 'data=2,fsdp=-1'")
       try:
         sizes[name] = int(val)
       except ValueError:
-        raise UsageError(f"bad mesh entry {part!r}; expected axis=size, e.g. 'data=1,fsdp=-1'") from None
+        raise UsageError(f"{where}: bad entry {part!r}; expected axis=size, e.g. 'data=1,fsdp=-1'") from None
   bad = sorted(set(sizes) - set(MESH_AXES))
   if bad:
-    raise UsageError(f"unknown mesh axes {bad}; valid: {', '.join(MESH_AXES)}")
+    raise UsageError(f"{where}: unknown mesh axes {bad}; valid: {', '.join(MESH_AXES)}")
   nonpositive = {a: v for a, v in sizes.items() if v < 1 and v != -1}
   if nonpositive:
-    raise UsageError(f"mesh {spec!r}: axis sizes must be >= 1 (or -1 for the remaining devices), got {nonpositive}")
+    raise UsageError(f"{where}: axis sizes must be >= 1 (or -1 for the remaining devices), got {nonpositive}")
   return sizes
 
 
-def make_mesh(spec="", devices=None) -> Mesh:
-  """Builds a `(data, fsdp, context, tensor)` mesh; unspecified axes are 1, one axis may be -1 (fill)."""
+def make_mesh(spec="", devices=None, *, flag="mesh") -> Mesh:
+  """Builds a `(data, fsdp, context, tensor)` mesh; unspecified axes are 1, one axis may be -1 (fill). `flag`
+  names the setting in errors and warnings (the CLIs pass "--config.mesh")."""
   devices = list(devices if devices is not None else jax.devices())
+  where = f"{flag}={spec!r}"
   sizes = {a: 1 for a in MESH_AXES}
-  sizes.update(parse_mesh(spec))
+  sizes.update(parse_mesh(spec, flag=flag))
   fill = [a for a, s in sizes.items() if s == -1]
   if len(fill) > 1:
-    raise UsageError(f"only one mesh axis may be -1, got {fill}")
+    raise UsageError(f"{where}: only one mesh axis may be -1, got {fill}")
   known = math.prod(s for s in sizes.values() if s != -1)
   if fill:
     if len(devices) % known:
-      raise UsageError(f"mesh {spec!r}: {len(devices)} devices not divisible by {known}")
+      raise UsageError(f"{where}: {len(devices)} devices not divisible by {known}")
     sizes[fill[0]] = len(devices) // known
   total = math.prod(sizes.values())
   if total > len(devices) or total < 1:
-    raise UsageError(f"mesh {spec!r} needs {total} devices; {len(devices)} available")
+    raise UsageError(f"{where} needs {total} devices; {len(devices)} available")
   if spec and 1 < total < len(devices):   # a multi-device mesh that leaves devices idle is said, not silently done
     from absl import logging
-    logging.warning("mesh %r uses %d of the %d devices (the first %d); the rest stay idle (e.g. an axis of -1 "
-                    "fills them)", spec, total, len(devices), total)
+    logging.warning("%s uses %d of the %d devices (the first %d); the rest stay idle (e.g. an axis of -1 "
+                    "fills them)", where, total, len(devices), total)
   arr = np.asarray(devices[:total]).reshape([sizes[a] for a in MESH_AXES])
   return Mesh(arr, MESH_AXES)
 

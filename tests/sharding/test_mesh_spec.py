@@ -20,13 +20,16 @@ def test_mesh_spec_sizes_and_fill():
     ("data=2,data=4", "names axis 'data' twice"),            # was silently data=4
     ("data=0", "axis sizes must be >= 1 (or -1 for the remaining devices), got {'data': 0}"),
     ("tensor=-2", "got {'tensor': -2}"),
-    ("data=x", "bad mesh entry 'data=x'"),
+    ("data=x", "bad entry 'data=x'"),
     ("batch=2", "unknown mesh axes ['batch']"),
     ("data=-1,fsdp=-1", "only one mesh axis may be -1"),
+    ("data=3,fsdp=-1", "8 devices not divisible by 3"),
+    ("data=16", "needs 16 devices; 8 available"),
 ])
 def test_mesh_spec_errors(spec, message):
-  with pytest.raises(UsageError, match=re.escape(message)):
-    sharding.make_mesh(spec, devices=jax.devices()[:8])
+  with pytest.raises(UsageError, match=re.escape(message)) as e:
+    sharding.make_mesh(spec, devices=jax.devices()[:8], flag="--config.mesh")
+  assert str(e.value).startswith(f"--config.mesh={spec!r}"), e.value   # names the flag and the value at fault
 
 
 def test_sharding_overrides_apply():
@@ -53,7 +56,7 @@ def test_a_mesh_leaving_devices_idle_is_said(caplog):
   with caplog.at_level(logging.WARNING):
     mesh = sharding.make_mesh("data=3", devices=jax.devices()[:8])
   assert mesh.devices.size == 3
-  assert "mesh 'data=3' uses 3 of the 8 devices" in caplog.text
+  assert "mesh='data=3' uses 3 of the 8 devices" in caplog.text
   caplog.clear()
   with caplog.at_level(logging.WARNING):
     sharding.make_mesh("data=2,fsdp=-1", devices=jax.devices()[:8])
