@@ -43,7 +43,8 @@ def load_text_encoder_for(c, plan, mesh):
   from infer.models import resolve_model
   from wanjax.text.encode import load_text_encoder
   return load_text_encoder(resolve_model(os.path.expanduser(c.text_encoder), family="umt5"),
-                           os.path.expanduser(c.tokenizer), mesh=mesh, max_length=plan.dit_cfg.text_len)
+                           os.path.expanduser(c.tokenizer), mesh=mesh, max_length=plan.dit_cfg.text_len,
+                           rules=sharding_rules(c))
 
 
 def encode_with(encoder, c, plan):
@@ -118,7 +119,8 @@ def build_vae(c, mesh):
     return demo.random_model(lambda: WanVAE(get_config("tiny"), policy=policy, rngs=nnx.Rngs(0)), model_seed(c) + 1)
   from infer.models import resolve_model
   from wanjax.vae.load import load_vae
-  return load_vae(resolve_model(os.path.expanduser(c.vae), family="vae"), policy=policy, mesh=mesh)
+  return load_vae(resolve_model(os.path.expanduser(c.vae), family="vae"), policy=policy, mesh=mesh,
+                  rules=sharding_rules(c))
 
 
 def build_clip(c, plan, mesh):
@@ -130,7 +132,8 @@ def build_clip(c, plan, mesh):
     return demo.random_model(lambda: CLIPVisionTower(cfg, policy=policy, rngs=nnx.Rngs(0)), model_seed(c) + 2)
   from infer.models import resolve_model
   from wanjax.image.load import load_clip
-  return load_clip(resolve_model(os.path.expanduser(c.clip), family="clip"), policy=policy, mesh=mesh)
+  return load_clip(resolve_model(os.path.expanduser(c.clip), family="clip"), policy=policy, mesh=mesh,
+                   rules=sharding_rules(c))
 
 
 def i2v_condition_with(tower, plan, vae):

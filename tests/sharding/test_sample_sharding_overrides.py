@@ -1,6 +1,7 @@
 """`--config.sharding_overrides` reaches the sampler (docs/scaling.md: the 14B inference plans need
 `embed=fsdp+context`): `load_dit(rules=...)` places the weights by the overridden table, the default leaves the
-`embed` dimension replicated on a context mesh, and `sample.sharding_rules` reads the config field."""
+`embed` dimension replicated on a context mesh, and `sample.sharding_rules` reads the config field. The umT5
+encoder and the VAE the sampler loads beside the DiT follow the same table (`load_umt5` / `load_vae(rules=...)`)."""
 
 import os
 
@@ -30,6 +31,26 @@ def test_overrides_place_the_dits_weights():
   assert _fc1_spec(placed) == (None, "context", None)   # fsdp has size 1 on this mesh
   for a, b in zip(jax.tree.leaves(nnx.state(plain)), jax.tree.leaves(nnx.state(placed))):
     assert (a == b).all()
+
+
+def _specs(model):
+  return {".".join(map(str, p)): tuple(v.get_value().sharding.spec)
+          for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_overrides_place_the_text_encoder_and_vae_weights():
+  from wanjax.text.load import load_umt5
+  from wanjax.vae.load import load_vae
+  mesh = sharding.make_mesh("context=2,tensor=4", devices=jax.devices()[:8])
+  ckpt = os.path.dirname(TOY)
+  rules = sample.sharding_rules(ml_collections.ConfigDict(dict(sharding_overrides="embed=fsdp+context, "
+                                                                                  "conv_in=context")))
+  for load, name in ((lambda **kw: load_umt5(os.path.join(ckpt, "umt5"), mesh=mesh, **kw), "umT5"),
+                     (lambda **kw: load_vae(os.path.join(ckpt, "vae"), mesh=mesh, **kw), "VAE")):
+    plain, placed = _specs(load()), _specs(load(rules=rules))
+    moved = sorted(k for k in plain if plain[k] != placed[k])
+    assert moved, f"{name}: no weight moved with the overrides"
+    assert all("context" in placed[k] and "context" not in plain[k] for k in moved), (name, moved[:3])
 
 
 def test_default_config_has_no_overrides():

@@ -21,8 +21,9 @@ def read_config(model_dir) -> CLIPVisionConfig:
   return CLIPVisionConfig.load(path)
 
 
-def load_clip(model_dir, *, policy, mesh=None, scan=True, attn_impl="auto") -> CLIPVisionTower:
-  """CLIPVisionTower with the weights of `model_dir`, sharded over `mesh` (default: the first device).
+def load_clip(model_dir, *, policy, mesh=None, scan=True, attn_impl="auto", rules=None) -> CLIPVisionTower:
+  """CLIPVisionTower with the weights of `model_dir`, sharded over `mesh` (default: the first device) by the
+  logical-axis `rules` (default `wanjax.sharding.RULES`).
 
   `policy`: "fp16" runs it as the reference does (fp16 compute, fp32 LayerNorm statistics; spec §5.1);
   "bf16" on TPUs; "float32" for parity checks.
@@ -31,5 +32,6 @@ def load_clip(model_dir, *, policy, mesh=None, scan=True, attn_impl="auto") -> C
   abstract = nnx.eval_shape(lambda: CLIPVisionTower(cfg, policy=policy, rngs=nnx.Rngs(0), scan=scan,
                                                     attn_impl=attn_impl))
   graphdef, abstract_state = nnx.split(abstract)
-  state = checkpoint.load_state(abstract_state, checkpoint.model_files(model_dir), mesh=mesh)
+  state = checkpoint.load_state(abstract_state, checkpoint.model_files(model_dir), mesh=mesh,
+                                **({} if rules is None else {"rules": rules}))
   return nnx.merge(graphdef, state)

@@ -89,10 +89,12 @@ class TextEncoder:
     return context, lengths
 
 
-def load_text_encoder(model_dir, tokenizer_path, *, policy="bf16", mesh=None, max_length=512) -> TextEncoder:
-  """TextEncoder from a converted umT5 directory and a tokenizer folder; the cache identity is taken from the
-  config, the weight files' names/sizes/mtimes, the policy and the tokenizer file hash."""
-  model = text_load.load_umt5(model_dir, policy=policy, mesh=mesh)
+def load_text_encoder(model_dir, tokenizer_path, *, policy="bf16", mesh=None, max_length=512,
+                      rules=None) -> TextEncoder:
+  """TextEncoder from a converted umT5 directory and a tokenizer folder (weights placed on `mesh` by `rules`, as
+  `load_umt5`); the cache identity is taken from the config, the weight files' names/sizes/mtimes, the policy and
+  the tokenizer file hash."""
+  model = text_load.load_umt5(model_dir, policy=policy, mesh=mesh, rules=rules)
   tokenizer = Tokenizer(tokenizer_path, max_length=max_length)
   files = []
   for f in sorted(os.listdir(model_dir)):

@@ -21,10 +21,12 @@ def read_config(model_dir) -> UMT5Config:
   return UMT5Config.load(path)
 
 
-def load_umt5(model_dir, *, policy="bf16", mesh=None, scan=True) -> UMT5Encoder:
-  """UMT5Encoder with the weights of `model_dir`, sharded over `mesh` (default: the first device)."""
+def load_umt5(model_dir, *, policy="bf16", mesh=None, scan=True, rules=None) -> UMT5Encoder:
+  """UMT5Encoder with the weights of `model_dir`, sharded over `mesh` (default: the first device) by the
+  logical-axis `rules` (default `wanjax.sharding.RULES`)."""
   cfg = read_config(model_dir)
   abstract = nnx.eval_shape(lambda: UMT5Encoder(cfg, policy=policy, rngs=nnx.Rngs(0), scan=scan))
   graphdef, abstract_state = nnx.split(abstract)
-  state = checkpoint.load_state(abstract_state, checkpoint.model_files(model_dir), mesh=mesh)
+  state = checkpoint.load_state(abstract_state, checkpoint.model_files(model_dir), mesh=mesh,
+                                **({} if rules is None else {"rules": rules}))
   return nnx.merge(graphdef, state)

@@ -28,10 +28,12 @@ def read_config(model_dir) -> VAEConfig:
   return VAEConfig.from_json_dict(d)
 
 
-def load_vae(model_dir, *, policy=FLOAT32, mesh=None) -> WanVAE:
-  """WanVAE with the weights of `model_dir` (default precision float32, like the reference)."""
+def load_vae(model_dir, *, policy=FLOAT32, mesh=None, rules=None) -> WanVAE:
+  """WanVAE with the weights of `model_dir` (default precision float32, like the reference), placed on `mesh` by
+  the logical-axis `rules` (default `wanjax.sharding.RULES`)."""
   cfg = read_config(model_dir)
   abstract = nnx.eval_shape(lambda: WanVAE(cfg, policy=policy, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
-  state = checkpoint.load_state(abstract_state, checkpoint.model_files(model_dir), mesh=mesh)
+  state = checkpoint.load_state(abstract_state, checkpoint.model_files(model_dir), mesh=mesh,
+                                **({} if rules is None else {"rules": rules}))
   return nnx.merge(graphdef, state)
