@@ -105,7 +105,7 @@ def train(c, workdir, mesh, rules):
     tp = loaded_teacher if loaded_teacher is not None else teacher.random_init()
     sp = loaded_student if loaded_student is not None else student_from_teacher(tp, student.random_init())
     return st.TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(c.seed),
-                         generator=st.init_trainee(sp, tx, ema=ema), teacher=jax.tree.map(jnp.copy, tp))
+                         generator=st.init_trainee(sp, tx, ema=ema), teacher=teacher.frozen(tp))
 
   abstract_state = jax.eval_shape(make_state, teacher.abstract if teacher.weights else None,
                                   student.abstract if student.weights else None)

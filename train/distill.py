@@ -201,21 +201,19 @@ def build_dmd(c, workdir, mesh, rules) -> DMDSetup:
   name = c.dmd.get("teacher_param_dtype", "bf16_kernels")
   if name not in TEACHER_DTYPES:
     raise UsageError(f"dmd.teacher_param_dtype={name!r}; valid: {', '.join(TEACHER_DTYPES)}")
-  half = built["teacher"].cast_at_use
 
-  def frozen(path, x):   # the teacher is never updated: its floating params may be held in a narrower dtype
+  def frozen(params):   # the teacher is never updated: its floating params may be held in a narrower dtype
     if name == "bf16_kernels":
-      key = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
-      return x.astype(half[key]) if key in half and x.dtype == jnp.float32 else jnp.copy(x)
-    narrow = name != "float32" and jnp.issubdtype(x.dtype, jnp.floating)
-    return x.astype(TEACHER_DTYPES[name]) if narrow else jnp.copy(x)
+      return built["teacher"].frozen(params)
+    narrow = lambda x: name != "float32" and jnp.issubdtype(x.dtype, jnp.floating)   # noqa: E731
+    return jax.tree.map(lambda x: x.astype(TEACHER_DTYPES[name]) if narrow(x) else jnp.copy(x), params)
 
   def make_state(loaded):
     p = {r: loaded[r] if loaded[r] is not None else built[r].random_init() for r in ROLES}
     return st.TrainState(
         step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(c.seed),
         generator=st.init_trainee(p["generator"], tx_g, ema=ema),
-        critic=st.init_trainee(p["critic"], tx_c), teacher=jax.tree_util.tree_map_with_path(frozen, p["teacher"]))
+        critic=st.init_trainee(p["critic"], tx_c), teacher=frozen(p["teacher"]))
 
   abstract_loaded = {r: built[r].abstract if built[r].weights else None for r in ROLES}
   abstract_state = jax.eval_shape(make_state, abstract_loaded)

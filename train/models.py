@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
@@ -33,6 +34,15 @@ class BuiltModel:
   # {param path (tuple of pure-dict keys): compute dtype} of the float32 kernels only ever read cast to a half
   # compute dtype (`wanjax.nn.cast_at_use_kernels`): a frozen copy may hold them in that dtype, same outputs.
   cast_at_use: dict = dataclasses.field(default_factory=dict)
+
+  def frozen(self, params):
+    """A copy of `params` (pure dict) for a model that is never updated (a teacher): the kernels its half-precision
+    matmuls only read cast (`cast_at_use`) are stored cast, so its outputs are bit-identical in less memory."""
+    def copy(path, x):
+      key = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+      dtype = self.cast_at_use.get(key)
+      return x.astype(dtype) if dtype is not None and x.dtype == jnp.float32 else jnp.copy(x)
+    return jax.tree_util.tree_map_with_path(copy, params)
 
   def load(self, mesh, rules):
     """Concrete sharded params from `weights`, or None for random init."""

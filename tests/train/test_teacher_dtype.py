@@ -80,3 +80,23 @@ def test_unknown_teacher_dtype_is_a_usage_error():
   c.dmd.teacher_param_dtype = "float16"
   with pytest.raises(UsageError, match="teacher_param_dtype"):
     distill.build_dmd(c, "", shd.make_mesh(c.mesh), shd.RULES)
+
+
+@pytest.mark.parametrize("precision, halved", [("bf16", True), ("float32", False)])
+def test_built_model_frozen_copy_is_bit_identical(precision, halved):
+  """`BuiltModel.frozen` (every frozen teacher: DMD's default, CFG and step distillation): the half-precision
+  matmuls' kernels stored cast, the rest copied; the model's output does not move by a bit."""
+  from configs.train_common import model
+  from train.models import build_dit
+  built = build_dit(model("tiny", precision=precision, remat="none"), seed=0, mesh=shd.make_mesh("data=1"))
+  keys = iter(jax.random.split(jax.random.key(2), 1000))
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(next(keys), p.shape), jax.jit(built.random_init)())
+  frozen = built.frozen(params)
+  half = {jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_flatten_with_path(frozen)[0] if x.dtype != jnp.float32}
+  assert bool(half) == halved and all(k.endswith("['kernel']") for k in half), half
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((1, 3, 4, 6, built.cfg.out_dim)), jnp.float32)
+  ctx = jnp.asarray(rng.standard_normal((1, 7, built.cfg.text_dim)), jnp.float32)
+  t = jnp.asarray([400.0], jnp.float32)
+  apply = jax.jit(built.fn.apply)
+  np.testing.assert_array_equal(np.asarray(apply(frozen, x, t, ctx)), np.asarray(apply(params, x, t, ctx)))
