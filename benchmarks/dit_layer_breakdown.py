@@ -404,6 +404,12 @@ def run(args):
   graphdef, state = nnx.split(nnx.eval_shape(lambda: WanBlock(cfg, policy=policy, rngs=nnx.Rngs(0),
                                                               attn_impl=args.attn)))
   state = jax.jit(lambda: nnx.state(WanBlock(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn)))()
+  if not getattr(args, "f32_kernels", False):   # as inference runs it (`wanjax.nn.cast_kernels`): no weight casts
+    from wanjax.nn import cast_kernels
+    block_module = nnx.merge(graphdef, state)
+    cast_kernels(block_module)
+    state = nnx.state(block_module)
+    del block_module
   init_s = time.perf_counter() - t0
   x, e0, ctx, cos, sin = block_inputs(cfg, grid, cd)
 
@@ -516,6 +522,9 @@ def print_kernels(r, what="block"):
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   add_block_flags(p)
+  p.add_argument("--f32-kernels", action="store_true",
+                 help="keep the bf16 matmuls' kernels in float32, cast in every call (before session 14; inference "
+                      "stores them in bf16: `wanjax.nn.cast_kernels`)")
   p.add_argument("--profile", type=int, default=0, metavar="N",
                  help="then trace N calls of the whole block and print its kernels, longest first (0 = off)")
   p.add_argument("--profile-top", type=int, default=25, metavar="K", help="rows of the kernel table (default 25)")
@@ -544,6 +553,7 @@ def main():
     except OSError as e:
       p.error(f"--profile-dir {args.profile_dir!r} cannot be created: {e.strerror}")
   r = run(args)
+  r["f32_kernels"] = args.f32_kernels
   print(f"{r['model']} block on {r['device']}: {r['tokens']} tokens, {r['text_rows']} text rows, dim {r['dim']}, "
         f"{r['heads']} heads, attention {r['attn']}")
   for name, row in r["pieces"].items():
