@@ -20,10 +20,11 @@ one timed call times the layer count, which added one dispatch and wait per laye
 off and prints their kernel table and the device's idle gaps (`dit_layer_breakdown.profile_block`): where the
 forward's time outside the blocks goes. `--scan-unroll 1,2,30` times wanjax's forward with 1, 2 and 30 layers per
 iteration of its scanned layer loop (`WanDiT(scan_unroll=...)`, same parameters; longer compiles): what the loop
-itself costs. `--f32-kernels` keeps the bf16 matmuls' kernels in float32 (cast in every forward, as before session 14; the
-default stores them in bf16 as `infer.sample` does, same outputs). `--ffn-gelu bf16_formula` times the FFN's bias + GELU in the all-bf16 spelling that XLA's GEMM rewriter
-folds into a cuBLASLt BIAS_GELU epilogue; run it with `XLA_FLAGS=--xla_gpu_enable_cublaslt=true` (the rewriter
-fuses only into cuBLASLt matmuls; `gelu_epilogue.py` shows whether it fired).
+itself costs. `--f32-kernels` keeps the bf16 matmuls' kernels in float32 (cast in every forward, as before
+session 14; the default stores them in bf16 as `infer.sample` does, same outputs). `--ffn-gelu bf16_formula` times
+the FFN's bias + GELU in the all-bf16 spelling that XLA's GEMM rewriter folds into a cuBLASLt BIAS_GELU epilogue;
+run it with `XLA_FLAGS=--xla_gpu_enable_cublaslt=true` (the rewriter fuses only into cuBLASLt matmuls;
+`gelu_epilogue.py` shows whether it fired).
 """
 
 import argparse

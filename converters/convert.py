@@ -10,8 +10,8 @@ model directory: `config.json` (architecture + "family" + "source_layout") and J
 Layouts are detected (original Wan, diffusers, ComfyUI, LightX2V int8/fp8, Self-Forcing/CausVid `.pt`; keys
 behind a training wrapper's prefix such as `module.` are read without it); the layout found is logged and
 printed in the final summary line. A `.pt/.pth` LoRA is rewritten as safetensors with its keys unchanged (LoRAs
-are merged at sampling time, `--config.lora`; safetensors LoRAs need no conversion). An existing conversion in `--out` is replaced crash-safely
-(`wanjax/model_dir.py`).
+are merged at sampling time, `--config.lora`; safetensors LoRAs need no conversion). An existing conversion in
+`--out` is replaced crash-safely (`wanjax/model_dir.py`).
 """
 
 import inspect
