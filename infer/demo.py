@@ -14,9 +14,10 @@ from flax import nnx
 from wanjax import sharding as shd
 
 
-def random_model(build, seed):
+def random_model(build, seed, *, mesh=None, rules=shd.RULES):
   """The model `build()` makes, with host-drawn torch-default-like random parameters (every one random, unlike
-  the reference init that zeroes the head).
+  the reference init that zeroes the head), placed on `mesh` by the logical-axis `rules` when a mesh is given
+  (as loaded weights are; default: jax's default device).
 
   Kernels and their biases ~ U(±1/√fan_in), norm scales 1 and shifts 0, modulation tables N(0, 1/dim), CLIP
   class/position embeddings N(0, 1/width) (the reference init). Drawn
@@ -46,7 +47,11 @@ def random_model(build, seed):
     else:
       raise ValueError(f"random_model: no rule for parameter {'.'.join(map(str, path))} {shape}")
     new.append((path, var.replace(jnp.asarray(value, dtype))))
-  return nnx.merge(graphdef, nnx.from_flat_state(new))
+  state = nnx.from_flat_state(new)
+  if mesh is not None:
+    import jax
+    state = jax.device_put(state, shd.state_shardings(state, mesh, rules))
+  return nnx.merge(graphdef, state)
 
 
 def hashed_context(prompt, text_len, text_dim):

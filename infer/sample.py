@@ -99,7 +99,8 @@ def build_dit(c, plan, mesh, *, cast_kernels=True):
   if c.random_init:
     from wanjax.dit.model import WanDiT
     dit = demo.random_model(lambda: WanDiT(plan.dit_cfg, policy=c.dtype, rngs=nnx.Rngs(0), attn_impl=c.attn_impl,
-                                           scan_unroll=c.scan_unroll), model_seed(c))
+                                           scan_unroll=c.scan_unroll), model_seed(c), mesh=mesh,
+                            rules=sharding_rules(c))
   else:
     from infer.models import resolve_dit
     from wanjax.dit.load import load_dit
@@ -116,7 +117,8 @@ def build_vae(c, mesh):
   if c.random_init:
     from wanjax.vae.config import get_config
     from wanjax.vae.model import WanVAE
-    return demo.random_model(lambda: WanVAE(get_config("tiny"), policy=policy, rngs=nnx.Rngs(0)), model_seed(c) + 1)
+    return demo.random_model(lambda: WanVAE(get_config("tiny"), policy=policy, rngs=nnx.Rngs(0)), model_seed(c) + 1,
+                             mesh=mesh, rules=sharding_rules(c))
   from infer.models import resolve_model
   from wanjax.vae.load import load_vae
   return load_vae(resolve_model(os.path.expanduser(c.vae), family="vae"), policy=policy, mesh=mesh,
@@ -129,7 +131,8 @@ def build_clip(c, plan, mesh):
   if c.random_init:
     from wanjax.image.clip import CLIPVisionTower
     cfg = demo.clip_preset_for(plan.dit_cfg)[1]
-    return demo.random_model(lambda: CLIPVisionTower(cfg, policy=policy, rngs=nnx.Rngs(0)), model_seed(c) + 2)
+    return demo.random_model(lambda: CLIPVisionTower(cfg, policy=policy, rngs=nnx.Rngs(0)), model_seed(c) + 2,
+                             mesh=mesh, rules=sharding_rules(c))
   from infer.models import resolve_model
   from wanjax.image.load import load_clip
   return load_clip(resolve_model(os.path.expanduser(c.clip), family="clip"), policy=policy, mesh=mesh,

@@ -57,3 +57,21 @@ def test_default_config_has_no_overrides():
   from configs.sample import toyworld
   c = toyworld.get_config()
   assert c.sharding_overrides == "" and sample.sharding_rules(c) == tuple(sharding.RULES)
+
+
+def test_random_demo_models_are_placed_on_the_mesh():
+  """The tiny random preset (`random_init=True`) places its DiT and VAE on `--config.mesh` by the same rule table
+  as loaded weights, instead of leaving them on one device."""
+  from configs.sample import tiny
+  c = tiny.get_config("steps=1")
+  c.mesh = "fsdp=2,tensor=2"
+  mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:4])
+  plan = sample.check(c)
+  dit, vae = sample.build_dit(c, plan, mesh), sample.build_vae(c, mesh)
+  for name, model in (("DiT", dit), ("VAE", vae)):
+    specs = _specs(model)
+    assert any(spec != () and any(a is not None for a in spec) for spec in specs.values()), name
+    for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+      assert v.get_value().sharding.mesh.devices.size == 4, (name, p)
+  q = dit.blocks.self_attn.q.kernel[...]
+  assert tuple(q.sharding.spec) == tuple(sharding.spec_for(("layers", "embed", "heads"), q.shape, mesh))
