@@ -89,17 +89,20 @@ def main():
   policy = "float32" if args.small else "bf16"
 
   # Random weights, born on the device inside jit (nothing big on the host).
-  def build(make):
+  def build(make, cast=False):
     graphdef, _ = nnx.split(nnx.eval_shape(make))
-    state = jax.jit(lambda: nnx.state(make()))()
-    return nnx.merge(graphdef, state)
+
+    def made():
+      m = make()
+      if cast:   # as `infer.sample_ar` runs it: the bf16 matmuls' kernels stored in bf16 (bit-identical outputs)
+        from wanjax.nn import cast_kernels
+        cast_kernels(m)
+      return nnx.state(m)
+    return nnx.merge(graphdef, jax.jit(made)())
 
   t0 = time.perf_counter()
   dit = build(lambda: WanDiT(cfg, policy=policy, rngs=nnx.Rngs(0), attn_impl=args.attn,
-                             scan_unroll=args.scan_unroll))
-  if not args.f32_kernels:   # as `infer.sample_ar` runs it (bit-identical outputs)
-    from wanjax.nn import cast_kernels
-    cast_kernels(dit)
+                             scan_unroll=args.scan_unroll), cast=not args.f32_kernels)
   # The VAE is filled on the host (`create_vae`): its device-side init compiles one RNG program per shape,
   # about 50 s on a CPU even for the tiny VAE.
   vae = None if args.no_decode else create_vae(vae_config("tiny" if args.small else "wan21"), policy=policy, seed=1)

@@ -156,3 +156,5 @@ bench t5_encode "${T_T5:-0}" python3 benchmarks/t5_encode.py --batches 1,2 --ite
 bench attn_fp8 "${T_ATTN8:-0}" python3 benchmarks/attention_fp8.py
 bench attn_fp8_14b "${T_ATTN8_14B:-0}" python3 benchmarks/attention_fp8.py --heads 40
 bench dit_14b "${T_DIT14:-0}" python3 benchmarks/dit_forward.py --model t2v_14b --bf16-weights --iters 3
+bench dit_14b_policy_bf16 "${T_DIT14P:-0}" python3 benchmarks/dit_forward.py --only jax --model t2v_14b --iters 3 \
+  # the reference precision map (float32-path weights float32; block kernels bf16 since session 14), jax only

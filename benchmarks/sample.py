@@ -144,12 +144,14 @@ def main():
   t0 = time.perf_counter()
   def make():
     m = WanDiT(cfg, policy=args.policy, rngs=nnx.Rngs(0))
-    return m if args.quant == "none" else quantlib.quantize_model(m, args.quant)
+    if args.quant != "none":
+      quantlib.quantize_model(m, args.quant)
+    if not args.f32_kernels:   # as `infer.sample` runs it: bf16 matmuls' kernels stored in bf16 (same outputs)
+      from wanjax.nn import cast_kernels
+      cast_kernels(m)
+    return m
   gd, _ = nnx.split(nnx.eval_shape(make))
   model = nnx.merge(gd, jax.jit(lambda: nnx.split(make())[1])())
-  if not args.f32_kernels:   # as `infer.sample` runs it (bit-identical outputs)
-    from wanjax.nn import cast_kernels
-    cast_kernels(model)
   res["dit_init_s"] = time.perf_counter() - t0
   res["dit_weight_gb"] = weight_bytes(model) / 2**30
   denoise, params = sampling.model_denoiser(model)

@@ -104,8 +104,10 @@ def build_dit(c, plan, mesh, *, cast_kernels=True):
   else:
     from infer.models import resolve_dit
     from wanjax.dit.load import load_dit
+    # Kernels read straight into bf16 when nothing is merged into them or quantised from them after loading.
     dit = load_dit(resolve_dit(plan.weights), policy=c.dtype, mesh=mesh, expect_model_type=plan.model_type,
-                   attn_impl=c.attn_impl, scan_unroll=c.scan_unroll, rules=sharding_rules(c))
+                   attn_impl=c.attn_impl, scan_unroll=c.scan_unroll, rules=sharding_rules(c),
+                   cast_kernels=cast_kernels and not plan.loras and c.quant == "none")
     check_dit_interface(dit.cfg, plan.dit_cfg, plan.weights, c.model)   # raw checkpoints: known once converted
   return adapt_dit(dit, plan.loras, allow_unmatched=c.lora_allow_unmatched, quant=c.quant, cast_kernels=cast_kernels)
 
@@ -375,8 +377,8 @@ def run(c):
   return sidecar
 
 
-OOM_ADVICE = ("Try --config.dtype=bf16_weights or --config.quant=int8 (half or a quarter of the DiT's fp32 weight "
-              "memory), --config.vae_dtype=bf16, fewer --config.frames or a smaller --config.size, or --config.mesh "
+OOM_ADVICE = ("Try --config.dtype=bf16 or --config.quant=int8 (2 or 1 bytes per DiT block weight instead of 4), "
+              "--config.vae_dtype=bf16, fewer --config.frames or a smaller --config.size, or --config.mesh "
               "over more devices.")
 
 

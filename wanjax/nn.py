@@ -66,12 +66,13 @@ def cast_kernels(model) -> int:
   MLP, modulation, head), biases, norms and quantised kernels (`kernel_scale`) are left as they are. Not for
   training (the optimiser updates the float32 masters; a frozen DMD teacher may: `dmd.teacher_param_dtype`) nor
   before merging LoRAs into the kernels (`adapt_dit` casts after merging). Keeps each kernel's sharding and its
-  Param metadata."""
+  Param metadata. Works inside `jax.jit` too (a model built there, e.g. random benchmark weights, is then never
+  held in float32)."""
   saved = 0
   for _, m in list(cast_at_use_kernels(model)):
     cd = jnp.dtype(m.compute_dtype)
     kernel = m.kernel[...]
-    sharding = getattr(kernel, "sharding", None)
+    sharding = None if isinstance(kernel, jax.core.Tracer) else getattr(kernel, "sharding", None)   # (inside jit)
     cast = (jax.jit(lambda k: k.astype(cd), out_shardings=sharding)(kernel)
             if isinstance(sharding, jax.sharding.NamedSharding) else kernel.astype(cd))
     m.kernel = m.kernel.replace(cast)

@@ -84,7 +84,7 @@ def test_help_exits_0_and_lists_the_module_flags(results, name, flags):
 @pytest.mark.parametrize("name,advice", [
     ("forward_oom", "Try --dtype=bfloat16, --quant=int8 or fp8 (DiT), or smaller inputs (batch, frames, height x "
                     "width)."),
-    ("serve_oom", "Try --config.dtype=bf16_weights or --config.quant=int8"),
+    ("serve_oom", "Try --config.dtype=bf16 or --config.quant=int8 (2 or 1 bytes per DiT block weight instead of 4)"),
 ])
 def test_out_of_memory_at_startup_is_one_line_exit_1(results, name, advice):
   tmp, out = results

@@ -103,3 +103,22 @@ def test_sharded_kernels_keep_their_sharding():
     assert q.dtype == jnp.bfloat16 and q.sharding == before
     got = _forward(model, args)
   np.testing.assert_array_equal(got, want)
+
+
+def test_load_dit_reads_kernels_straight_into_bf16(tmp_path):
+  """`load_dit(cast_kernels=True)`: the same parameters, bit for bit, as loading float32 and `cast_kernels`."""
+  import os
+  from wanjax.dit.load import load_dit
+  toy = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "wanjax",
+                     "toyworld", "checkpoints", "teacher")
+  want = load_dit(toy, policy="bf16")
+  assert cast_kernels(want) > 0
+  got = load_dit(toy, policy="bf16", cast_kernels=True)
+  assert cast_kernels(got) == 0   # nothing left to cast
+  a, b = nnx.to_flat_state(nnx.state(want, nnx.Param)), nnx.to_flat_state(nnx.state(got, nnx.Param))
+  assert [p for p, _ in a] == [p for p, _ in b]
+  for (p, x), (_, y) in zip(a, b):
+    x, y = x.get_value(), y.get_value()
+    assert x.dtype == y.dtype, p
+    np.testing.assert_array_equal(np.asarray(x.astype(jnp.float32)), np.asarray(y.astype(jnp.float32)), err_msg=str(p))
+  assert load_dit(toy, policy="float32", cast_kernels=True).blocks.ffn.fc1.kernel[...].dtype == jnp.float32
