@@ -112,7 +112,8 @@ def run_dit(model, inputs, *, dtype="float32", causal=False, frames_per_block=No
   kwargs = {}
   if cfg.has_image_input:
     kwargs = {"clip_fea": arr["clip_fea"], "y": to_last(arr["y"])}
-  model_ = adapt_dit(load_dit(path, policy=DTYPES[dtype]), loras, allow_unmatched=lora_allow_unmatched, quant=quant)
+  loaded = load_dit(path, policy=DTYPES[dtype], cast_kernels=not loras and quant == "none")   # as infer.sample
+  model_ = adapt_dit(loaded, loras, allow_unmatched=lora_allow_unmatched, quant=quant)
   forward, params, rest = make_forward(model_)
   fn = jax.jit(forward, static_argnames=("frames_per_block",))
   v = fn(params, rest, to_last(arr["x"]), arr["t"], ctx, frames_per_block=frames_per_block, **kwargs)
