@@ -367,7 +367,10 @@ def generate(model, context, noise, opts: AROptions, *, rng=None, renoise=None, 
     frames (216 for 3 rollouts of 81).
 
   With `vae`, finished blocks are decoded as they come (causal VAE cache) and `on_frames(frames [B, T, H, W, 3])`
-  receives pixel frames in order (time to first frame = first call). `stats` gains ttff_s / total_s.
+  receives pixel frames in order. Each block's frames are handed over once the next block's calls are queued on
+  the device (their copy to the host started when they were queued), so a callback that waits for them (writes
+  them out) never leaves the device idle; the last block's frames come at the end. `stats` gains total_s and
+  ttff_s, the time until the first frames are computed (waited for, not just dispatched).
   """
   opts.validate()
   noise = jnp.asarray(noise, F32)
@@ -385,15 +388,24 @@ def generate(model, context, noise, opts: AROptions, *, rng=None, renoise=None, 
   stats = sampler.stats
   emitted = [0]
   decoder = StreamDecoder(vae) if vae is not None else None
+  pending = []   # frames dispatched but not yet handed over: at most one block's
 
-  def emit(frames):
-    if frames.shape[1] == 0:
-      return
-    if emitted[0] == 0:
+  def deliver(frames):
+    if emitted[0] == 0:   # computed, not just queued (the next block is queued behind them by now)
+      jax.block_until_ready(frames)
       stats["ttff_s"] = time.perf_counter() - t_start
     emitted[0] += frames.shape[1]
     if on_frames is not None:
       on_frames(frames)
+
+  def emit(frames):
+    if frames.shape[1] == 0:
+      return
+    if hasattr(frames, "copy_to_host_async"):
+      frames.copy_to_host_async()
+    pending.append(frames)
+    if len(pending) > 1:
+      deliver(pending.pop(0))
 
   mode, nseg = opts.long_video, opts.num_segments
   if mode == "rollouts":
@@ -409,6 +421,8 @@ def generate(model, context, noise, opts: AROptions, *, rng=None, renoise=None, 
     if decoder is not None:
       on_block = lambda blk: emit(decoder.push(blk))  # noqa: E731
     latents, _ = sampler.run_blocks(noise, rng=rng, renoise=renoise, on_block=on_block)
+  while pending:
+    deliver(pending.pop(0))
   latents = jax.block_until_ready(latents)
   stats["total_s"] = time.perf_counter() - t_start
   return ARResult(latents, dict(stats), emitted[0])

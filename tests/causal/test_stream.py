@@ -41,6 +41,32 @@ def test_generate_streams_all_frames_in_order(models):
   assert max_rel_err(jnp.concatenate(got, axis=1), vae.decode(res.latents)) <= TOL_FP32
 
 
+def test_frames_are_handed_over_after_the_next_block_is_queued(models, monkeypatch):
+  """`on_frames` gets a block's frames only once the next block's model calls are queued (so a callback that waits
+  for them, or writes them out, never leaves the device idle), the last block's at the end; all frames, in order.
+  ttff_s is when the first frames are computed: they are ready when the callback first runs."""
+  dit, vae = models
+  calls, seen = [0], []
+  forward = sampling_ar._forward
+
+  def counted(*a, **k):
+    calls[0] += 1
+    return forward(*a, **k)
+
+  monkeypatch.setattr(sampling_ar, "_forward", counted)
+
+  def on_frames(frames):
+    seen.append((calls[0], frames.shape[1], frames.is_ready()))
+
+  opts = sampling_ar.AROptions(**dict(CV3, cache_frames=9))
+  res = sampling_ar.generate(dit, context(), latents(9, seed=23), opts, rng=jax.random.key(0), vae=vae,
+                             on_frames=on_frames)
+  # 3 blocks of 3 steps; a context pass after blocks 0 and 1. Block 0's frames wait for block 1's 3 + 1 calls.
+  assert [(c, n) for c, n, _ in seen] == [(8, 9), (11, 12), (11, 12)], seen
+  assert seen[0][2] and 0 < res.stats["ttff_s"] <= res.stats["total_s"]
+  assert res.num_pixel_frames == 33 and res.stats["model_calls"] == 11
+
+
 @pytest.mark.slow
 def test_causvid_rollouts_chain_through_reencoded_overlap(models):
   dit, vae = models
