@@ -201,6 +201,8 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
       logging.info("random teacher: its zero-initialised output head is drawn at random instead (std %g / sqrt(dim)) "
                    "so that the trajectories are not constant", RANDOM_HEAD_GAIN)
       params = jax.jit(lambda: moving_head(built.random_init(), c.seed), out_shardings=built.shardings)()
+    # The teacher only runs forwards: its bf16 matmuls' kernels stored in bf16 (bit-identical, half their bytes).
+    params = jax.jit(built.frozen, out_shardings=built.shardings)(params)
     slv = get_solver(solver)
     run_traj = jax.jit(functools.partial(trajectory, built.fn, slv, len(keep)))
     noise_sh = batch_sharding(mesh, rules, (batch_size,) + latent, ("batch", "frames", "height", "width", "channels"))
