@@ -8,6 +8,7 @@ constructor keywords of the model.
 import dataclasses
 import json
 
+from wanjax import config_json
 from wanjax.errors import UsageError
 
 MODEL_TYPES = ("t2v", "i2v", "flf2v")
@@ -70,12 +71,9 @@ class DiTConfig:
 
   @classmethod
   def from_json_dict(cls, d: dict) -> "DiTConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known - {"_class_name", "_diffusers_version", "window_size", "qk_norm",
-                                          "cross_attn_norm", "name"})
-    if unknown:
-      raise UsageError(f"unknown DiT config fields {unknown}; valid: {sorted(known)}")
-    return cls(**{k: (tuple(v) if k == "patch_size" else v) for k, v in d.items() if k in known})
+    kw = config_json.known_kwargs(cls, d, what="DiT", ignore=("_class_name", "_diffusers_version", "window_size",
+                                                               "qk_norm", "cross_attn_norm", "name"))
+    return cls(**{k: (tuple(v) if k == "patch_size" else v) for k, v in kw.items()})
 
   def save(self, path):
     with open(path, "w") as f:
@@ -83,8 +81,7 @@ class DiTConfig:
 
   @classmethod
   def load(cls, path) -> "DiTConfig":
-    with open(path) as f:
-      return cls.from_json_dict(json.load(f))
+    return config_json.load(cls, path)
 
 
 PRESETS = {

@@ -19,13 +19,13 @@ fp16 and the fp32 result). The output is float32.
 """
 
 import dataclasses
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from wanjax import config_json
 from wanjax import sharding as shd
 from wanjax.errors import UsageError
 from wanjax.image.resize import bicubic_resize
@@ -75,18 +75,12 @@ class CLIPVisionConfig:
 
   @classmethod
   def from_json_dict(cls, d: dict) -> "CLIPVisionConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known - {"family", "source_layout"})  # the converter's bookkeeping fields
-    if unknown:
-      raise UsageError(f"unknown CLIP config fields {unknown}; valid: {sorted(known)}")
-    if d.get("family", "clip") != "clip":
-      raise UsageError(f"config family {d['family']!r} is not a CLIP image encoder (expected 'clip')")
-    return cls(**{k: v for k, v in d.items() if k in known})
+    return cls(**config_json.known_kwargs(cls, d, what="CLIP", family=("clip", "a CLIP image encoder"),
+                                          ignore=("family", "source_layout")))   # the converter's bookkeeping
 
   @classmethod
   def load(cls, path) -> "CLIPVisionConfig":
-    with open(path) as f:
-      return cls.from_json_dict(json.load(f))
+    return config_json.load(cls, path)
 
 
 PRESETS = {

@@ -11,7 +11,6 @@ reference does (residual stream, norms' output, logits, probabilities). Under `f
 """
 
 import dataclasses
-import json
 import math
 
 import jax
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from wanjax import config_json
 from wanjax import sharding as shd
 from wanjax.errors import UsageError
 from wanjax.nn import Dense
@@ -52,18 +52,12 @@ class UMT5Config:
 
   @classmethod
   def from_json_dict(cls, d: dict) -> "UMT5Config":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known - {"family", "source_layout"})  # the converter's bookkeeping fields
-    if unknown:
-      raise UsageError(f"unknown umT5 config fields {unknown}; valid: {sorted(known)}")
-    if d.get("family", "umt5") != "umt5":
-      raise UsageError(f"config family {d['family']!r} is not an umT5 encoder (expected 'umt5')")
-    return cls(**{k: v for k, v in d.items() if k in known})
+    return cls(**config_json.known_kwargs(cls, d, what="umT5", family=("umt5", "an umT5 encoder"),
+                                          ignore=("family", "source_layout")))   # the converter's bookkeeping
 
   @classmethod
   def load(cls, path) -> "UMT5Config":
-    with open(path) as f:
-      return cls.from_json_dict(json.load(f))
+    return config_json.load(cls, path)
 
 
 PRESETS = {

@@ -6,8 +6,8 @@ checkpoint decides lives here (the converter infers it from tensor shapes); prec
 """
 
 import dataclasses
-import json
 
+from wanjax import config_json
 from wanjax.errors import UsageError
 
 # Spec §4.6: per-channel statistics of Wan2.1 latents (z_dim = 16).
@@ -72,16 +72,12 @@ class VAEConfig:
 
   @classmethod
   def from_json_dict(cls, d: dict) -> "VAEConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known - {"family", "name", "source_layout"})  # converter bookkeeping
-    if unknown:
-      raise UsageError(f"unknown VAE config fields {unknown}; valid: {sorted(known)}")
-    return cls(**{k: v for k, v in d.items() if k in known})
+    return cls(**config_json.known_kwargs(cls, d, what="VAE",
+                                          ignore=("family", "name", "source_layout")))   # converter bookkeeping
 
   @classmethod
   def load(cls, path) -> "VAEConfig":
-    with open(path) as f:
-      return cls.from_json_dict(json.load(f))
+    return config_json.load(cls, path)
 
 
 PRESETS = {
