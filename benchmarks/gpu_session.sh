@@ -33,7 +33,9 @@
 #                                     # program and kind), T_DIT14=120, T_ARFORMS=100, T_BLOCKV=70 (rope_flip),
 #                                     # T_MGPU=60 (Pallas attention), T_ARUNROLL=150, T_VAEF32OUT=70, T_DMD=170
 #                                     # (the 1.3B DMD step with the frozen teacher's kernels in bf16, the default
-#                                     # since session 14: does it fit the H100 now?), T_DMDBF16=170.
+#                                     # since session 14: does it fit the H100 now?), T_DMDBF16=170, T_FWDDSF=60
+#                                     # and T_ARDSF=90 (XLA's dynamic-slice fusion: GEMMs read the scanned layer
+#                                     # loop's weight slices in place instead of copying them first).
 #   D0="T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0"   # the others:
 #   env $D0 T_DIT13=90 T_ARND=60 T_SAMPLE=120 T_SAMPLE_WARM=70 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...
 #   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 T_LAYER=60 T_QKV=60 T_DMD=170 bash ...
@@ -99,6 +101,10 @@ if [ "${T_GELU:-40}" != 0 ] && gelu_won; then   # the jax forward with it (compa
   bench dit_1_3b_gelu "${T_FWDGELU:-60}" env XLA_FLAGS=--xla_gpu_enable_cublaslt=true python3 benchmarks/dit_forward.py \
     --only jax --model t2v_1_3b --iters 5 --ffn-gelu bf16_formula
 fi
+# XLA copies each layer's weight slice out of the stacked weights in the scanned layer loop before the GEMMs read
+# it (~93 MB per 1.3B layer in bf16); dynamic-slice fusion lets cuBLAS read the slice in place (jax only).
+bench dit_1_3b_dsfusion "${T_FWDDSF:-0}" env XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true python3 \
+  benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 5
 bench dit_1_3b_f32_kernels "${T_FWDF32K:-0}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 5 \
   --f32-kernels    # float32 kernels cast in every forward (the form before session 14; session 12's 0.522 s)
 bench dit_1_3b_unroll "${T_FWDUNROLL:-130}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5 \
@@ -147,6 +153,8 @@ bench ar_sample "${T_AR:-0}" python3 benchmarks/ar_sample.py --iters 2
 bench ar_sample_unrolled "${T_ARUNROLL:-0}" python3 benchmarks/ar_sample.py --iters 2 --scan-unroll 30
 bench ar_sample_profile "${T_ARPROF:-0}" python3 benchmarks/ar_sample.py --iters 1 --profile 1   # per program, by kind
 bench ar_sample_per_layer "${T_ARLAYER:-0}" python3 benchmarks/ar_sample.py --iters 2 --cache-per-layer   # the old form
+bench ar_sample_dsfusion "${T_ARDSF:-0}" env XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true python3 \
+  benchmarks/ar_sample.py --iters 2     # the same flag for the Self-Forcing calls (weights and KV-cache slices)
 bench ar_sample_f32_kernels "${T_ARF32K:-0}" python3 benchmarks/ar_sample.py --iters 2 --f32-kernels   # kernels cast per call
 bench ar_sample_kv4 "${T_ARKV:-0}" python3 benchmarks/ar_sample.py --iters 2 --kv-buckets 4   # 4 attention lengths
 bench ar_sample_vae_forms "${T_ARFORMS:-0}" python3 benchmarks/ar_sample.py --iters 2 --vae-conv3d fold2d \
