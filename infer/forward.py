@@ -112,7 +112,8 @@ def run_dit(model, inputs, *, dtype="float32", causal=False, frames_per_block=No
   kwargs = {}
   if cfg.has_image_input:
     kwargs = {"clip_fea": arr["clip_fea"], "y": to_last(arr["y"])}
-  loaded = load_dit(path, policy=DTYPES[dtype], cast_kernels=not loras and quant == "none")   # as infer.sample
+  at_load = False if quant != "none" else (True if not loras else "exact")   # as infer.sample
+  loaded = load_dit(path, policy=DTYPES[dtype], cast_kernels=at_load)
   model_ = adapt_dit(loaded, loras, allow_unmatched=lora_allow_unmatched, quant=quant)
   forward, params, rest = make_forward(model_)
   fn = jax.jit(forward, static_argnames=("frames_per_block",))

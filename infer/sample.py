@@ -104,10 +104,12 @@ def build_dit(c, plan, mesh, *, cast_kernels=True):
   else:
     from infer.models import resolve_dit
     from wanjax.dit.load import load_dit
-    # Kernels read straight into bf16 when nothing is merged into them or quantised from them after loading.
+    # Kernels read straight into bf16 when nothing is merged into them or quantised from them after loading; with
+    # LoRAs to merge, only those the files store in bf16 (merging into them gives the same kernels).
+    at_load = False if c.quant != "none" else (True if cast_kernels and not plan.loras else "exact")
     dit = load_dit(resolve_dit(plan.weights), policy=c.dtype, mesh=mesh, expect_model_type=plan.model_type,
                    attn_impl=c.attn_impl, scan_unroll=c.scan_unroll, rules=sharding_rules(c),
-                   cast_kernels=cast_kernels and not plan.loras and c.quant == "none")
+                   cast_kernels=at_load)
     check_dit_interface(dit.cfg, plan.dit_cfg, plan.weights, c.model)   # raw checkpoints: known once converted
   return adapt_dit(dit, plan.loras, allow_unmatched=c.lora_allow_unmatched, quant=c.quant, cast_kernels=cast_kernels)
 

@@ -164,6 +164,20 @@ def file_keys_for(path: str, num_stacked: int, n: int):
   return [f"{head}.{i}.{rest}" for i in range(n)]
 
 
+def stored_dtypes(state, paths) -> dict:
+  """{dotted param path: set of the numpy dtypes its file keys are stored in} for the Params of an (abstract)
+  model state that the safetensors `paths` hold (a stacked param gathers its per-layer keys)."""
+  reader = SafetensorsReader(paths)
+  out = {}
+  for path, var in flat_params(state).items():
+    shape = np.shape(var.get_value())
+    ns = len(shd.param_axes(var)) - len(var.get_metadata().get("axes", ()))
+    found = {reader.entries[k][1] for k in file_keys_for(path, ns, shape[0] if ns else 0) if k in reader.entries}
+    if found:
+      out[path] = found
+  return out
+
+
 def expected_file_shapes(state) -> dict:
   """File key -> shape for every Param of an (abstract) model state."""
   out = {}

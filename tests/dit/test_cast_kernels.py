@@ -122,3 +122,54 @@ def test_load_dit_reads_kernels_straight_into_bf16(tmp_path):
     assert x.dtype == y.dtype, p
     np.testing.assert_array_equal(np.asarray(x.astype(jnp.float32)), np.asarray(y.astype(jnp.float32)), err_msg=str(p))
   assert load_dit(toy, policy="float32", cast_kernels=True).blocks.ffn.fc1.kernel[...].dtype == jnp.float32
+
+
+def _bf16_copy(src, dst):
+  """The converted directory `src` with every floating tensor stored in bf16 (as most released Wan files are)."""
+  import json
+  import os
+  import ml_dtypes
+  from wanjax.checkpoint import SafetensorsReader, model_files, save_tensors
+  os.makedirs(dst)
+  with open(os.path.join(src, "config.json")) as f, open(os.path.join(dst, "config.json"), "w") as g:
+    json.dump(json.load(f), g)
+  reader = SafetensorsReader(model_files(src))
+  save_tensors(os.path.join(dst, "model.safetensors"),
+               {k: np.asarray(reader.view(k)).astype(ml_dtypes.bfloat16) for k in reader.keys()})
+  return dst
+
+
+def test_exact_cast_at_load_then_lora_merge_equals_the_float32_route(tmp_path):
+  """`load_dit(cast_kernels="exact")` (infer.sample with LoRAs): kernels stored in bf16 are read as bf16, float32
+  ones stay float32, and a LoRA merged afterwards gives the same kernels, bit for bit, as merging into float32
+  copies and casting after (the old route)."""
+  import os
+  from wanjax.checkpoint import save_tensors
+  from wanjax.dit.load import load_dit
+  from wanjax.lora import merge_loras
+  toy = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "wanjax",
+                     "toyworld", "checkpoints", "teacher")
+  exact_f32 = load_dit(toy, policy="bf16", cast_kernels="exact")
+  assert exact_f32.blocks.ffn.fc1.kernel[...].dtype == jnp.float32   # a float32 file: nothing is exact
+  src = _bf16_copy(toy, str(tmp_path / "bf16"))
+  rng = np.random.default_rng(0)
+  n, d, f = exact_f32.cfg.num_layers, exact_f32.cfg.dim, exact_f32.cfg.ffn_dim
+  lora = {}
+  for i in range(n):
+    lora[f"diffusion_model.blocks.{i}.ffn.0.lora_down.weight"] = rng.standard_normal((4, d)).astype(np.float32)
+    lora[f"diffusion_model.blocks.{i}.ffn.0.lora_up.weight"] = 0.1 * rng.standard_normal((f, 4)).astype(np.float32)
+  lpath = str(tmp_path / "lora.safetensors")
+  save_tensors(lpath, lora)
+  old = load_dit(src, policy="bf16")
+  merge_loras(old, lpath)
+  cast_kernels(old)
+  new = load_dit(src, policy="bf16", cast_kernels="exact")
+  assert new.blocks.ffn.fc1.kernel[...].dtype == jnp.bfloat16
+  before = np.asarray(new.blocks.ffn.fc1.kernel[...].astype(jnp.float32))
+  merge_loras(new, lpath)
+  assert cast_kernels(new) == 0
+  assert not np.array_equal(np.asarray(new.blocks.ffn.fc1.kernel[...].astype(jnp.float32)), before)   # it merged
+  for (p, x), (_, y) in zip(nnx.to_flat_state(nnx.state(old, nnx.Param)), nnx.to_flat_state(nnx.state(new, nnx.Param))):
+    assert x.get_value().dtype == y.get_value().dtype, p
+    np.testing.assert_array_equal(np.asarray(x.get_value().astype(jnp.float32)),
+                                  np.asarray(y.get_value().astype(jnp.float32)), err_msg=str(p))

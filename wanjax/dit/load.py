@@ -51,9 +51,12 @@ def load_dit(path, *, policy="float32", mesh=None, expect_model_type=None, scan=
   scan, remat, attn_impl, scan_unroll: as `WanDiT`.
   rules: the logical-axis rule table that places the parameters on `mesh` (default `wanjax.sharding.RULES`; e.g.
     `sharding.override_rules("embed=fsdp+context")`).
-  cast_kernels: read the kernels that the half-precision matmuls only use cast (`wanjax.nn.cast_at_use_kernels`)
-    straight into that dtype, for inference without LoRAs to merge: the same values `wanjax.nn.cast_kernels` stores
-    after loading, without a float32 copy ever existing (T2V-14B under the bf16 policy: 27.0 GiB instead of 53.2).
+  cast_kernels: True reads the kernels that the half-precision matmuls only use cast
+    (`wanjax.nn.cast_at_use_kernels`) straight into that dtype, for inference with nothing merged into them
+    later: the same values `wanjax.nn.cast_kernels` stores after loading, without a float32 copy ever existing
+    (T2V-14B under the bf16 policy: 27.0 GiB instead of 53.2). "exact" does so only for kernels the files store
+    in that dtype already (e.g. bf16 checkpoints): their values are the file's, so a LoRA merged into them later
+    (in float32, rounded once) gives the same kernels as a merge into float32 copies. False: as the policy says.
   """
   from wanjax.dit.model import WanDiT
   cfg, meta = read_config(path)
@@ -81,13 +84,20 @@ def load_dit(path, *, policy="float32", mesh=None, expect_model_type=None, scan=
     return model
 
   abstract = nnx.eval_shape(build)
+  files = checkpoint.model_files(path)
+  if cast_kernels not in (True, False, "exact"):
+    raise UsageError(f"cast_kernels={cast_kernels!r}; valid: True, False, 'exact'")
   if cast_kernels:
     import jax
+    import numpy as np
     from wanjax.nn import cast_at_use_kernels
-    for _, m in list(cast_at_use_kernels(abstract)):
+    stored = checkpoint.stored_dtypes(nnx.state(abstract, nnx.Param), files) if cast_kernels == "exact" else {}
+    for mpath, m in list(cast_at_use_kernels(abstract)):
+      key = ".".join(map(str, mpath)) + ".kernel"
+      if cast_kernels == "exact" and stored.get(key) != {np.dtype(m.compute_dtype)}:
+        continue
       m.kernel = m.kernel.replace(jax.ShapeDtypeStruct(m.kernel.shape, m.compute_dtype))
   graphdef, state = nnx.split(abstract)
-  files = checkpoint.model_files(path)
   logging.info("loading %s DiT (dim=%d, layers=%d%s) from %s", cfg.model_type, cfg.dim, cfg.num_layers,
                f", {mode}" if mode else "", path)
   state = checkpoint.load_state(state, files, mesh=mesh, **({} if rules is None else {"rules": rules}))
