@@ -178,7 +178,7 @@ def adapt_dit(dit, loras=(), *, allow_unmatched=False, quant="none", cast_kernel
   loaded already quantised (converter `--keep-quantized`) is kept as stored. Last, `cast_kernels` stores the
   half-precision matmuls' float32 kernels in bf16 (`wanjax.nn.cast_kernels`: bit-identical outputs, half their
   memory, no per-call cast); pass False to keep float32 kernels for merging LoRAs later (the server's
-  per-request strengths).
+  per-request strengths; kernels already loaded in bf16 stay so, `load_dit(cast_kernels="exact")`).
   """
   import jax
   from flax import nnx

@@ -212,7 +212,8 @@ class Service:
       pipe_c.lora = ""
     mesh = sharding.make_mesh(c.mesh, flag="--config.mesh")
     sample.sharding_rules(c)   # a bad --config.sharding_overrides fails at start, before any model loads
-    # Kernels merged per request stay float32 (a bf16 copy would round the base weights before the merge).
+    # Kernels merged per request are never rounded before the merge: only those the files store in bf16 are held
+    # in bf16 (`load_dit(cast_kernels="exact")`), the others stay float32.
     self.pipeline = sample.Pipeline(pipe_c, mesh, keep_encoders=True, cast_kernels=not self.lora_tensors)
     self._lora_cache = {}
     self.jobs = {}
