@@ -89,7 +89,7 @@ def run_dit(model, inputs, *, dtype="float32", causal=False, frames_per_block=No
             num_heads=None, lora="", lora_allow_unmatched=False, quant="none"):
   """DiT velocity `v [B, 16, F, H, W]` for channels-first inputs (see the module docstring)."""
   import jax
-  from infer.models import adapt_dit, check_dit_options, resolve_dit
+  from infer.models import adapt_dit, check_dit_options, kernels_at_load, resolve_dit
   from wanjax.dit.load import load_dit, read_config
   from wanjax.dit.model import make_forward
   if dtype not in DTYPES:
@@ -112,8 +112,7 @@ def run_dit(model, inputs, *, dtype="float32", causal=False, frames_per_block=No
   kwargs = {}
   if cfg.has_image_input:
     kwargs = {"clip_fea": arr["clip_fea"], "y": to_last(arr["y"])}
-  at_load = False if quant != "none" else (True if not loras else "exact")   # as infer.sample
-  loaded = load_dit(path, policy=DTYPES[dtype], cast_kernels=at_load)
+  loaded = load_dit(path, policy=DTYPES[dtype], cast_kernels=kernels_at_load(True, bool(loras), quant))
   model_ = adapt_dit(loaded, loras, allow_unmatched=lora_allow_unmatched, quant=quant)
   forward, params, rest = make_forward(model_)
   fn = jax.jit(forward, static_argnames=("frames_per_block",))

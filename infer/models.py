@@ -171,6 +171,16 @@ def weight_bytes(model) -> int:
   return int(sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
+def kernels_at_load(cast_kernels, loras, quant):
+  """`load_dit(cast_kernels=...)` for a DiT that gets `loras` merged (bool) and `quant` applied after loading, and
+  whose kernels `adapt_dit(cast_kernels=...)` casts at the end or not: True (every bf16-read kernel) when nothing
+  follows and the cast is wanted; "exact" (only kernels the files store in bf16) when a merge or a quantiser
+  follows, which read them in float32 either way; False with both (the quantiser must see the unrounded merge)."""
+  if loras and quant != "none":
+    return False
+  return True if cast_kernels and not loras and quant == "none" else "exact"
+
+
 def adapt_dit(dit, loras=(), *, allow_unmatched=False, quant="none", cast_kernels=True):
   """Merges `loras` (LoraSpec list) into `dit` in place, then quantises it (`quant` int8 | fp8); returns `dit`.
 

@@ -105,8 +105,10 @@ def build_dit(c, plan, mesh, *, cast_kernels=True):
     from infer.models import resolve_dit
     from wanjax.dit.load import load_dit
     # Kernels read straight into bf16 when nothing is merged into them or quantised from them after loading; with
-    # LoRAs to merge, only those the files store in bf16 (merging into them gives the same kernels).
-    at_load = False if c.quant != "none" else (True if cast_kernels and not plan.loras else "exact")
+    # LoRAs to merge or a quantisation to come, only those the files store in bf16 (the merge or the quantiser
+    # then gives the same values); with both, none (the quantiser must see the unrounded merge).
+    from infer.models import kernels_at_load
+    at_load = kernels_at_load(cast_kernels, bool(plan.loras), c.quant)
     dit = load_dit(resolve_dit(plan.weights), policy=c.dtype, mesh=mesh, expect_model_type=plan.model_type,
                    attn_impl=c.attn_impl, scan_unroll=c.scan_unroll, rules=sharding_rules(c),
                    cast_kernels=at_load)

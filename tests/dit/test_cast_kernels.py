@@ -173,3 +173,23 @@ def test_exact_cast_at_load_then_lora_merge_equals_the_float32_route(tmp_path):
     assert x.get_value().dtype == y.get_value().dtype, p
     np.testing.assert_array_equal(np.asarray(x.get_value().astype(jnp.float32)),
                                   np.asarray(y.get_value().astype(jnp.float32)), err_msg=str(p))
+
+
+def test_exact_cast_at_load_then_quantisation_equals_the_float32_route(tmp_path):
+  """`--config.quant=int8` from a bf16 file: kernels read as bf16 quantise to the same int8 values and scales as
+  the float32 copies did (the quantiser reads them in float32); `kernels_at_load` picks the mode per case."""
+  import os
+  from infer.models import kernels_at_load
+  from wanjax.dit.load import load_dit
+  toy = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "wanjax",
+                     "toyworld", "checkpoints", "teacher")
+  src = _bf16_copy(toy, str(tmp_path / "bf16"))
+  old = quantlib.quantize_model(load_dit(src, policy="bf16"), "int8")
+  new = quantlib.quantize_model(load_dit(src, policy="bf16", cast_kernels="exact"), "int8")
+  for name in ("kernel", "kernel_scale"):
+    a, b = getattr(old.blocks.ffn.fc1, name)[...], getattr(new.blocks.ffn.fc1, name)[...]
+    assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b)), name
+  assert new.text_embedding.fc1.kernel[...].dtype == jnp.bfloat16   # read as bf16, not quantised
+  assert [kernels_at_load(True, False, "none"), kernels_at_load(True, True, "none"),
+          kernels_at_load(True, False, "int8"), kernels_at_load(True, True, "int8"),
+          kernels_at_load(False, False, "none")] == [True, "exact", "exact", False, "exact"]

@@ -56,7 +56,8 @@ def load_dit(path, *, policy="float32", mesh=None, expect_model_type=None, scan=
     later: the same values `wanjax.nn.cast_kernels` stores after loading, without a float32 copy ever existing
     (T2V-14B under the bf16 policy: 27.0 GiB instead of 53.2). "exact" does so only for kernels the files store
     in that dtype already (e.g. bf16 checkpoints): their values are the file's, so a LoRA merged into them later
-    (in float32, rounded once) gives the same kernels as a merge into float32 copies. False: as the policy says.
+    (in float32, rounded once), or a quantiser (which reads them in float32), gives the same kernels as from
+    float32 copies. False: as the policy says.
   """
   from wanjax.dit.model import WanDiT
   cfg, meta = read_config(path)
