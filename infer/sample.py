@@ -132,17 +132,23 @@ def build_vae(c, mesh):
 
 
 def build_clip(c, plan, mesh):
+  """The I2V CLIP tower (converted weights, or random for the demo); under bf16 its matmuls' kernels are stored
+  in bf16 (`wanjax.nn.cast_kernels`: same features, half the 632M-parameter tower's bytes)."""
   from flax import nnx
+  from wanjax.nn import cast_kernels
   policy = "float32" if c.dtype == "float32" else "bf16"
   if c.random_init:
     from wanjax.image.clip import CLIPVisionTower
     cfg = demo.clip_preset_for(plan.dit_cfg)[1]
-    return demo.random_model(lambda: CLIPVisionTower(cfg, policy=policy, rngs=nnx.Rngs(0)), model_seed(c) + 2,
-                             mesh=mesh, rules=sharding_rules(c))
-  from infer.models import resolve_model
-  from wanjax.image.load import load_clip
-  return load_clip(resolve_model(os.path.expanduser(c.clip), family="clip"), policy=policy, mesh=mesh,
-                   rules=sharding_rules(c))
+    tower = demo.random_model(lambda: CLIPVisionTower(cfg, policy=policy, rngs=nnx.Rngs(0)), model_seed(c) + 2,
+                              mesh=mesh, rules=sharding_rules(c))
+  else:
+    from infer.models import resolve_model
+    from wanjax.image.load import load_clip
+    tower = load_clip(resolve_model(os.path.expanduser(c.clip), family="clip"), policy=policy, mesh=mesh,
+                      rules=sharding_rules(c))
+  cast_kernels(tower)
+  return tower
 
 
 def i2v_condition_with(tower, plan, vae):

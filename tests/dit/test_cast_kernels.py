@@ -193,3 +193,16 @@ def test_exact_cast_at_load_then_quantisation_equals_the_float32_route(tmp_path)
   assert [kernels_at_load(True, False, "none"), kernels_at_load(True, True, "none"),
           kernels_at_load(True, False, "int8"), kernels_at_load(True, True, "int8"),
           kernels_at_load(False, False, "none")] == [True, "exact", "exact", False, "exact"]
+
+
+@pytest.mark.parametrize("policy", ["bf16", "fp16"])
+def test_clip_features_unchanged_by_cast_kernels(policy):
+  """The I2V CLIP tower under a half policy (`infer.sample.build_clip` casts its kernels): same features, bit for
+  bit, in fewer bytes."""
+  from infer.demo import random_model
+  from wanjax.image.clip import PRESETS as CLIP, CLIPVisionTower, clip_features
+  tower = random_model(lambda: CLIPVisionTower(CLIP["tiny"], policy=policy, rngs=nnx.Rngs(0)), 5)
+  image = np.random.default_rng(4).uniform(-1, 1, (40, 52, 3)).astype(np.float32)
+  want = np.asarray(clip_features(tower, image))
+  assert cast_kernels(tower) > 0
+  np.testing.assert_array_equal(np.asarray(clip_features(tower, image)), want)
