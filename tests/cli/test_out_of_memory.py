@@ -147,7 +147,7 @@ def test_trainer_cli(tmp_path, error):
   if error == XLA_OOM:
     assert "Traceback" not in r.stderr and "Bin (256)" not in r.stderr, r.stderr[-2000:]
     assert lines[-1].startswith("error: out of memory on ") and "31.56GiB" in lines[-1]
-    assert "teacher_param_dtype=bfloat16" in lines[-1]
+    assert "teacher_param_dtype=bfloat16" in lines[-1] and "XLA_PYTHON_CLIENT_MEM_FRACTION=0.98" in lines[-1]
     assert lines[-1].endswith("No checkpoint was written yet; rerun the same command to start again.")
   else:
     assert "Traceback" in r.stderr and "INTERNAL: something else" in lines[-1]
