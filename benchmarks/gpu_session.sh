@@ -9,35 +9,22 @@
 # with their header lines (pass GIT_REV=$(git rev-parse --short HEAD) in the device command to record the commit).
 # The defaults run what is still unmeasured on an H100 (docs/bench/ has the rest, with dates and cards; session 12
 # measured the block profile, the block variants, the VAE decode against diffusers, umT5, the 1.3B/14B forwards and
-# the Self-Forcing fps after the bf16-matmul-output change; session 13 had no device). The goals of the performance
-# issue are stated for an H100: name kind nvidia-h100-x1. Two calls (~40 s per start; 900 s of device time):
-#   bash benchmarks/gpu_session.sh    # call 1, ~8.5 min (timeout_s 560): a device trace of the whole 1.3B forward
-#                                     # (where the ~40 ms outside the 30 blocks go); which form of fc1 + bias + GELU
-#                                     # XLA folds into the GEMM, with and without cuBLASLt (gelu_epilogue.py), and
-#                                     # the forward with the winning form if one folds (--ffn-gelu bf16_formula);
-#                                     # the forward with 1 and 30 layers per scan iteration against diffusers (what
-#                                     # the loop costs); the bf16 VAE decode against diffusers (its convs now write
-#                                     # bf16) and with the fold2d + subpixel conv forms (convs: 275 TFLOP per
-#                                     # decode, 180 TFLOP/s at session 12's 1.53 s; T_VAEPROF=60 adds its kernel
-#                                     # table by kind)
-#   T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0 \
-#     T_AR=90 T_ARLAYER=90 T_ARF32K=90 T_ARKV=110 bash benchmarks/gpu_session.sh   # call 2 (~7 min), after adopting
-#                                     # call 1's winners (scan_unroll default, VAE conv forms, GELU spelling + the
-#                                     # cuBLASLt flag set by the GPU entry points): Self-Forcing fps with the KV
-#                                     # cache in the layer loop's carry and bf16-stored kernels (the defaults since
-#                                     # sessions 13/14), with the old per-layer cache, with float32 kernels cast in
-#                                     # every call, and with 4 attention lengths (kv_buckets). Call 1's
-#                                     # dit_1_3b_unroll / dit_1_3b_gelu lines are the 1.3B headline figures (bf16
-#                                     # kernels now; T_FWDF32K=60 adds the float32-kernel forward beside them).
+# the Self-Forcing fps after the bf16-matmul-output change; session 13 had no device; session 14 measured the
+# whole-forward trace, the GELU epilogue (never fires), scan unroll 30 and dynamic-slice fusion (not adopted), the
+# 1.3B/14B forwards and Self-Forcing with bf16 kernels, the carried cache and the late hand-over, and the DMD step
+# that now fits). The goals of the performance issue are stated for an H100: name kind nvidia-h100-x1.
+#   bash benchmarks/gpu_session.sh    # ~8 min (timeout_s 560): the bf16 VAE decode against diffusers (its convs
+#                                     # write bf16 since session 12) and with the fold2d + subpixel conv forms;
+#                                     # Self-Forcing with 4 attention lengths (kv_buckets) and with the VAE conv
+#                                     # forms; the 4-step sampler end to end, cold then warm (bf16 kernels now)
 #                                     # As time allows: T_ARPROF=90 (a device trace of one Self-Forcing run per
-#                                     # program and kind), T_DIT14=120, T_ARFORMS=100, T_BLOCKV=70 (rope_flip),
-#                                     # T_MGPU=60 (Pallas attention), T_ARUNROLL=150, T_VAEF32OUT=70, T_DMD=170
-#                                     # (the 1.3B DMD step with the frozen teacher's kernels in bf16, the default
-#                                     # since session 14: does it fit the H100 now?), T_DMDBF16=170, T_FWDDSF=60
-#                                     # and T_ARDSF=90 (XLA's dynamic-slice fusion: GEMMs read the scanned layer
-#                                     # loop's weight slices in place instead of copying them first).
-#   D0="T_FWDPROF=0 T_FWDUNROLL=0 T_GELU=0 T_VAEBF16=0 T_VAEFORMS=0"   # the others:
-#   env $D0 T_DIT13=90 T_ARND=60 T_SAMPLE=120 T_SAMPLE_WARM=70 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...
+#                                     # program and kind), T_VAEPROF=60, T_BLOCKV=70 (rope_flip), T_MGPU=60 (Pallas
+#                                     # attention), T_VAEF32OUT=70, T_DMDBF16=170, T_ARDSF=90 (dynamic-slice fusion),
+#                                     # T_DIT14P=90 (14B under the bf16 policy), T_FWDF32K=60. The DMD step needs
+#                                     # XLA_PYTHON_CLIENT_PREALLOCATE=true XLA_PYTHON_CLIENT_MEM_FRACTION=0.98 (this
+#                                     # script grows the pool on demand, which fragments it).
+#   D0="T_VAEBF16=0 T_VAEFORMS=0 T_ARKV=0 T_ARFORMS=0 T_SAMPLE=0 T_SAMPLE_WARM=0"   # the others:
+#   env $D0 T_DIT13=90 T_ARND=60 T_FWDPROF=70 T_GELU=40 T_FWDUNROLL=130 T_DIT14=120 T_ATTNKV=40 T_ATTN8=40 T_T5=60 bash ...
 #   env $D0 T_S14INT8=120 T_S14BF16=120 T_VAE=120 T_ATTN8_14B=30 T_LAYER=60 T_QKV=60 T_DMD=170 bash ...
 set -o pipefail
 python3 -m pip install -q --no-deps --no-index --find-links .device-wheels ml_collections diffusers tensorboardX \
@@ -77,14 +64,14 @@ bench() {  # bench NAME SECONDS CMD...: full log to $OUT/NAME.txt, the filtered 
 }
 # Cold, then warm over one persistent compilation cache (compile_total_s of the second run is the warm start).
 JC=/tmp/wanjax_bench_jax_cache; rm -rf "$JC"
-bench sample "${T_SAMPLE:-0}" python3 benchmarks/sample.py --vae-policy bf16 --compilation-cache "$JC"
-bench sample_warm "${T_SAMPLE_WARM:-0}" python3 benchmarks/sample.py --vae-policy bf16 --compilation-cache "$JC"
+bench sample "${T_SAMPLE:-120}" python3 benchmarks/sample.py --vae-policy bf16 --compilation-cache "$JC"
+bench sample_warm "${T_SAMPLE_WARM:-70}" python3 benchmarks/sample.py --vae-policy bf16 --compilation-cache "$JC"
 bench dit_1_3b "${T_DIT13:-0}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5
-bench dit_1_3b_profile "${T_FWDPROF:-70}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 3 \
+bench dit_1_3b_profile "${T_FWDPROF:-0}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 3 \
   --profile 2    # jax only, CUDA graphs off: the kernel table and idle gaps of the whole forward
-bench gelu_epilogue "${T_GELU:-40}" python3 benchmarks/gelu_epilogue.py    # can XLA fold bias+GELU into fc1?
+bench gelu_epilogue "${T_GELU:-0}" python3 benchmarks/gelu_epilogue.py    # can XLA fold bias+GELU into fc1?
 # XLA's GEMM rewriter folds bias + tanh GELU only into cuBLASLt matmuls, which are off by default:
-bench gelu_epilogue_lt "${T_GELU:-40}" env XLA_FLAGS=--xla_gpu_enable_cublaslt=true python3 benchmarks/gelu_epilogue.py
+bench gelu_epilogue_lt "${T_GELU:-0}" env XLA_FLAGS=--xla_gpu_enable_cublaslt=true python3 benchmarks/gelu_epilogue.py
 gelu_won() {   # the bf16 spelling got a GELU epilogue under cuBLASLt and beat the model's form
   [ "${T_FWDGELU_FORCE:-0}" = 1 ] && return 0
   python3 - "$OUT/gelu_epilogue_lt.txt" <<'PY'
@@ -97,7 +84,7 @@ print(f"bf16_formula {b.get('ms')} ms epilogues {b.get('epilogues')} against mod
 sys.exit(0 if any("GELU" in e for e in b.get("epilogues", [])) and b["ms"] < m["ms"] else 1)
 PY
 }
-if [ "${T_GELU:-40}" != 0 ] && gelu_won; then   # the jax forward with it (compare with dit_1_3b_unroll's jax line)
+if [ "${T_GELU:-0}" != 0 ] && gelu_won; then   # the jax forward with it (compare with dit_1_3b_unroll's jax line)
   bench dit_1_3b_gelu "${T_FWDGELU:-60}" env XLA_FLAGS=--xla_gpu_enable_cublaslt=true python3 benchmarks/dit_forward.py \
     --only jax --model t2v_1_3b --iters 5 --ffn-gelu bf16_formula
 fi
@@ -107,7 +94,7 @@ bench dit_1_3b_dsfusion "${T_FWDDSF:-0}" env XLA_FLAGS=--xla_gpu_enable_dynamic_
   benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 5
 bench dit_1_3b_f32_kernels "${T_FWDF32K:-0}" python3 benchmarks/dit_forward.py --only jax --model t2v_1_3b --iters 5 \
   --f32-kernels    # float32 kernels cast in every forward (the form before session 14; session 12's 0.522 s)
-bench dit_1_3b_unroll "${T_FWDUNROLL:-130}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5 \
+bench dit_1_3b_unroll "${T_FWDUNROLL:-0}" python3 benchmarks/dit_forward.py --model t2v_1_3b --iters 5 \
   --scan-unroll 1,30   # the layer loop's cost: 1 and 30 layers per scan iteration (diffusers too)
 bench layer_1_3b "${T_LAYER:-0}" python3 benchmarks/dit_layer_breakdown.py --iters 5 --profile 3 \
   --profile-dir "$OUT/layer_profile"     # brings back the block's optimised HLO (block_hlo.txt) beside the table
@@ -156,8 +143,8 @@ bench ar_sample_per_layer "${T_ARLAYER:-0}" python3 benchmarks/ar_sample.py --it
 bench ar_sample_dsfusion "${T_ARDSF:-0}" env XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true python3 \
   benchmarks/ar_sample.py --iters 2     # the same flag for the Self-Forcing calls (weights and KV-cache slices)
 bench ar_sample_f32_kernels "${T_ARF32K:-0}" python3 benchmarks/ar_sample.py --iters 2 --f32-kernels   # kernels cast per call
-bench ar_sample_kv4 "${T_ARKV:-0}" python3 benchmarks/ar_sample.py --iters 2 --kv-buckets 4   # 4 attention lengths
-bench ar_sample_vae_forms "${T_ARFORMS:-0}" python3 benchmarks/ar_sample.py --iters 2 --vae-conv3d fold2d \
+bench ar_sample_kv4 "${T_ARKV:-110}" python3 benchmarks/ar_sample.py --iters 2 --kv-buckets 4   # 4 attention lengths
+bench ar_sample_vae_forms "${T_ARFORMS:-100}" python3 benchmarks/ar_sample.py --iters 2 --vae-conv3d fold2d \
   --vae-upsample subpixel      # the streamed decode in the other conv forms
 bench ar_sample_nodecode "${T_ARND:-0}" python3 benchmarks/ar_sample.py --iters 2 --no-decode
 bench t5_encode "${T_T5:-0}" python3 benchmarks/t5_encode.py --batches 1,2 --iters 5
