@@ -204,7 +204,7 @@ def main():
   from wanjax.precision import get_policy
 
   c = build_config(args)
-  mesh = shd.make_mesh(c.mesh, flag="--config.mesh")
+  mesh = shd.make_mesh(c.mesh)
   rules = shd.override_rules(c.sharding_overrides)
   dev = mesh.devices.flat[0]
   r = _Results()

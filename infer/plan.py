@@ -145,7 +145,7 @@ def check(c) -> Plan:
   if c.distilled and c.cfg_scale > 1:
     logging.warning("cfg_scale=%s on the step-distilled preset %r: distilled models are sampled without CFG "
                     "(cfg_scale=1); CFG > 1 tends to blur the video", c.cfg_scale, c.model)
-  parse_mesh(c.mesh, flag="--config.mesh")
+  parse_mesh(c.mesh)
   vae_policy(c)
   check_prompt_grammar(c)
   image = None

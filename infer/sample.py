@@ -335,7 +335,7 @@ def run(c):
   name = c.output_name or f"{c.model}_{seed}_{time.strftime('%Y%m%d_%H%M%S')}"
   out_dir = os.path.expanduser(c.output_dir)
   check_outputs(c, out_dir, name)
-  mesh = sharding.make_mesh(c.mesh, flag="--config.mesh")
+  mesh = sharding.make_mesh(c.mesh)
   sharding_rules(c)   # a bad --config.sharding_overrides fails here, before any model loads
   timings = {}
   shape = latent_shape(plan)

@@ -130,7 +130,7 @@ def run_ar(c):
   name = c.output_name or f"{c.model}_ar_{seed}_{time.strftime('%Y%m%d_%H%M%S')}"
   out_dir = os.path.expanduser(c.output_dir)
   S.check_outputs(c, out_dir, name)
-  mesh = sharding.make_mesh(c.mesh, flag="--config.mesh")
+  mesh = sharding.make_mesh(c.mesh)
   rules = S.sharding_rules(c)   # a bad --config.sharding_overrides fails here, before any model loads
   timings = {}
 

@@ -210,7 +210,7 @@ class Service:
       self.lora_tensors = [(read_lora_file(s.path), s.strength) for s in self.plan.loras]
       self.fixed_lora = False
       pipe_c.lora = ""
-    mesh = sharding.make_mesh(c.mesh, flag="--config.mesh")
+    mesh = sharding.make_mesh(c.mesh)
     sample.sharding_rules(c)   # a bad --config.sharding_overrides fails at start, before any model loads
     # Kernels merged per request are never rounded before the merge: only those the files store in bf16 are held
     # in bf16 (`load_dit(cast_kernels="exact")`), the others stay float32.

@@ -193,7 +193,7 @@ def sample_setting(a, setting, prompts, frames, size, out_dir):
   c.weights, c.num_steps, c.cfg_scale, c.guidance, c.lora = weights, steps, cfg_scale, guidance, lora
   c.frames, c.size = frames, f"{size}*{size}"
   plan = sample.check(c)
-  pipe = sample.Pipeline(c, sharding.make_mesh(c.mesh, flag="--config.mesh"))
+  pipe = sample.Pipeline(c, sharding.make_mesh(c.mesh))
   os.makedirs(out_dir, exist_ok=True)
   videos, latents, times = [], [], []
   for i, prompt in enumerate(prompts):

@@ -428,7 +428,7 @@ def toyworld_generator(model, root="", **overrides):
   c = toyworld.get_config(f"model={model}" + (f",root={root}" if root else ""))
   c.update(overrides)
   plan = sample.check(c)
-  mesh = sharding.make_mesh(c.mesh, flag="--config.mesh")
+  mesh = sharding.make_mesh(c.mesh)
   if model == "sf":
     return c, ar_generator(c, plan, mesh)
   pipe = sample.Pipeline(c, mesh)

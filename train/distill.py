@@ -205,8 +205,9 @@ def build_dmd(c, workdir, mesh, rules) -> DMDSetup:
   def frozen(params):   # the teacher is never updated: its floating params may be held in a narrower dtype
     if name == "bf16_kernels":
       return built["teacher"].frozen(params)
-    narrow = lambda x: name != "float32" and jnp.issubdtype(x.dtype, jnp.floating)   # noqa: E731
-    return jax.tree.map(lambda x: x.astype(TEACHER_DTYPES[name]) if narrow(x) else jnp.copy(x), params)
+    dtype = TEACHER_DTYPES[name]
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype
+                        else jnp.copy(x), params)
 
   def make_state(loaded):
     p = {r: loaded[r] if loaded[r] is not None else built[r].random_init() for r in ROLES}
@@ -342,7 +343,7 @@ def _run(c, workdir, abstract_state, shardings, create, step_fn_for, batch_for, 
 
 def train(c, workdir):
   """Runs the trainer named by `c.objective` ('dmd' | 'ode_init'); returns the final TrainState."""
-  mesh = shd.make_mesh(c.mesh, flag="--config.mesh")
+  mesh = shd.make_mesh(c.mesh)
   rules = shd.override_rules(c.sharding_overrides)
   if c.objective == "dmd":
     return train_dmd(c, workdir, mesh, rules)

@@ -164,7 +164,7 @@ def run(c, output, *, num_steps=48, solver="euler", guidance=6.0, sample_shift=0
     data.check_prompt_encoder(c.data.text_encoder, c.data.tokenizer)
   role = "teacher" if "teacher" in c.models else "generator"
   mcfg = c.models[role]
-  mesh = shd.make_mesh(c.mesh, flag="--config.mesh")
+  mesh = shd.make_mesh(c.mesh)
   rules = shd.override_rules(c.sharding_overrides)
   built = build_dit(mcfg, seed=c.seed, mesh=mesh, rules=rules, role=role)
   cfg = built.cfg

@@ -390,7 +390,7 @@ def _fill(c, writer, items, input_skips, input_path, settings, sizes, t0):
   for origin, reason in input_skips:
     writer.skip(hashlib.sha256(origin.encode()).hexdigest()[:20], origin, reason)
 
-  mesh = shd.make_mesh(c.mesh, flag="--config.mesh")
+  mesh = shd.make_mesh(c.mesh)
   tokenizer = (toy_tokenizer(os.path.join(output, "toy_tokenizer")) if c.random_encoders and not c.tokenizer
                else os.path.expanduser(c.tokenizer))
   enc = build_encoders(c, mesh, need_video=not prompt_only, tokenizer=tokenizer)

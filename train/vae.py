@@ -145,7 +145,7 @@ def build(c, mesh, rules):
 def train(c, workdir):
   if c.objective != "vae":
     raise UsageError(f"objective={c.objective!r}; train.vae trains objective 'vae'")
-  mesh = shd.make_mesh(c.mesh, flag="--config.mesh")
+  mesh = shd.make_mesh(c.mesh)
   rules = shd.override_rules(c.sharding_overrides)
   fn, abstract, param_shardings, init = build(c, mesh, rules)
   tx = optimizer(c.generator)

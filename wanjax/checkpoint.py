@@ -189,15 +189,17 @@ def expected_file_shapes(state) -> dict:
   return out
 
 
-def load_state(abstract_state, paths, *, mesh=None, rules=shd.RULES, strict=True):
+def load_state(abstract_state, paths, *, mesh=None, rules=None, strict=True):
   """Builds a concrete nnx.State matching `abstract_state` from JAX-layout safetensors `paths`.
 
   Each parameter is created with `make_array_from_callback`, so each device reads only its shard. Missing
   and unexpected keys and shape mismatches are reported together (unexpected keys only when `strict`).
-  Floating tensors are cast to the abstract parameter's dtype.
+  Floating tensors are cast to the abstract parameter's dtype. `rules`: the logical-axis rule table that places
+  them on `mesh` (None: `wanjax.sharding.RULES`).
   """
   reader = SafetensorsReader(paths)
   mesh = mesh or shd.make_mesh("", jax.devices()[:1])
+  rules = shd.RULES if rules is None else rules
   flat = flat_params(abstract_state)
   expected = expected_file_shapes(abstract_state)
   problems = []

@@ -68,9 +68,9 @@ def param_axes(var) -> tuple:
   return ("layers",) * (ndim - len(axes)) + axes
 
 
-def parse_mesh(spec, *, flag="mesh") -> dict:
+def parse_mesh(spec, *, flag="--config.mesh") -> dict:
   """Parses 'data=2,fsdp=-1' (or a dict) into {axis: size}; -1 fills the remaining devices. `flag` names the
-  setting in errors (e.g. "--config.mesh")."""
+  setting in errors (the CLIs' `--config.mesh` unless a caller says otherwise, e.g. a benchmark's "--mesh")."""
   where = f"{flag}={spec!r}"
   if isinstance(spec, dict):
     sizes = dict(spec)
@@ -94,9 +94,9 @@ def parse_mesh(spec, *, flag="mesh") -> dict:
   return sizes
 
 
-def make_mesh(spec="", devices=None, *, flag="mesh") -> Mesh:
+def make_mesh(spec="", devices=None, *, flag="--config.mesh") -> Mesh:
   """Builds a `(data, fsdp, context, tensor)` mesh; unspecified axes are 1, one axis may be -1 (fill). `flag`
-  names the setting in errors and warnings (the CLIs pass "--config.mesh")."""
+  names the setting in errors and warnings (as `parse_mesh`)."""
   devices = list(devices if devices is not None else jax.devices())
   where = f"{flag}={spec!r}"
   sizes = {a: 1 for a in MESH_AXES}

@@ -28,7 +28,7 @@ def test_mesh_spec_sizes_and_fill():
 ])
 def test_mesh_spec_errors(spec, message):
   with pytest.raises(UsageError, match=re.escape(message)) as e:
-    sharding.make_mesh(spec, devices=jax.devices()[:8], flag="--config.mesh")
+    sharding.make_mesh(spec, devices=jax.devices()[:8])
   assert str(e.value).startswith(f"--config.mesh={spec!r}"), e.value   # names the flag and the value at fault
 
 

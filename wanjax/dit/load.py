@@ -101,5 +101,5 @@ def load_dit(path, *, policy="float32", mesh=None, expect_model_type=None, scan=
   graphdef, state = nnx.split(abstract)
   logging.info("loading %s DiT (dim=%d, layers=%d%s) from %s", cfg.model_type, cfg.dim, cfg.num_layers,
                f", {mode}" if mode else "", path)
-  state = checkpoint.load_state(state, files, mesh=mesh, **({} if rules is None else {"rules": rules}))
+  state = checkpoint.load_state(state, files, mesh=mesh, rules=rules)
   return nnx.merge(graphdef, state)

@@ -32,6 +32,5 @@ def load_clip(model_dir, *, policy, mesh=None, scan=True, attn_impl="auto", rule
   abstract = nnx.eval_shape(lambda: CLIPVisionTower(cfg, policy=policy, rngs=nnx.Rngs(0), scan=scan,
                                                     attn_impl=attn_impl))
   graphdef, abstract_state = nnx.split(abstract)
-  state = checkpoint.load_state(abstract_state, checkpoint.model_files(model_dir), mesh=mesh,
-                                **({} if rules is None else {"rules": rules}))
+  state = checkpoint.load_state(abstract_state, checkpoint.model_files(model_dir), mesh=mesh, rules=rules)
   return nnx.merge(graphdef, state)

@@ -27,6 +27,5 @@ def load_umt5(model_dir, *, policy="bf16", mesh=None, scan=True, rules=None) -> 
   cfg = read_config(model_dir)
   abstract = nnx.eval_shape(lambda: UMT5Encoder(cfg, policy=policy, rngs=nnx.Rngs(0), scan=scan))
   graphdef, abstract_state = nnx.split(abstract)
-  state = checkpoint.load_state(abstract_state, checkpoint.model_files(model_dir), mesh=mesh,
-                                **({} if rules is None else {"rules": rules}))
+  state = checkpoint.load_state(abstract_state, checkpoint.model_files(model_dir), mesh=mesh, rules=rules)
   return nnx.merge(graphdef, state)

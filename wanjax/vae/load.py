@@ -34,6 +34,5 @@ def load_vae(model_dir, *, policy=FLOAT32, mesh=None, rules=None) -> WanVAE:
   cfg = read_config(model_dir)
   abstract = nnx.eval_shape(lambda: WanVAE(cfg, policy=policy, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
-  state = checkpoint.load_state(abstract_state, checkpoint.model_files(model_dir), mesh=mesh,
-                                **({} if rules is None else {"rules": rules}))
+  state = checkpoint.load_state(abstract_state, checkpoint.model_files(model_dir), mesh=mesh, rules=rules)
   return nnx.merge(graphdef, state)
